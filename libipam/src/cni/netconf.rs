@@ -1,0 +1,296 @@
+//! Calico's network configuration, as Calico's manifests and installers write it.
+//!
+//! Typed and strict about the fields we read, tolerant of every other key (the spec lets runtimes
+//! and other plugins put anything in a plugin's configuration). Legacy spellings are normalised
+//! here, once: `"assign_ipv4": "true"` and `true` both become `bool`, `null` lists become empty.
+
+use serde::{Deserialize, Deserializer};
+use std::path::{Path, PathBuf};
+
+use super::{CniError, SpecVersion};
+
+/// Where IPAM state lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DatastoreType {
+    /// The embedded single-host store (no cluster needed). Our default.
+    #[default]
+    Local,
+    /// Calico's CRDs in a Kubernetes API server (crd.projectcalico.org/v1).
+    Kubernetes,
+}
+
+/// Default directory of the `local` datastore.
+pub const DEFAULT_DATASTORE_PATH: &str = "/var/lib/calico/ipam";
+/// Calico's default node-name file (written by calico-node).
+pub const DEFAULT_NODENAME_FILE: &str = "/var/lib/calico/nodename";
+/// Calico's default host-wide IPAM lock.
+pub const DEFAULT_IPAM_LOCK_FILE: &str = "/var/run/calico/ipam.lock";
+
+/// The plugin configuration received on stdin.
+#[derive(Debug, Clone, Deserialize)]
+pub struct NetConf {
+    #[serde(rename = "cniVersion", default)]
+    pub cni_version: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(rename = "type", default)]
+    pub plugin_type: String,
+    #[serde(default)]
+    pub datastore_type: DatastoreType,
+    #[serde(default)]
+    pub datastore_path: Option<PathBuf>,
+    #[serde(default)]
+    pub nodename: Option<String>,
+    #[serde(default)]
+    pub nodename_file: Option<PathBuf>,
+    #[serde(default)]
+    pub mtu: Option<u32>,
+    #[serde(default)]
+    pub ipam: IpamConf,
+    #[serde(default)]
+    pub kubernetes: KubernetesConf,
+    #[serde(default)]
+    pub policy: PolicyConf,
+    #[serde(default)]
+    pub log_level: Option<String>,
+    #[serde(default)]
+    pub log_file_path: Option<PathBuf>,
+    #[serde(default)]
+    pub container_settings: ContainerSettings,
+    #[serde(default)]
+    pub ipam_lock_file: Option<PathBuf>,
+    #[serde(rename = "prevResult", default)]
+    pub prev_result: Option<serde_json::Value>,
+    #[serde(rename = "cni.dev/valid-attachments", default, deserialize_with = "null_as_empty")]
+    pub valid_attachments: Vec<Attachment>,
+}
+
+/// The `ipam` section. Fields other plugins (host-local) read are left in the raw stdin.
+#[derive(Debug, Clone, Deserialize)]
+pub struct IpamConf {
+    #[serde(rename = "type", default)]
+    pub ipam_type: String,
+    #[serde(default = "yes", deserialize_with = "bool_or_string")]
+    pub assign_ipv4: bool,
+    #[serde(default, deserialize_with = "bool_or_string")]
+    pub assign_ipv6: bool,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub ipv4_pools: Vec<String>,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub ipv6_pools: Vec<String>,
+}
+
+impl Default for IpamConf {
+    fn default() -> Self {
+        IpamConf {
+            ipam_type: String::new(),
+            assign_ipv4: true,
+            assign_ipv6: false,
+            ipv4_pools: Vec::new(),
+            ipv6_pools: Vec::new(),
+        }
+    }
+}
+
+/// The `kubernetes` section.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct KubernetesConf {
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
+}
+
+/// The `policy` section: `type: k8s` makes the plugin read pod and namespace annotations.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct PolicyConf {
+    #[serde(rename = "type", default)]
+    pub policy_type: String,
+}
+
+/// The `container_settings` section.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ContainerSettings {
+    #[serde(default, deserialize_with = "bool_or_string")]
+    pub allow_ip_forwarding: bool,
+}
+
+/// One entry of `cni.dev/valid-attachments` (GC).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Attachment {
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    #[serde(default)]
+    pub ifname: String,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Calico writes booleans as strings (`"true"`); accept both forms, nothing else.
+fn bool_or_string<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Bool(bool),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Bool(b) => Ok(b),
+        Raw::Text(s) => match s.to_ascii_lowercase().as_str() {
+            "true" => Ok(true),
+            "false" => Ok(false),
+            _ => Err(serde::de::Error::custom(format!(
+                "expected true or false (or the strings \"true\"/\"false\"), got \"{s}\""
+            ))),
+        },
+    }
+}
+
+/// JSON `null` lists appear in the wild; treat them as empty.
+fn null_as_empty<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Ok(Option::<Vec<T>>::deserialize(d)?.unwrap_or_default())
+}
+
+impl NetConf {
+    /// Decode stdin. Broken JSON is code 6; well-formed JSON with wrong field types is code 7.
+    pub fn parse(stdin: &[u8]) -> Result<NetConf, CniError> {
+        serde_json::from_slice(stdin).map_err(|e| {
+            if e.is_data() {
+                CniError::invalid_config(e.to_string())
+            } else {
+                CniError::decode(e.to_string())
+            }
+        })
+    }
+
+    /// The spec version of this configuration, or code 1 naming the versions we support.
+    pub fn spec_version(&self) -> Result<SpecVersion, CniError> {
+        parse_version(&self.cni_version)
+    }
+
+    /// The node name: `nodename`, else the first line of `nodename_file` (default
+    /// /var/lib/calico/nodename) when it exists, else the OS hostname, lower-cased.
+    pub fn node_name(&self) -> Result<String, CniError> {
+        if let Some(n) = self.nodename.as_deref().filter(|n| !n.is_empty()) {
+            return Ok(n.to_string());
+        }
+        let file = self
+            .nodename_file
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_NODENAME_FILE));
+        if let Ok(text) = std::fs::read_to_string(&file) {
+            let name = text.trim();
+            if !name.is_empty() {
+                return Ok(name.to_string());
+            }
+        }
+        os_hostname().ok_or_else(|| {
+            CniError::invalid_config(format!(
+                "cannot determine the node name: set \"nodename\" in the network configuration or write it to {}",
+                file.display()
+            ))
+        })
+    }
+
+    /// The `local` datastore directory.
+    pub fn datastore_path(&self) -> &Path {
+        self.datastore_path
+            .as_deref()
+            .unwrap_or(Path::new(DEFAULT_DATASTORE_PATH))
+    }
+
+    /// The host-wide IPAM lock file.
+    pub fn ipam_lock_file(&self) -> &Path {
+        self.ipam_lock_file
+            .as_deref()
+            .unwrap_or(Path::new(DEFAULT_IPAM_LOCK_FILE))
+    }
+
+    /// `<network name>.<container id>`: Calico's IPAM handle for an attachment.
+    pub fn handle_id(&self, container_id: &str) -> String {
+        format!("{}.{}", self.name, container_id)
+    }
+}
+
+/// Parse a `cniVersion` string into a version we support, or code 1.
+pub fn parse_version(raw: &str) -> Result<SpecVersion, CniError> {
+    SpecVersion::parse(raw).ok_or_else(|| {
+        let shown = if raw.is_empty() { "(missing)" } else { raw };
+        CniError::new(
+            super::code::INCOMPATIBLE_VERSION,
+            "incompatible CNI versions",
+            format!(
+                "config is \"{shown}\", plugin supports [{}]",
+                SpecVersion::all_strings().join(", ")
+            ),
+        )
+    })
+}
+
+fn os_hostname() -> Option<String> {
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let name = raw.trim().to_ascii_lowercase();
+    (!name.is_empty()).then_some(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_config_parses_with_string_booleans() {
+        let raw = br#"{"name":"k8s-pod-network","cniVersion":"0.3.1","type":"calico",
+            "datastore_type":"kubernetes",
+            "ipam":{"type":"calico-ipam","assign_ipv4":"true","assign_ipv6":"true",
+                    "ipv4_pools":["10.244.0.0/16"],"ipv6_pools":["fd00:10:244::/48"]}}"#;
+        let c = NetConf::parse(raw).expect("seed config");
+        assert_eq!(c.datastore_type, DatastoreType::Kubernetes);
+        assert!(c.ipam.assign_ipv4 && c.ipam.assign_ipv6);
+        assert_eq!(c.ipam.ipv6_pools, ["fd00:10:244::/48"]);
+        assert_eq!(c.spec_version().expect("0.3.1"), SpecVersion::V0_3_1);
+        assert_eq!(c.handle_id("abc"), "k8s-pod-network.abc");
+    }
+
+    #[test]
+    fn defaults_match_calico() {
+        let c = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"n","ipam":{"type":"calico-ipam"}}"#)
+            .expect("minimal");
+        assert!(c.ipam.assign_ipv4);
+        assert!(!c.ipam.assign_ipv6);
+        assert_eq!(c.datastore_type, DatastoreType::Local);
+        assert_eq!(c.datastore_path(), Path::new(DEFAULT_DATASTORE_PATH));
+    }
+
+    #[test]
+    fn booleans_accept_both_forms_and_nothing_else() {
+        let ok = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"n","ipam":{"assign_ipv4":false,"assign_ipv6":"TRUE"}}"#)
+            .expect("bools");
+        assert!(!ok.ipam.assign_ipv4 && ok.ipam.assign_ipv6);
+        let bad = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"n","ipam":{"assign_ipv6":"yes"}}"#)
+            .expect_err("yes");
+        assert_eq!(bad.code, 7);
+        assert!(bad.details.contains("\"yes\""), "{}", bad.details);
+    }
+
+    #[test]
+    fn null_lists_and_unknown_keys_are_tolerated() {
+        let c = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"n","capabilities":{"portMappings":true},
+            "runtimeConfig":{"portMappings":[{"HostPort":80}]},"ipam":{"ipv4_pools":null}}"#)
+            .expect("tolerant");
+        assert!(c.ipam.ipv4_pools.is_empty());
+    }
+
+    #[test]
+    fn broken_json_is_code_6_and_unknown_version_code_1() {
+        assert_eq!(NetConf::parse(b"{\"cniVersion\":").expect_err("eof").code, 6);
+        let c = NetConf::parse(br#"{"cniVersion":"9.9.9","name":"n"}"#).expect("parses");
+        let e = c.spec_version().expect_err("unknown");
+        assert_eq!(e.code, 1);
+        assert!(e.details.contains("9.9.9") && e.details.contains("1.1.0"));
+    }
+}

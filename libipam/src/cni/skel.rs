@@ -1,0 +1,198 @@
+//! The verb dispatcher: validates the environment and the configuration version, calls the
+//! plugin, and turns the outcome into stdout bytes and an exit status.
+
+use serde_json::json;
+
+use super::{CniError, CniResult, Command, Env, NetConf, SpecVersion, netconf::parse_version};
+
+/// Everything a verb needs: the environment, the raw stdin (passed verbatim to a delegated
+/// plugin) and its decoded form.
+pub struct Request {
+    pub env: Env,
+    pub stdin: Vec<u8>,
+    pub conf: NetConf,
+    pub version: SpecVersion,
+}
+
+/// A CNI plugin: one method per verb (VERSION is answered here).
+pub trait Plugin {
+    fn add(&self, req: &Request) -> Result<CniResult, CniError>;
+    fn del(&self, req: &Request) -> Result<(), CniError>;
+    fn check(&self, req: &Request) -> Result<(), CniError>;
+    fn status(&self, req: &Request) -> Result<(), CniError>;
+    fn gc(&self, req: &Request) -> Result<(), CniError>;
+}
+
+/// What to print on stdout and the exit status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub exit_code: i32,
+    pub stdout: String,
+}
+
+impl Outcome {
+    fn ok(stdout: String) -> Outcome {
+        Outcome { exit_code: 0, stdout }
+    }
+
+    fn err(e: &CniError, version: SpecVersion) -> Outcome {
+        Outcome {
+            exit_code: 1,
+            stdout: e.to_json(version),
+        }
+    }
+}
+
+/// Run one invocation. `lookup` reads the environment; `stdin` is the whole of stdin.
+pub fn run(plugin: &impl Plugin, lookup: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Outcome {
+    // Errors are reported in the caller's version when we can tell it.
+    let claimed = serde_json::from_slice::<serde_json::Value>(stdin)
+        .ok()
+        .and_then(|v| v.get("cniVersion")?.as_str().and_then(SpecVersion::parse))
+        .unwrap_or(SpecVersion::LATEST);
+    let env = match Env::from_lookup(lookup) {
+        Ok(env) => env,
+        Err(e) => return Outcome::err(&e, claimed),
+    };
+    if env.command == Command::Version {
+        return version_reply(stdin);
+    }
+    let conf = match NetConf::parse(stdin) {
+        Ok(c) => c,
+        Err(e) => return Outcome::err(&e, claimed),
+    };
+    let version = match parse_version(&conf.cni_version) {
+        Ok(v) => v,
+        Err(e) => return Outcome::err(&e, claimed),
+    };
+    if let Err(e) = gate(env.command, version) {
+        return Outcome::err(&e, version);
+    }
+    let req = Request {
+        env,
+        stdin: stdin.to_vec(),
+        conf,
+        version,
+    };
+    let result = match req.env.command {
+        Command::Add => plugin.add(&req).map(|r| r.to_json(version)),
+        Command::Del => plugin.del(&req).map(|_| String::new()),
+        Command::Check => plugin.check(&req).map(|_| String::new()),
+        Command::Status => plugin.status(&req).map(|_| String::new()),
+        Command::Gc => plugin.gc(&req).map(|_| String::new()),
+        Command::Version => unreachable_version(),
+    };
+    match result {
+        Ok(out) => Outcome::ok(out),
+        Err(e) => Outcome::err(&e, version),
+    }
+}
+
+fn unreachable_version() -> Result<String, CniError> {
+    Err(CniError::internal("VERSION is answered before dispatch"))
+}
+
+/// CHECK needs 0.4.0, STATUS and GC need 1.1.0 (the reference skel's rules).
+fn gate(command: Command, version: SpecVersion) -> Result<(), CniError> {
+    let allowed = match command {
+        Command::Check => version.allows_check(),
+        Command::Status | Command::Gc => version.allows_status_and_gc(),
+        _ => true,
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(CniError::new(
+            super::code::INCOMPATIBLE_VERSION,
+            format!("config version does not allow {}", command.as_str()),
+            format!("the configuration says cniVersion {version}"),
+        ))
+    }
+}
+
+fn version_reply(stdin: &[u8]) -> Outcome {
+    let asked = if stdin.iter().all(u8::is_ascii_whitespace) {
+        SpecVersion::LATEST.as_str().to_string()
+    } else {
+        match serde_json::from_slice::<serde_json::Value>(stdin) {
+            Ok(v) => v
+                .get("cniVersion")
+                .and_then(|v| v.as_str())
+                .unwrap_or(SpecVersion::LATEST.as_str())
+                .to_string(),
+            Err(e) => {
+                return Outcome::err(&CniError::decode(e.to_string()), SpecVersion::LATEST);
+            }
+        }
+    };
+    let reply = json!({"cniVersion": asked, "supportedVersions": SpecVersion::all_strings()});
+    Outcome::ok(reply.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    struct Echo;
+    impl Plugin for Echo {
+        fn add(&self, _req: &Request) -> Result<CniResult, CniError> {
+            Ok(CniResult::default())
+        }
+        fn del(&self, _req: &Request) -> Result<(), CniError> {
+            Ok(())
+        }
+        fn check(&self, _req: &Request) -> Result<(), CniError> {
+            Ok(())
+        }
+        fn status(&self, _req: &Request) -> Result<(), CniError> {
+            Err(CniError::new(50, "not available", ""))
+        }
+        fn gc(&self, _req: &Request) -> Result<(), CniError> {
+            Ok(())
+        }
+    }
+
+    fn run_with(cmd: &str, stdin: &str) -> Outcome {
+        let vars: HashMap<&str, &str> = [
+            ("CNI_COMMAND", cmd),
+            ("CNI_CONTAINERID", "c1"),
+            ("CNI_NETNS", "/run/netns/p"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_PATH", "/opt/cni/bin"),
+        ]
+        .into();
+        run(&Echo, |k| vars.get(k).map(|v| v.to_string()), stdin.as_bytes())
+    }
+
+    #[test]
+    fn version_echoes_and_lists() {
+        let o = run_with("VERSION", r#"{"cniVersion":"0.4.0"}"#);
+        assert_eq!(o.exit_code, 0);
+        assert_eq!(
+            o.stdout,
+            r#"{"cniVersion":"0.4.0","supportedVersions":["0.3.0","0.3.1","0.4.0","1.0.0","1.1.0"]}"#
+        );
+    }
+
+    #[test]
+    fn gates_and_errors_use_config_version() {
+        let o = run_with("CHECK", r#"{"cniVersion":"0.3.1","name":"n"}"#);
+        assert_eq!(o.exit_code, 1);
+        assert!(o.stdout.contains(r#""cniVersion":"0.3.1","code":1"#), "{}", o.stdout);
+        let o = run_with("STATUS", r#"{"cniVersion":"1.1.0","name":"n"}"#);
+        assert!(o.stdout.contains(r#""code":50"#), "{}", o.stdout);
+        let o = run_with("ADD", r#"{"cniVersion":"0.2.0","name":"n"}"#);
+        assert!(o.stdout.contains(r#""code":1"#), "{}", o.stdout);
+        let o = run_with("ADD", "not json");
+        assert!(o.stdout.contains(r#""code":6"#), "{}", o.stdout);
+    }
+
+    #[test]
+    fn add_prints_result_in_config_version() {
+        let o = run_with("ADD", r#"{"cniVersion":"1.0.0","name":"n"}"#);
+        assert_eq!(o.exit_code, 0);
+        assert_eq!(o.stdout, r#"{"cniVersion":"1.0.0","ips":[],"dns":{}}"#);
+        assert_eq!(run_with("DEL", r#"{"cniVersion":"1.0.0","name":"n"}"#).stdout, "");
+    }
+}
