@@ -1,0 +1,450 @@
+//! Handing out addresses (Calico's `AutoAssign` and `AssignIP`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use super::claim::Candidate;
+use super::pools::{self, Pool, Selection};
+use super::{AssignIpArgs, AutoAssignArgs, AutoAssignResult, Ipam, Request, ds};
+use crate::datastore::{Datastore, Versioned};
+use crate::error::{IpamError, Result};
+use crate::model::block::AssignError;
+use crate::model::{AffinityType, IpFamily, IpamBlock};
+use crate::retry::{DATASTORE_RETRIES, retry_on_conflict};
+
+/// Outcome of one allocation step.
+enum Step {
+    /// Addresses allocated from one block.
+    Got(Vec<IpNet>),
+    /// No affine block has space and no block can be claimed: borrow or give up.
+    NoFreeBlocks,
+}
+
+/// One family's share of an auto-assign request.
+struct FamilyRequest<'a> {
+    family: IpFamily,
+    num: u32,
+    pools: Vec<&'a Pool>,
+    limit: u32,
+}
+
+impl<D: Datastore> Ipam<D> {
+    /// Allocates `num4` IPv4 and `num6` IPv6 addresses for `handle_id` on `hostname`.
+    ///
+    /// IPv4 is handled completely before IPv6. Either family failing (including getting fewer
+    /// addresses than asked for) releases everything this call allocated and returns the
+    /// error, so a caller never holds half a dual-stack result.
+    pub async fn auto_assign(&self, args: &AutoAssignArgs) -> Result<AutoAssignResult> {
+        let all_pools = self.load_pools().await?;
+        // A bad pool list is reported even for a family that was not asked for.
+        pools::resolve_requested(&all_pools, &args.ipv4_pools, IpFamily::V4)?;
+        pools::resolve_requested(&all_pools, &args.ipv6_pools, IpFamily::V6)?;
+        let mut req = self
+            .new_request(&args.hostname, &args.handle_id, &args.attrs)
+            .await?;
+
+        let mut result = AutoAssignResult::default();
+        let mut fresh: Vec<IpNet> = Vec::new();
+        let mut host_loaded = false;
+        let mut node_labels: Option<BTreeMap<String, String>> = None;
+        let no_labels = BTreeMap::new();
+        for (family, num, requested) in [
+            (IpFamily::V4, args.num4, &args.ipv4_pools),
+            (IpFamily::V6, args.num6, &args.ipv6_pools),
+        ] {
+            if num == 0 {
+                continue;
+            }
+            let held = if args.reuse_existing {
+                self.held_by_handle(&mut req, family).await?
+            } else {
+                Vec::new()
+            };
+            let out = match family {
+                IpFamily::V4 => &mut result.ipv4,
+                IpFamily::V6 => &mut result.ipv6,
+            };
+            out.extend(held.iter().take(num as usize));
+            if held.len() >= num as usize {
+                continue;
+            }
+
+            if requested.is_empty() && node_labels.is_none() {
+                node_labels = Some(
+                    self.store
+                        .node_labels(&args.hostname)
+                        .await
+                        .map_err(ds(format!("read node {}", args.hostname)))?
+                        .unwrap_or_default(),
+                );
+            }
+            let selection = Selection {
+                family,
+                requested,
+                node_labels: node_labels.as_ref().unwrap_or(&no_labels),
+                namespace_labels: args.namespace_labels.as_ref().unwrap_or(&no_labels),
+                intended_use: args.intended_use,
+                host: &args.hostname,
+            };
+            let family_result = match pools::determine_pools(&all_pools, &selection) {
+                Ok(pools) => {
+                    if !host_loaded {
+                        self.load_host_affinities(&mut req).await?;
+                        host_loaded = true;
+                    }
+                    let fam = FamilyRequest {
+                        family,
+                        num: num - held.len() as u32,
+                        limit: req.config.block_limit(args.max_blocks_per_host),
+                        pools,
+                    };
+                    self.retire_unselected_affinities(&mut req, &all_pools, &fam, &selection)
+                        .await;
+                    self.assign_family(&mut req, &fam, &mut fresh).await
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = family_result {
+                self.roll_back(&fresh).await;
+                return Err(e);
+            }
+            let out = match family {
+                IpFamily::V4 => &mut result.ipv4,
+                IpFamily::V6 => &mut result.ipv6,
+            };
+            out.extend(fresh.iter().filter(|n| IpFamily::of_net(n) == family));
+        }
+        Ok(result)
+    }
+
+    /// Releases addresses this call allocated before it failed. Errors are ignored: the
+    /// caller reports the original failure, and a later DEL releases by handle anyway.
+    async fn roll_back(&self, fresh: &[IpNet]) {
+        if fresh.is_empty() {
+            return;
+        }
+        let ips: Vec<IpAddr> = fresh.iter().map(IpNet::addr).collect();
+        let _ = self.release_ips(&ips).await;
+    }
+
+    /// One listing of this host's affinities, reused for both families.
+    async fn load_host_affinities(&self, req: &mut Request<'_>) -> Result<()> {
+        let listed = self
+            .store
+            .list_host_affinities(req.host)
+            .await
+            .map_err(ds(format!("list affinities of {}", req.host)))?;
+        for a in listed {
+            if a.value.affinity_type == AffinityType::Host
+                && a.value.node == req.host
+                && !a.value.deleted
+            {
+                req.affinities.insert(a.value.cidr, Some(a));
+            }
+        }
+        Ok(())
+    }
+
+    /// Addresses of `family` the request's handle already holds.
+    async fn held_by_handle(&self, req: &mut Request<'_>, family: IpFamily) -> Result<Vec<IpNet>> {
+        let Some(handle) = self.current_handle(req).await? else {
+            return Ok(Vec::new());
+        };
+        let mut held = Vec::new();
+        for cidr in handle.value.blocks() {
+            if IpFamily::of_net(&cidr) != family {
+                continue;
+            }
+            if let Some(b) = self
+                .store
+                .get_block(&cidr)
+                .await
+                .map_err(ds(format!("read block {cidr}")))?
+            {
+                let ips = b.value.ips_for_handle(req.handle_id);
+                held.extend(ips.into_iter().map(|ip| b.value.masked(ip)));
+            }
+        }
+        Ok(held)
+    }
+
+    /// Releases (when empty) this host's blocks in enabled pools whose nodeSelector no
+    /// longer matches the node, as Calico does on every assignment. Best effort.
+    async fn retire_unselected_affinities(
+        &self,
+        req: &mut Request<'_>,
+        all_pools: &[Pool],
+        fam: &FamilyRequest<'_>,
+        selection: &Selection<'_>,
+    ) {
+        let stale: Vec<IpNet> = req
+            .affinities
+            .keys()
+            .filter(|c| IpFamily::of_net(c) == fam.family)
+            .filter(|c| {
+                all_pools.iter().any(|p| {
+                    p.cidr.contains(*c)
+                        && !p.disabled
+                        && !p.node_selector.matches(selection.node_labels)
+                        && !fam.pools.iter().any(|q| q.name == p.name)
+                })
+            })
+            .copied()
+            .collect();
+        for cidr in stale {
+            if let Ok(Some(block)) = self.store.get_block(&cidr).await
+                && block.value.is_affine_to(req.host)
+                && matches!(self.release_block_affinity(block, true).await, Ok(true))
+            {
+                req.affinities.remove(&cidr);
+            }
+        }
+    }
+
+    /// Allocates `fam.num` addresses of one family, pushing each into `out` as soon as it is
+    /// written (so the caller can roll back on a later failure).
+    async fn assign_family(
+        &self,
+        req: &mut Request<'_>,
+        fam: &FamilyRequest<'_>,
+        out: &mut Vec<IpNet>,
+    ) -> Result<()> {
+        let mut affine: Vec<IpNet> = req
+            .affinities
+            .keys()
+            .filter(|c| fam.pools.iter().any(|p| p.cidr.contains(*c)))
+            .copied()
+            .collect();
+        let mut full = BTreeSet::new();
+        let mut got = 0u32;
+        let op = format!("assign {} addresses for {}", fam.family, req.host);
+        while got < fam.num {
+            let want = fam.num - got;
+            let step = retry_on_conflict(DATASTORE_RETRIES, &op, async || {
+                self.host_step(req, fam, &mut affine, &mut full, want).await
+            })
+            .await?;
+            match step {
+                Step::Got(ips) => {
+                    got += ips.len() as u32;
+                    out.extend(ips);
+                }
+                Step::NoFreeBlocks => {
+                    if req.config.strict_affinity {
+                        return Err(if req.config.auto_allocate_blocks {
+                            IpamError::StrictAffinityExhausted {
+                                host: req.host.to_owned(),
+                                family: fam.family,
+                                requested: fam.num,
+                                assigned: got,
+                            }
+                        } else {
+                            IpamError::AutoAllocateDisabled {
+                                host: req.host.to_owned(),
+                                family: fam.family,
+                            }
+                        });
+                    }
+                    let borrowed = self.borrow(req, fam, want).await?;
+                    got += borrowed.len() as u32;
+                    out.extend(borrowed);
+                    if got < fam.num {
+                        return Err(IpamError::Exhausted {
+                            family: fam.family,
+                            pools: fam.pools.iter().map(|p| p.cidr).collect(),
+                            requested: fam.num,
+                            assigned: got,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One step: allocate from the first affine block with space, else claim a new block
+    /// and allocate from it.
+    async fn host_step(
+        &self,
+        req: &mut Request<'_>,
+        fam: &FamilyRequest<'_>,
+        affine: &mut Vec<IpNet>,
+        full: &mut BTreeSet<IpNet>,
+        want: u32,
+    ) -> Result<Step> {
+        for cidr in affine.clone() {
+            if full.contains(&cidr) {
+                continue;
+            }
+            let Some(block) = self.prepare_affine_block(req, cidr).await? else {
+                affine.retain(|c| *c != cidr);
+                continue;
+            };
+            let ips = self.assign_from_block(req, block, want).await?;
+            if ips.is_empty() {
+                full.insert(cidr);
+                continue;
+            }
+            return Ok(Step::Got(ips));
+        }
+
+        if affine.len() as u32 >= fam.limit {
+            return Err(IpamError::BlockLimit {
+                limit: fam.limit,
+                host: req.host.to_owned(),
+            });
+        }
+        if !req.config.auto_allocate_blocks {
+            return Ok(Step::NoFreeBlocks);
+        }
+        let block = match self.find_usable_block(req, &fam.pools).await? {
+            None => return Ok(Step::NoFreeBlocks),
+            Some(Candidate::Unclaimed(cidr)) => self.claim_block(req, cidr, None).await?,
+            Some(Candidate::Mine(cidr)) => {
+                let existing = self.host_affinity(req, &cidr).await?;
+                let found = match existing {
+                    Some(_) => self.prepare_affine_block(req, cidr).await?,
+                    None => Some(self.claim_block(req, cidr, None).await?),
+                };
+                let Some(block) = found else {
+                    return Err(IpamError::conflict(format!("block {cidr} changed owner")));
+                };
+                block
+            }
+        };
+        let cidr = block.value.cidr;
+        if !affine.contains(&cidr) {
+            affine.push(cidr);
+        }
+        let ips = self.assign_from_block(req, block, want).await?;
+        if ips.is_empty() {
+            // Only reserved addresses left in a fresh block; look again.
+            full.insert(cidr);
+            return Err(IpamError::conflict(format!(
+                "block {cidr} has no usable address"
+            )));
+        }
+        Ok(Step::Got(ips))
+    }
+
+    /// Takes addresses from other hosts' blocks (strict affinity off, nothing left to
+    /// claim), walking each pool's existing blocks in this host's walk order.
+    async fn borrow(
+        &self,
+        req: &mut Request<'_>,
+        fam: &FamilyRequest<'_>,
+        want: u32,
+    ) -> Result<Vec<IpNet>> {
+        let existing = self
+            .store
+            .list_block_cidrs()
+            .await
+            .map_err(ds("list blocks"))?;
+        let mut got: Vec<IpNet> = Vec::new();
+        for pool in &fam.pools {
+            let walk = super::walk::BlockWalk::new(pool.cidr, pool.block_size, req.host);
+            let mut in_pool: Vec<IpNet> = existing
+                .iter()
+                .filter(|c| c.prefix_len() == pool.block_size && pool.cidr.contains(*c))
+                .copied()
+                .collect();
+            in_pool.sort_by_key(|c| walk.position(c));
+            for cidr in in_pool {
+                let remaining = want - got.len() as u32;
+                if remaining == 0 {
+                    return Ok(got);
+                }
+                if req.reservation_covering(&cidr).is_some() {
+                    continue;
+                }
+                let op = format!("borrow addresses from block {cidr}");
+                let ips = retry_on_conflict(DATASTORE_RETRIES, &op, async || {
+                    match self
+                        .store
+                        .get_block(&cidr)
+                        .await
+                        .map_err(ds(format!("read block {cidr}")))?
+                    {
+                        Some(b) => self.assign_from_block(req, b, remaining).await,
+                        None => Ok(Vec::new()),
+                    }
+                })
+                .await?;
+                got.extend(ips);
+            }
+        }
+        Ok(got)
+    }
+
+    /// Allocates one specific address. Its pool must be enabled and allow the intended use;
+    /// a missing block is claimed for `hostname` (ignoring nodeSelector and the block limit,
+    /// as Calico does). Returns the address with its block's mask.
+    pub async fn assign_ip(&self, args: &AssignIpArgs) -> Result<IpNet> {
+        let all_pools = self.load_pools().await?;
+        let pool = all_pools
+            .iter()
+            .find(|p| !p.disabled && p.cidr.contains(&args.ip))
+            .ok_or(IpamError::AddressNotInPool { ip: args.ip })?;
+        if !pool.allows(args.intended_use) {
+            return Err(IpamError::UseNotAllowed {
+                pool: pool.name.clone(),
+                intended_use: args.intended_use,
+                allowed: pool.uses_string(),
+            });
+        }
+        let cidr = pool.block_for(args.ip);
+        let mut req = self
+            .new_request(&args.hostname, &args.handle_id, &args.attrs)
+            .await?;
+        let op = format!("assign {} on {}", args.ip, args.hostname);
+        retry_on_conflict(DATASTORE_RETRIES, &op, async || {
+            let block = match self
+                .store
+                .get_block(&cidr)
+                .await
+                .map_err(ds(format!("read block {cidr}")))?
+            {
+                Some(b) => b,
+                None => {
+                    let existing = self.host_affinity(&mut req, &cidr).await?;
+                    self.claim_block(&mut req, cidr, existing).await?
+                }
+            };
+            self.assign_one(&mut req, block, args.ip).await
+        })
+        .await
+    }
+
+    async fn assign_one(
+        &self,
+        req: &mut Request<'_>,
+        mut block: Versioned<IpamBlock>,
+        ip: IpAddr,
+    ) -> Result<IpNet> {
+        let cidr = block.value.cidr;
+        if req.config.strict_affinity && !block.value.is_affine_to(req.host) {
+            return Err(IpamError::StrictAffinityViolation {
+                ip,
+                block: cidr,
+                affinity: block.value.affinity.clone().unwrap_or_default(),
+            });
+        }
+        match block.value.assign(ip, Some(req.handle_id), req.attrs) {
+            Ok(()) => {}
+            Err(AssignError::InUse) => return Err(IpamError::AddressInUse { ip, block: cidr }),
+            Err(AssignError::NotInBlock) => {
+                return Err(IpamError::Corrupt(format!(
+                    "{ip} is not inside block {cidr}"
+                )));
+            }
+        }
+        self.write_handle(req, |h| h.increment(&cidr, 1)).await?;
+        if let Err(e) = self.write_block(&mut block).await {
+            self.undo_handle_increment(req, &cidr, 1).await;
+            return Err(e);
+        }
+        Ok(block.value.masked(ip))
+    }
+}

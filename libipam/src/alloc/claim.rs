@@ -1,0 +1,389 @@
+//! Claiming blocks for a host (Calico's `findOrClaimBlock`, `findUsableBlock`,
+//! `getPendingAffinity`, `claimAffineBlock`, `confirmAffinity`, `releaseBlockAffinity`).
+//!
+//! Claim protocol: affinity `pending` → create the block with `affinity: host:<node>` →
+//! affinity `confirmed`. The block's `affinity` field decides ownership; an affinity whose
+//! block says otherwise is stale and is deleted. Losing a race surfaces as a conflict, so the
+//! step is retried from fresh reads and picks another block.
+
+use std::collections::HashSet;
+
+use ipnet::IpNet;
+
+use super::pools::Pool;
+use super::walk::BlockWalk;
+use super::{Ipam, Request, ds};
+use crate::datastore::{Datastore, DatastoreError, Versioned};
+use crate::error::{IpamError, Result};
+use crate::model::time;
+use crate::model::{AffinityState, BlockAffinity, IpamBlock, host_affinity};
+
+/// A host may take over another host's empty block only if it was claimed this long ago
+/// (Calico's `EmptyBlockMinReclaimAge`), so a block is not stolen between claim and first use.
+const EMPTY_BLOCK_MIN_RECLAIM_AGE_SECS: i64 = 60;
+
+/// A block the host can use next.
+pub(super) enum Candidate {
+    /// No block exists at this CIDR yet.
+    Unclaimed(IpNet),
+    /// The block exists, is already ours and has space (we lost track of it, e.g. an
+    /// interrupted claim).
+    Mine(IpNet),
+}
+
+impl<D: Datastore> Ipam<D> {
+    /// This host's affinity for `cidr`, from the request's listing or re-read after a
+    /// conflict. `None` when it does not exist.
+    pub(super) async fn host_affinity(
+        &self,
+        req: &mut Request<'_>,
+        cidr: &IpNet,
+    ) -> Result<Option<Versioned<BlockAffinity>>> {
+        if let Some(Some(a)) = req.affinities.get(cidr) {
+            return Ok(Some(a.clone()));
+        }
+        let a = self
+            .store
+            .get_affinity(req.host, cidr)
+            .await
+            .map_err(ds(format!("read affinity of {} for {cidr}", req.host)))?;
+        match &a {
+            Some(a) => {
+                req.affinities.insert(*cidr, Some(a.clone()));
+            }
+            None => {
+                req.affinities.remove(cidr);
+            }
+        }
+        Ok(a)
+    }
+
+    /// Writes an affinity of this host, keeping the request's copy current. A conflict marks
+    /// the copy stale; `NotFound` drops it.
+    async fn put_affinity(
+        &self,
+        req: &mut Request<'_>,
+        aff: &mut Versioned<BlockAffinity>,
+        state: AffinityState,
+    ) -> Result<()> {
+        aff.value.state = state;
+        let cidr = aff.value.cidr;
+        match self.store.update_affinity(aff).await {
+            Ok(rev) => {
+                aff.revision = rev;
+                req.affinities.insert(cidr, Some(aff.clone()));
+                Ok(())
+            }
+            Err(e) => {
+                if e == DatastoreError::NotFound {
+                    req.affinities.remove(&cidr);
+                } else {
+                    req.affinities.insert(cidr, None);
+                }
+                Err(IpamError::store(format!(
+                    "set affinity of {} for {cidr} to {}",
+                    req.host,
+                    state.as_str()
+                ))(e))
+            }
+        }
+    }
+
+    /// Deletes an affinity, ignoring "already gone" and conflicts (someone else is dealing
+    /// with it).
+    async fn drop_affinity(
+        &self,
+        req: &mut Request<'_>,
+        aff: &Versioned<BlockAffinity>,
+    ) -> Result<()> {
+        req.affinities.remove(&aff.value.cidr);
+        match self.store.delete_affinity(aff).await {
+            Ok(()) | Err(DatastoreError::NotFound | DatastoreError::Conflict) => Ok(()),
+            Err(e) => Err(IpamError::store(format!(
+                "delete affinity of {} for {}",
+                aff.value.node, aff.value.cidr
+            ))(e)),
+        }
+    }
+
+    /// Gets one of this host's affine blocks ready for allocation: re-creates a missing
+    /// block, drops a stale affinity (returns `None`), finishes an interrupted claim.
+    pub(super) async fn prepare_affine_block(
+        &self,
+        req: &mut Request<'_>,
+        cidr: IpNet,
+    ) -> Result<Option<Versioned<IpamBlock>>> {
+        let Some(aff) = self.host_affinity(req, &cidr).await? else {
+            return Ok(None);
+        };
+        let block = self
+            .store
+            .get_block(&cidr)
+            .await
+            .map_err(ds(format!("read block {cidr}")))?;
+        match block {
+            None => match self.claim_block(req, cidr, Some(aff)).await {
+                Ok(b) => Ok(Some(b)),
+                Err(IpamError::Datastore {
+                    source: DatastoreError::NotFound,
+                    ..
+                }) => Ok(None),
+                Err(e) => Err(e),
+            },
+            Some(b) if !b.value.is_affine_to(req.host) => {
+                self.drop_affinity(req, &aff).await?;
+                Ok(None)
+            }
+            Some(b) if aff.value.state != AffinityState::Confirmed => {
+                self.confirm_existing_claim(req, aff, b).await.map(Some)
+            }
+            Some(b) => Ok(Some(b)),
+        }
+    }
+
+    /// The block is ours but the affinity is not confirmed (an interrupted claim, or a
+    /// release in progress): affinity `pending`, rewrite the block unchanged to fence any
+    /// concurrent releaser, affinity `confirmed`.
+    async fn confirm_existing_claim(
+        &self,
+        req: &mut Request<'_>,
+        mut aff: Versioned<BlockAffinity>,
+        mut block: Versioned<IpamBlock>,
+    ) -> Result<Versioned<IpamBlock>> {
+        self.put_affinity(req, &mut aff, AffinityState::Pending)
+            .await?;
+        self.write_block(&mut block).await?;
+        self.put_affinity(req, &mut aff, AffinityState::Confirmed)
+            .await?;
+        Ok(block)
+    }
+
+    /// Claims the block at `cidr` for this host. `existing` is this host's affinity for it,
+    /// when there is one already.
+    pub(super) async fn claim_block(
+        &self,
+        req: &mut Request<'_>,
+        cidr: IpNet,
+        existing: Option<Versioned<BlockAffinity>>,
+    ) -> Result<Versioned<IpamBlock>> {
+        // 1. A pending affinity.
+        let mut aff = match existing {
+            Some(mut a) => {
+                self.put_affinity(req, &mut a, AffinityState::Pending)
+                    .await?;
+                a
+            }
+            None => {
+                let value = BlockAffinity::host(req.host, cidr, AffinityState::Pending);
+                match self.store.create_affinity(&value).await {
+                    Ok(revision) => Versioned { value, revision },
+                    Err(DatastoreError::AlreadyExists) => {
+                        req.affinities.remove(&cidr);
+                        let Some(mut a) = self.host_affinity(req, &cidr).await? else {
+                            return Err(IpamError::conflict(format!(
+                                "claim block {cidr}: affinity vanished"
+                            )));
+                        };
+                        if a.value.state != AffinityState::Confirmed {
+                            self.put_affinity(req, &mut a, AffinityState::Pending)
+                                .await?;
+                        }
+                        a
+                    }
+                    Err(e) => {
+                        return Err(IpamError::store(format!(
+                            "create affinity of {} for {cidr}",
+                            req.host
+                        ))(e));
+                    }
+                }
+            }
+        };
+        req.affinities.insert(cidr, Some(aff.clone()));
+
+        // 2. The block itself.
+        let new_block = IpamBlock::new(cidr, Some(host_affinity(req.host)), time::now_nanos())
+            .map_err(IpamError::Corrupt)?;
+        let block = match self.store.create_block(&new_block).await {
+            Ok(revision) => Versioned {
+                value: new_block,
+                revision,
+            },
+            Err(DatastoreError::AlreadyExists) => {
+                let found = self
+                    .store
+                    .get_block(&cidr)
+                    .await
+                    .map_err(ds(format!("read block {cidr}")))?;
+                match found {
+                    Some(b) if b.value.is_affine_to(req.host) => b,
+                    _ => {
+                        // Another host won the block; withdraw our claim.
+                        self.drop_affinity(req, &aff).await?;
+                        return Err(IpamError::conflict(format!(
+                            "claim block {cidr}: claimed by another host"
+                        )));
+                    }
+                }
+            }
+            Err(e) => return Err(IpamError::store(format!("create block {cidr}"))(e)),
+        };
+
+        // 3. Confirm (accepting a confirmation somebody else already wrote).
+        if aff.value.state != AffinityState::Confirmed
+            && let Err(e) = self
+                .put_affinity(req, &mut aff, AffinityState::Confirmed)
+                .await
+        {
+            if !e.is_conflict() {
+                return Err(e);
+            }
+            match self.host_affinity(req, &cidr).await? {
+                Some(a) if a.value.state == AffinityState::Confirmed => {}
+                _ => return Err(e),
+            }
+        }
+        Ok(block)
+    }
+
+    /// Picks the next block for this host among `pools` (Calico's `findUsableBlock`): the
+    /// first CIDR of each pool's walk that is not a block yet; failing that, a block of ours
+    /// with space; failing that, another host's empty block, reclaimed.
+    pub(super) async fn find_usable_block(
+        &self,
+        req: &mut Request<'_>,
+        pools: &[&Pool],
+    ) -> Result<Option<Candidate>> {
+        let existing: HashSet<IpNet> = self
+            .store
+            .list_block_cidrs()
+            .await
+            .map_err(ds("list blocks"))?
+            .into_iter()
+            .collect();
+        for pool in pools {
+            if req.reservation_covering(&pool.cidr).is_some() {
+                continue;
+            }
+            let mut walk = BlockWalk::new(pool.cidr, pool.block_size, req.host);
+            while let Some(cidr) = walk.next() {
+                if let Some(r) = req.reservation_covering(&cidr) {
+                    walk.skip_reserved(&cidr, &r);
+                    continue;
+                }
+                // Stops at the first gap, so a huge pool costs at most one step per block
+                // that already exists in it.
+                if !existing.contains(&cidr) {
+                    return Ok(Some(Candidate::Unclaimed(cidr)));
+                }
+            }
+        }
+
+        // Every block of every pool exists: look inside them.
+        let blocks = self.store.list_blocks().await.map_err(ds("list blocks"))?;
+        let mut reclaimable = Vec::new();
+        for pool in pools {
+            let walk = BlockWalk::new(pool.cidr, pool.block_size, req.host);
+            let mut in_pool: Vec<&Versioned<IpamBlock>> = blocks
+                .iter()
+                .filter(|b| {
+                    b.value.cidr.prefix_len() == pool.block_size
+                        && pool.cidr.contains(&b.value.cidr)
+                })
+                .collect();
+            in_pool.sort_by_key(|b| walk.position(&b.value.cidr));
+            for b in in_pool {
+                if req.reservation_covering(&b.value.cidr).is_some() {
+                    continue;
+                }
+                let free = b.value.num_free(|ip| req.reserved(ip));
+                if free == 0 {
+                    continue;
+                }
+                if b.value.is_affine_to(req.host) {
+                    return Ok(Some(Candidate::Mine(b.value.cidr)));
+                }
+                let host_or_none = b.value.affinity.is_none() || b.value.host().is_some();
+                if b.value.empty() && host_or_none {
+                    reclaimable.push(b.clone());
+                }
+            }
+        }
+        let now = (time::now_nanos() / 1_000_000_000) as i64;
+        for b in reclaimable {
+            let claimed_at = b
+                .value
+                .affinity_claim_time
+                .as_deref()
+                .and_then(time::parse_rfc3339);
+            if claimed_at.is_some_and(|t| now - t < EMPTY_BLOCK_MIN_RECLAIM_AGE_SECS) {
+                continue;
+            }
+            let cidr = b.value.cidr;
+            if self.release_block_affinity(b, true).await? {
+                return Ok(Some(Candidate::Unclaimed(cidr)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Takes a block away from its owner (Calico's `releaseBlockAffinity`): owner's affinity
+    /// `pendingDeletion`, then the block is deleted if empty (or else, unless `require_empty`,
+    /// left without affinity), then the affinity is deleted. The block write is a
+    /// compare-and-swap on the revision the caller saw, so a concurrent allocation wins.
+    /// `Ok(false)` when someone else changed things first.
+    pub(super) async fn release_block_affinity(
+        &self,
+        mut block: Versioned<IpamBlock>,
+        require_empty: bool,
+    ) -> Result<bool> {
+        let cidr = block.value.cidr;
+        let lost = |e: &DatastoreError| {
+            matches!(
+                e,
+                DatastoreError::Conflict | DatastoreError::NotFound | DatastoreError::AlreadyExists
+            )
+        };
+        let empty = block.value.empty();
+        if require_empty && !empty {
+            return Ok(false);
+        }
+        let mut aff = match block.value.host() {
+            Some(owner) => self
+                .store
+                .get_affinity(owner, &cidr)
+                .await
+                .map_err(ds(format!("read affinity of {owner} for {cidr}")))?,
+            None => None,
+        };
+        if let Some(a) = aff.as_mut() {
+            a.value.state = AffinityState::PendingDeletion;
+            match self.store.update_affinity(a).await {
+                Ok(rev) => a.revision = rev,
+                Err(e) if lost(&e) => return Ok(false),
+                Err(e) => return Err(IpamError::store(format!("release affinity for {cidr}"))(e)),
+            }
+        }
+        let result = if empty {
+            self.store.delete_block(&block).await
+        } else {
+            block.value.affinity = None;
+            block.value.affinity_claim_time = None;
+            block.value.sequence_number += 1;
+            self.store.update_block(&block).await.map(|_| ())
+        };
+        match result {
+            Ok(()) => {}
+            Err(e) if lost(&e) => return Ok(false),
+            Err(e) => return Err(IpamError::store(format!("release block {cidr}"))(e)),
+        }
+        if let Some(a) = aff {
+            match self.store.delete_affinity(&a).await {
+                Ok(()) => {}
+                Err(e) if lost(&e) => {}
+                Err(e) => return Err(IpamError::store(format!("delete affinity for {cidr}"))(e)),
+            }
+        }
+        Ok(true)
+    }
+}

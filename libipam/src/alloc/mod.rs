@@ -1,0 +1,335 @@
+//! The block-affinity allocator (Calico's `libcalico-go/lib/ipam`), over any [`Datastore`].
+//!
+//! - `assign`: auto-assign and assign-a-specific-address;
+//! - `claim`: finding and claiming new blocks, reclaiming empty ones;
+//! - `release`: release by handle and by address;
+//! - `report`: `check`, `usage` and `blocks`.
+//!
+//! Every read-modify-write step runs inside [`retry_on_conflict`]; nothing else loops.
+
+mod assign;
+mod claim;
+mod pools;
+mod release;
+mod report;
+mod walk;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use crate::datastore::{Datastore, DatastoreError, Versioned};
+use crate::error::{IpamError, Result};
+use crate::model::{AllowedUse, BlockAffinity, IpamBlock, IpamConfig, IpamHandle};
+use crate::retry::{DATASTORE_RETRIES, retry_on_conflict};
+
+pub use report::{BlockUsage, PoolUsage, Problem};
+
+/// Arguments of [`Ipam::auto_assign`].
+#[derive(Debug, Clone)]
+pub struct AutoAssignArgs {
+    /// Number of IPv4 addresses wanted.
+    pub num4: u32,
+    /// Number of IPv6 addresses wanted.
+    pub num6: u32,
+    /// The allocation handle (e.g. `k8s-pod-network.<containerID>`).
+    pub handle_id: String,
+    /// Stored with each allocation (`node`, `pod`, `namespace`, `timestamp`, ...).
+    pub attrs: BTreeMap<String, String>,
+    /// The node allocating.
+    pub hostname: String,
+    /// IPv4 pools to use, by name or CIDR, in order; empty = automatic selection. Requested
+    /// pools bypass nodeSelector, namespaceSelector and assignmentMode.
+    pub ipv4_pools: Vec<String>,
+    /// IPv6 pools to use, by name or CIDR, in order; empty = automatic selection.
+    pub ipv6_pools: Vec<String>,
+    /// Per-request block limit; 0 = use the IPAM config's. The more restrictive wins.
+    pub max_blocks_per_host: u32,
+    /// What the addresses are for (matched against pools' allowedUses).
+    pub intended_use: AllowedUse,
+    /// Labels of the pod's namespace, for pools' namespaceSelector (`None` = no labels).
+    pub namespace_labels: Option<BTreeMap<String, String>>,
+    /// Return the addresses the handle already holds (topping up to `num4`/`num6`) instead
+    /// of allocating more. Calico allocates more on a repeated ADD; we do not.
+    pub reuse_existing: bool,
+}
+
+impl AutoAssignArgs {
+    /// Arguments for `num4` IPv4 and `num6` IPv6 workload addresses, everything else default.
+    pub fn new(
+        handle_id: impl Into<String>,
+        hostname: impl Into<String>,
+        num4: u32,
+        num6: u32,
+    ) -> Self {
+        AutoAssignArgs {
+            num4,
+            num6,
+            handle_id: handle_id.into(),
+            attrs: BTreeMap::new(),
+            hostname: hostname.into(),
+            ipv4_pools: Vec::new(),
+            ipv6_pools: Vec::new(),
+            max_blocks_per_host: 0,
+            intended_use: AllowedUse::Workload,
+            namespace_labels: None,
+            reuse_existing: false,
+        }
+    }
+}
+
+/// Addresses handed out by [`Ipam::auto_assign`], each with its block's mask
+/// (e.g. `10.244.1.5/26`, `fd00:10:244::5/122`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AutoAssignResult {
+    /// IPv4 addresses.
+    pub ipv4: Vec<IpNet>,
+    /// IPv6 addresses.
+    pub ipv6: Vec<IpNet>,
+}
+
+impl AutoAssignResult {
+    /// IPv4 then IPv6.
+    pub fn all(&self) -> Vec<IpNet> {
+        self.ipv4.iter().chain(&self.ipv6).copied().collect()
+    }
+}
+
+/// Arguments of [`Ipam::assign_ip`].
+#[derive(Debug, Clone)]
+pub struct AssignIpArgs {
+    /// The address wanted.
+    pub ip: IpAddr,
+    /// The allocation handle.
+    pub handle_id: String,
+    /// Stored with the allocation.
+    pub attrs: BTreeMap<String, String>,
+    /// The node allocating; the address's block is claimed for it if nobody has it.
+    pub hostname: String,
+    /// What the address is for (the pool must allow it).
+    pub intended_use: AllowedUse,
+}
+
+/// Calico's IPAM over a datastore.
+#[derive(Debug)]
+pub struct Ipam<D> {
+    store: D,
+}
+
+impl<D> Ipam<D> {
+    /// An allocator over `store`.
+    pub fn new(store: D) -> Self {
+        Ipam { store }
+    }
+
+    /// The datastore.
+    pub fn store(&self) -> &D {
+        &self.store
+    }
+
+    /// Gives the datastore back.
+    pub fn into_store(self) -> D {
+        self.store
+    }
+}
+
+/// What is known about the request's handle object.
+#[derive(Debug, Clone)]
+enum HandleCache {
+    /// Must be read before it is written.
+    Unknown,
+    /// Known not to exist.
+    Absent,
+    /// Known at this revision.
+    Present(Versioned<IpamHandle>),
+}
+
+/// State shared by the steps of one request: read once, kept current as the request writes,
+/// so nothing just written is read back.
+struct Request<'a> {
+    host: &'a str,
+    handle_id: &'a str,
+    attrs: &'a BTreeMap<String, String>,
+    config: IpamConfig,
+    reservations: Vec<IpNet>,
+    handle: HandleCache,
+    /// This host's affinities (both families); `None` = must be re-read before writing.
+    affinities: BTreeMap<IpNet, Option<Versioned<BlockAffinity>>>,
+}
+
+impl Request<'_> {
+    fn reserved(&self, ip: IpAddr) -> bool {
+        self.reservations.iter().any(|r| r.contains(&ip))
+    }
+
+    /// A reservation covering all of `block`, if any.
+    fn reservation_covering(&self, block: &IpNet) -> Option<IpNet> {
+        self.reservations
+            .iter()
+            .find(|r| r.contains(block))
+            .copied()
+    }
+}
+
+fn ds(op: impl Into<String>) -> impl FnOnce(DatastoreError) -> IpamError {
+    IpamError::store(op)
+}
+
+impl<D: Datastore> Ipam<D> {
+    async fn new_request<'a>(
+        &self,
+        host: &'a str,
+        handle_id: &'a str,
+        attrs: &'a BTreeMap<String, String>,
+    ) -> Result<Request<'a>> {
+        if host.is_empty() {
+            return Err(IpamError::InvalidArgs("a hostname is required".into()));
+        }
+        if handle_id.is_empty() {
+            return Err(IpamError::InvalidArgs("a handle ID is required".into()));
+        }
+        let config = self
+            .store
+            .get_config()
+            .await
+            .map_err(ds("read IPAM config"))?;
+        let reservations = self
+            .store
+            .list_reservations()
+            .await
+            .map_err(ds("list IP reservations"))?
+            .iter()
+            .flat_map(|r| r.spec.networks())
+            .collect();
+        Ok(Request {
+            host,
+            handle_id,
+            attrs,
+            config,
+            reservations,
+            handle: HandleCache::Unknown,
+            affinities: BTreeMap::new(),
+        })
+    }
+
+    /// Every stored pool that parses and validates, in name order.
+    async fn load_pools(&self) -> Result<Vec<pools::Pool>> {
+        let mut stored = self.store.list_pools().await.map_err(ds("list IP pools"))?;
+        stored.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(stored.iter().filter_map(pools::Pool::from_stored).collect())
+    }
+
+    /// The request's handle, read at most once.
+    async fn current_handle(&self, req: &mut Request<'_>) -> Result<Option<Versioned<IpamHandle>>> {
+        if let HandleCache::Unknown = req.handle {
+            req.handle = match self
+                .store
+                .get_handle(req.handle_id)
+                .await
+                .map_err(ds(format!("read handle {}", req.handle_id)))?
+            {
+                Some(h) => HandleCache::Present(h),
+                None => HandleCache::Absent,
+            };
+        }
+        Ok(match &req.handle {
+            HandleCache::Present(h) => Some(h.clone()),
+            _ => None,
+        })
+    }
+
+    /// One attempt at changing the request's handle: create, update, or delete when it ends
+    /// up empty. A conflict forgets the cached copy so the next attempt re-reads it.
+    async fn write_handle(
+        &self,
+        req: &mut Request<'_>,
+        change: impl Fn(&mut IpamHandle),
+    ) -> Result<()> {
+        let op = format!("write handle {}", req.handle_id);
+        let result = match self.current_handle(req).await? {
+            None => {
+                let mut h = IpamHandle::new(req.handle_id);
+                change(&mut h);
+                if h.is_empty() {
+                    return Ok(());
+                }
+                self.store
+                    .create_handle(&h)
+                    .await
+                    .map(|revision| HandleCache::Present(Versioned { value: h, revision }))
+            }
+            Some(mut h) => {
+                change(&mut h.value);
+                if h.value.is_empty() {
+                    self.store
+                        .delete_handle(&h)
+                        .await
+                        .map(|()| HandleCache::Absent)
+                } else {
+                    self.store.update_handle(&h).await.map(|revision| {
+                        h.revision = revision;
+                        HandleCache::Present(h)
+                    })
+                }
+            }
+        };
+        match result {
+            Ok(cache) => {
+                req.handle = cache;
+                Ok(())
+            }
+            Err(e) => {
+                req.handle = HandleCache::Unknown;
+                Err(IpamError::store(op)(e))
+            }
+        }
+    }
+
+    /// Takes back a handle increment after the block write it announced failed. Best effort:
+    /// a handle that over-counts is tolerated by every reader.
+    async fn undo_handle_increment(&self, req: &mut Request<'_>, block: &IpNet, n: u32) {
+        let _ = retry_on_conflict(DATASTORE_RETRIES, "undo handle increment", async || {
+            self.write_handle(req, |h| h.decrement(block, n)).await
+        })
+        .await;
+    }
+
+    /// Writes a changed block (sequence number +1, compare-and-swap on its revision).
+    async fn write_block(&self, block: &mut Versioned<IpamBlock>) -> Result<()> {
+        block.value.sequence_number += 1;
+        block.revision = self
+            .store
+            .update_block(block)
+            .await
+            .map_err(ds(format!("update block {}", block.value.cidr)))?;
+        Ok(())
+    }
+
+    /// Allocates up to `want` addresses from `block` for the request: handle first, then the
+    /// block (Calico's order); the handle is decremented again if the block write fails.
+    async fn assign_from_block(
+        &self,
+        req: &mut Request<'_>,
+        mut block: Versioned<IpamBlock>,
+        want: u32,
+    ) -> Result<Vec<IpNet>> {
+        let reservations = req.reservations.clone();
+        let ips = block
+            .value
+            .auto_assign(want, Some(req.handle_id), req.attrs, |ip| {
+                reservations.iter().any(|r| r.contains(&ip))
+            });
+        if ips.is_empty() {
+            return Ok(Vec::new());
+        }
+        let cidr = block.value.cidr;
+        let n = ips.len() as u32;
+        self.write_handle(req, |h| h.increment(&cidr, n)).await?;
+        if let Err(e) = self.write_block(&mut block).await {
+            self.undo_handle_increment(req, &cidr, n).await;
+            return Err(e);
+        }
+        Ok(ips.into_iter().map(|ip| block.value.masked(ip)).collect())
+    }
+}

@@ -1,0 +1,164 @@
+//! Which pools a request may use (Calico's `determinePools` + `filterPoolsByUse`).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use crate::error::{IpamError, Result};
+use crate::model::{AllowedUse, AssignmentMode, IpFamily, IpPool};
+use crate::selector::Selector;
+use crate::validate;
+
+/// A stored pool that passed validation, with its fields parsed.
+#[derive(Debug, Clone)]
+pub(crate) struct Pool {
+    pub name: String,
+    pub cidr: IpNet,
+    pub block_size: u8,
+    pub disabled: bool,
+    pub node_selector: Selector,
+    pub namespace_selector: Selector,
+    pub allowed_uses: Vec<AllowedUse>,
+    pub assignment_mode: AssignmentMode,
+}
+
+impl Pool {
+    /// Parses a stored pool (defaults applied). Pools that fail validation cannot be allocated
+    /// from and are left out.
+    pub fn from_stored(pool: &IpPool) -> Option<Pool> {
+        let pool = pool.clone().with_defaults();
+        validate::validate_pool(&pool).ok()?;
+        let spec = &pool.spec;
+        let cidr = pool.cidr()?;
+        let block_size = u8::try_from(spec.block_size?).ok()?;
+        if block_size < cidr.prefix_len() {
+            return None;
+        }
+        let selector = |s: &Option<String>| Selector::parse(s.as_deref().unwrap_or("")).ok();
+        Some(Pool {
+            name: pool.name.clone(),
+            cidr,
+            block_size,
+            disabled: spec.disabled,
+            node_selector: selector(&spec.node_selector)?,
+            namespace_selector: selector(&spec.namespace_selector)?,
+            allowed_uses: spec.allowed_uses(),
+            assignment_mode: spec.assignment_mode(),
+        })
+    }
+
+    pub fn family(&self) -> IpFamily {
+        IpFamily::of_net(&self.cidr)
+    }
+
+    /// The block of this pool containing `ip`.
+    pub fn block_for(&self, ip: IpAddr) -> IpNet {
+        IpNet::new(ip, self.block_size)
+            .map(|n| n.trunc())
+            .unwrap_or(self.cidr)
+    }
+
+    pub fn allows(&self, use_: AllowedUse) -> bool {
+        self.allowed_uses.contains(&use_)
+    }
+
+    pub fn uses_string(&self) -> String {
+        self.allowed_uses
+            .iter()
+            .map(|u| u.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// Resolves requested pool names or CIDRs against every stored pool (so a disabled or
+/// wrong-family pool gives a precise error).
+pub(crate) fn resolve_requested<'a>(
+    all: &'a [Pool],
+    requested: &[String],
+    family: IpFamily,
+) -> Result<Vec<&'a Pool>> {
+    let list = match family {
+        IpFamily::V4 => "ipv4_pools",
+        IpFamily::V6 => "ipv6_pools",
+    };
+    requested
+        .iter()
+        .map(|want| {
+            let as_cidr = want.trim().parse::<IpNet>().ok();
+            let pool = all
+                .iter()
+                .find(|p| as_cidr == Some(p.cidr) || p.name == *want)
+                .ok_or_else(|| IpamError::PoolNotFound { pool: want.clone() })?;
+            if pool.family() != family {
+                return Err(IpamError::WrongFamilyPool {
+                    list,
+                    cidr: pool.cidr,
+                    actual: pool.family(),
+                });
+            }
+            if pool.disabled {
+                return Err(IpamError::PoolNotFound { pool: want.clone() });
+            }
+            Ok(pool)
+        })
+        .collect()
+}
+
+/// Everything pool selection depends on.
+pub(crate) struct Selection<'a> {
+    pub family: IpFamily,
+    pub requested: &'a [String],
+    pub node_labels: &'a BTreeMap<String, String>,
+    pub namespace_labels: &'a BTreeMap<String, String>,
+    pub intended_use: AllowedUse,
+    pub host: &'a str,
+}
+
+/// The pools to allocate from, in order: requested pools as given (selectors ignored), else
+/// every enabled automatic pool selecting this node and namespace, in name order; then only
+/// those allowing the intended use.
+pub(crate) fn determine_pools<'a>(all: &'a [Pool], sel: &Selection<'_>) -> Result<Vec<&'a Pool>> {
+    let enabled: Vec<&Pool> = all
+        .iter()
+        .filter(|p| !p.disabled && p.family() == sel.family)
+        .collect();
+    let candidates = if !sel.requested.is_empty() {
+        resolve_requested(all, sel.requested, sel.family)?
+    } else {
+        if enabled.is_empty() {
+            return Err(IpamError::NoQualifiedPool {
+                reason: format!("there is no enabled {} pool", sel.family),
+            });
+        }
+        let selected: Vec<&Pool> = enabled
+            .into_iter()
+            .filter(|p| {
+                p.assignment_mode == AssignmentMode::Automatic
+                    && p.node_selector.matches(sel.node_labels)
+                    && p.namespace_selector.matches(sel.namespace_labels)
+            })
+            .collect();
+        if selected.is_empty() {
+            return Err(IpamError::NoPoolsForNode {
+                host: sel.host.to_owned(),
+                family: sel.family,
+            });
+        }
+        selected
+    };
+    let usable: Vec<&Pool> = candidates
+        .into_iter()
+        .filter(|p| p.allows(sel.intended_use))
+        .collect();
+    if usable.is_empty() {
+        return Err(IpamError::NoQualifiedPool {
+            reason: format!(
+                "no {} pools match the required use {}",
+                sel.family, sel.intended_use
+            ),
+        });
+    }
+    Ok(usable)
+}

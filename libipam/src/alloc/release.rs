@@ -1,0 +1,196 @@
+//! Giving addresses back (Calico's `ReleaseByHandle`, `ReleaseIPs`) and looking them up.
+//!
+//! A block that becomes empty is deleted only when it has no affinity; a host's own blocks
+//! stay with it even when empty (they are reclaimed by another host or by a garbage
+//! collector, never on release).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use super::{Ipam, ds};
+use crate::datastore::{Datastore, Versioned};
+use crate::error::{IpamError, Result};
+use crate::model::{IpamBlock, IpamHandle, ReleaseOutcome};
+use crate::retry::{DATASTORE_RETRIES, retry_on_conflict};
+
+impl<D: Datastore> Ipam<D> {
+    /// Releases every address held by `handle_id`; returns them. An unknown handle releases
+    /// nothing and is not an error (DEL is idempotent).
+    pub async fn release_by_handle(&self, handle_id: &str) -> Result<Vec<IpAddr>> {
+        let Some(handle) = self
+            .store
+            .get_handle(handle_id)
+            .await
+            .map_err(ds(format!("read handle {handle_id}")))?
+        else {
+            return Ok(Vec::new());
+        };
+        let mut released = Vec::new();
+        for cidr in handle.value.blocks() {
+            let op = format!("release handle {handle_id} in block {cidr}");
+            let ips = retry_on_conflict(DATASTORE_RETRIES, &op, async || {
+                let Some(mut block) = self.get_block(&cidr).await? else {
+                    return Ok(Vec::new());
+                };
+                let ips = block.value.release_by_handle(handle_id);
+                if !ips.is_empty() {
+                    self.store_released_block(block).await?;
+                }
+                Ok(ips)
+            })
+            .await?;
+            released.extend(ips);
+        }
+
+        // One handle write for all blocks: drop every entry that was there when we started.
+        let keys: BTreeSet<String> = handle.value.block.keys().cloned().collect();
+        let mut known = Some(handle);
+        let op = format!("release handle {handle_id}");
+        retry_on_conflict(DATASTORE_RETRIES, &op, async || {
+            let current = match known.take() {
+                Some(h) => Some(h),
+                None => self.get_handle(handle_id).await?,
+            };
+            let Some(mut h) = current else {
+                return Ok(());
+            };
+            h.value.block.retain(|k, _| !keys.contains(k));
+            self.put_or_delete_handle(h).await
+        })
+        .await?;
+        Ok(released)
+    }
+
+    /// Releases the given addresses wherever they are; returns those that were not allocated.
+    pub async fn release_ips(&self, ips: &[IpAddr]) -> Result<Vec<IpAddr>> {
+        let pools = self.load_pools().await?;
+        let mut by_block: BTreeMap<IpNet, Vec<IpAddr>> = BTreeMap::new();
+        let mut unallocated = Vec::new();
+        let mut block_cidrs: Option<Vec<IpNet>> = None;
+        let mut seen = BTreeSet::new();
+        for &ip in ips {
+            if !seen.insert(ip) {
+                continue;
+            }
+            let cidr = match pools.iter().find(|p| p.cidr.contains(&ip)) {
+                Some(pool) => Some(pool.block_for(ip)),
+                None => {
+                    // Outside every pool (its pool was deleted): look for a block holding it.
+                    if block_cidrs.is_none() {
+                        block_cidrs = Some(
+                            self.store
+                                .list_block_cidrs()
+                                .await
+                                .map_err(ds("list blocks"))?,
+                        );
+                    }
+                    block_cidrs
+                        .iter()
+                        .flatten()
+                        .find(|c| c.contains(&ip))
+                        .copied()
+                }
+            };
+            match cidr {
+                Some(c) => by_block.entry(c).or_default().push(ip),
+                None => unallocated.push(ip),
+            }
+        }
+
+        for (cidr, ips) in by_block {
+            let op = format!("release addresses in block {cidr}");
+            let outcome = retry_on_conflict(DATASTORE_RETRIES, &op, async || {
+                let Some(mut block) = self.get_block(&cidr).await? else {
+                    return Ok(ReleaseOutcome {
+                        unallocated: ips.clone(),
+                        ..ReleaseOutcome::default()
+                    });
+                };
+                let outcome = block.value.release(&ips);
+                if !outcome.released.is_empty() {
+                    self.store_released_block(block).await?;
+                }
+                Ok(outcome)
+            })
+            .await?;
+            unallocated.extend(outcome.unallocated);
+            for (handle_id, n) in outcome.handles {
+                let op = format!("release {n} addresses of handle {handle_id} in block {cidr}");
+                retry_on_conflict(DATASTORE_RETRIES, &op, async || {
+                    let Some(mut h) = self.get_handle(&handle_id).await? else {
+                        return Ok(());
+                    };
+                    h.value.decrement(&cidr, n);
+                    self.put_or_delete_handle(h).await
+                })
+                .await?;
+            }
+        }
+        Ok(unallocated)
+    }
+
+    /// The addresses held by `handle_id`, each with its block's mask.
+    pub async fn ips_by_handle(&self, handle_id: &str) -> Result<Vec<IpNet>> {
+        let Some(handle) = self.get_handle(handle_id).await? else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for cidr in handle.value.blocks() {
+            if let Some(b) = self.get_block(&cidr).await? {
+                out.extend(
+                    b.value
+                        .ips_for_handle(handle_id)
+                        .into_iter()
+                        .map(|ip| b.value.masked(ip)),
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    async fn get_block(&self, cidr: &IpNet) -> Result<Option<Versioned<IpamBlock>>> {
+        self.store
+            .get_block(cidr)
+            .await
+            .map_err(ds(format!("read block {cidr}")))
+    }
+
+    async fn get_handle(&self, handle_id: &str) -> Result<Option<Versioned<IpamHandle>>> {
+        self.store
+            .get_handle(handle_id)
+            .await
+            .map_err(ds(format!("read handle {handle_id}")))
+    }
+
+    /// Writes a handle after a release, deleting it once it holds nothing.
+    async fn put_or_delete_handle(&self, h: Versioned<IpamHandle>) -> Result<()> {
+        let op = format!("write handle {}", h.value.handle_id);
+        if h.value.is_empty() {
+            self.store
+                .delete_handle(&h)
+                .await
+                .map_err(IpamError::store(op))
+        } else {
+            self.store
+                .update_handle(&h)
+                .await
+                .map(|_| ())
+                .map_err(IpamError::store(op))
+        }
+    }
+
+    /// Writes a block after a release: deleted when it is empty and nobody's, else updated.
+    async fn store_released_block(&self, mut block: Versioned<IpamBlock>) -> Result<()> {
+        if block.value.empty() && block.value.affinity.is_none() {
+            let cidr = block.value.cidr;
+            self.store
+                .delete_block(&block)
+                .await
+                .map_err(ds(format!("delete empty block {cidr}")))
+        } else {
+            self.write_block(&mut block).await
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! Read-only views for operators: consistency check, pool usage, block listing. These read
+//! everything and are not meant for the allocation path.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use ipnet::IpNet;
+
+use super::{Ipam, ds};
+use crate::datastore::Datastore;
+use crate::error::Result;
+use crate::model::{AffinityState, AffinityType, IpamBlock};
+use crate::names;
+
+/// An inconsistency found by [`Ipam::check`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The object concerned, e.g. `block 10.244.1.0/26`.
+    pub object: String,
+    /// What is wrong, as a sentence.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.object, self.message)
+    }
+}
+
+/// One block, for listings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockUsage {
+    /// The block.
+    pub cidr: IpNet,
+    /// The pool containing it, if any still does.
+    pub pool: Option<String>,
+    /// `host:<node>`, `virtual:<name>`, or none.
+    pub affinity: Option<String>,
+    /// Addresses allocated.
+    pub in_use: u32,
+    /// Addresses free.
+    pub free: u32,
+}
+
+/// Usage of one pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolUsage {
+    /// Pool name.
+    pub name: String,
+    /// Pool CIDR.
+    pub cidr: IpNet,
+    /// Block prefix length.
+    pub block_size: u8,
+    /// Whether the pool is disabled.
+    pub disabled: bool,
+    /// Addresses in the pool (saturates at `u128::MAX` for `::/0`).
+    pub total: u128,
+    /// Addresses allocated.
+    pub in_use: u128,
+    /// `total - in_use`.
+    pub free: u128,
+    /// The pool's blocks that exist.
+    pub blocks: Vec<BlockUsage>,
+}
+
+fn problem(object: impl Into<String>, message: impl Into<String>) -> Problem {
+    Problem {
+        object: object.into(),
+        message: message.into(),
+    }
+}
+
+impl<D: Datastore> Ipam<D> {
+    /// Cross-checks blocks, handles and affinities:
+    /// - every block is internally consistent;
+    /// - every allocation's handle exists and counts it;
+    /// - every block a handle lists exists and holds addresses for it;
+    /// - every confirmed affinity's block exists and names the affinity's node;
+    /// - every `host:` block has an affinity.
+    pub async fn check(&self) -> Result<Vec<Problem>> {
+        let blocks = self.store.list_blocks().await.map_err(ds("list blocks"))?;
+        let handles = self
+            .store
+            .list_handles()
+            .await
+            .map_err(ds("list handles"))?;
+        let affinities = self
+            .store
+            .list_affinities()
+            .await
+            .map_err(ds("list affinities"))?;
+        let by_cidr: BTreeMap<IpNet, &IpamBlock> =
+            blocks.iter().map(|b| (b.value.cidr, &b.value)).collect();
+        let handle_counts: BTreeMap<String, (&str, &BTreeMap<String, i64>)> = handles
+            .iter()
+            .map(|h| {
+                (
+                    names::handle_object_name(&h.value.handle_id),
+                    (h.value.handle_id.as_str(), &h.value.block),
+                )
+            })
+            .collect();
+        let mut problems = Vec::new();
+
+        for b in by_cidr.values() {
+            let subject = format!("block {}", b.cidr);
+            problems.extend(
+                b.consistency_problems()
+                    .into_iter()
+                    .map(|m| problem(&subject, m)),
+            );
+            for (handle, n) in b.handle_counts() {
+                match handle_counts.get(&names::handle_object_name(&handle)) {
+                    None => problems.push(problem(
+                        &subject,
+                        format!("holds {n} address(es) for handle {handle}, which does not exist"),
+                    )),
+                    Some((_, counts)) => {
+                        let counted = counts.get(&b.cidr.to_string()).copied().unwrap_or(0);
+                        if counted < i64::from(n) {
+                            problems.push(problem(
+                                &subject,
+                                format!(
+                                    "holds {n} address(es) for handle {handle}, but the handle counts {counted}"
+                                ),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+
+        for (handle_id, counts) in handle_counts.values() {
+            let subject = format!("handle {handle_id}");
+            for (key, count) in counts.iter() {
+                let Ok(cidr) = key.parse::<IpNet>() else {
+                    problems.push(problem(
+                        &subject,
+                        format!("lists {key:?}, which is not a CIDR"),
+                    ));
+                    continue;
+                };
+                match by_cidr.get(&cidr) {
+                    None => problems.push(problem(
+                        &subject,
+                        format!("counts {count} address(es) in block {cidr}, which does not exist"),
+                    )),
+                    Some(b) if b.ips_for_handle(handle_id).is_empty() => problems.push(problem(
+                        &subject,
+                        format!(
+                            "counts {count} address(es) in block {cidr}, which holds none for it"
+                        ),
+                    )),
+                    Some(_) => {}
+                }
+            }
+        }
+
+        let mut affine: BTreeSet<(String, IpNet)> = BTreeSet::new();
+        for a in &affinities {
+            let a = &a.value;
+            if a.affinity_type != AffinityType::Host {
+                continue;
+            }
+            affine.insert((a.node.clone(), a.cidr));
+            if a.state != AffinityState::Confirmed {
+                continue;
+            }
+            let subject = format!("affinity of {} for {}", a.node, a.cidr);
+            match by_cidr.get(&a.cidr) {
+                None => problems.push(problem(
+                    &subject,
+                    format!("is confirmed, but block {} does not exist", a.cidr),
+                )),
+                Some(b) if !b.is_affine_to(&a.node) => problems.push(problem(
+                    &subject,
+                    format!(
+                        "is confirmed, but block {} is affine to {}",
+                        a.cidr,
+                        b.affinity.as_deref().unwrap_or("nobody")
+                    ),
+                )),
+                Some(_) => {}
+            }
+        }
+        for b in by_cidr.values() {
+            if let Some(host) = b.host()
+                && !affine.contains(&(host.to_owned(), b.cidr))
+            {
+                problems.push(problem(
+                    format!("block {}", b.cidr),
+                    format!("is affine to host {host}, but {host} has no affinity for it"),
+                ));
+            }
+        }
+        Ok(problems)
+    }
+
+    /// Every block, in CIDR order.
+    pub async fn blocks(&self) -> Result<Vec<BlockUsage>> {
+        let pools = self.load_pools().await?;
+        let mut blocks = self.store.list_blocks().await.map_err(ds("list blocks"))?;
+        blocks.sort_by_key(|b| b.value.cidr);
+        Ok(blocks
+            .iter()
+            .map(|b| BlockUsage {
+                cidr: b.value.cidr,
+                pool: pools
+                    .iter()
+                    .find(|p| p.cidr.contains(&b.value.cidr))
+                    .map(|p| p.name.clone()),
+                affinity: b.value.affinity.clone(),
+                in_use: b.value.in_use(),
+                free: b.value.unallocated.len() as u32,
+            })
+            .collect())
+    }
+
+    /// Usage of every pool, in name order.
+    pub async fn usage(&self) -> Result<Vec<PoolUsage>> {
+        let pools = self.load_pools().await?;
+        let blocks = self.blocks().await?;
+        Ok(pools
+            .iter()
+            .map(|p| {
+                let host_bits = u32::from(p.cidr.max_prefix_len() - p.cidr.prefix_len());
+                let total = 1u128.checked_shl(host_bits).unwrap_or(u128::MAX);
+                let mine: Vec<BlockUsage> = blocks
+                    .iter()
+                    .filter(|b| b.pool.as_deref() == Some(p.name.as_str()))
+                    .cloned()
+                    .collect();
+                let in_use = mine.iter().map(|b| u128::from(b.in_use)).sum::<u128>();
+                PoolUsage {
+                    name: p.name.clone(),
+                    cidr: p.cidr,
+                    block_size: p.block_size,
+                    disabled: p.disabled,
+                    total,
+                    in_use,
+                    free: total.saturating_sub(in_use),
+                    blocks: mine,
+                }
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,465 @@
+//! A deterministic in-memory [`Datastore`] with fault injection, for tests.
+//!
+//! Revisions come from one store-wide counter (like a Kubernetes resourceVersion), so a
+//! deleted and recreated object never gets a revision an old reader still holds.
+//!
+//! Faults apply to writes only and leave the store unchanged:
+//! - [`MemoryStore::inject_conflicts`]: the next `n` compare-and-swap writes (updates and
+//!   deletes) fail with `Conflict`, as if another writer got there first;
+//! - [`MemoryStore::conflict_every`]: every k-th compare-and-swap write fails with `Conflict`;
+//! - [`MemoryStore::conflict_randomly`]: each compare-and-swap write fails with `Conflict` with
+//!   a given probability, from a seeded generator (reproducible);
+//! - [`MemoryStore::fail_next_writes`]: the next `n` writes of any kind fail with a given error;
+//! - [`MemoryStore::set_unavailable`]: every call fails with `Unavailable`.
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard};
+
+use ipnet::IpNet;
+
+use super::{Datastore, DatastoreError, DsResult, Revision, Versioned};
+use crate::model::{BlockAffinity, IpPool, IpReservation, IpamBlock, IpamConfig, IpamHandle};
+use crate::names;
+
+/// In-memory datastore. See the module documentation for fault injection.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    last_rev: u64,
+    config: Option<IpamConfig>,
+    pools: BTreeMap<String, IpPool>,
+    nodes: BTreeMap<String, BTreeMap<String, String>>,
+    reservations: BTreeMap<String, IpReservation>,
+    blocks: BTreeMap<IpNet, (IpamBlock, u64)>,
+    affinities: BTreeMap<(String, IpNet), (BlockAffinity, u64)>,
+    handles: BTreeMap<String, (IpamHandle, u64)>,
+    faults: Faults,
+    stats: Stats,
+}
+
+#[derive(Debug, Default)]
+struct Faults {
+    conflicts_next: u32,
+    conflict_every: u32,
+    /// (generator state, percent)
+    conflict_random: Option<(u64, u8)>,
+    fail_next: u32,
+    fail_with: Option<DatastoreError>,
+    unavailable: bool,
+}
+
+/// Counters of what the store was asked to do.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    /// Writes attempted (including failed ones).
+    pub writes: u64,
+    /// Compare-and-swap writes attempted (updates and deletes).
+    pub cas_writes: u64,
+    /// Conflicts returned because of injected faults.
+    pub injected_conflicts: u64,
+    /// `list_blocks` calls (full block listing).
+    pub full_block_lists: u64,
+    /// `list_block_cidrs` calls.
+    pub block_cidr_lists: u64,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Write {
+    Create,
+    Cas,
+}
+
+impl Inner {
+    fn next_rev(&mut self) -> u64 {
+        self.last_rev += 1;
+        self.last_rev
+    }
+
+    /// Applies injected faults to a write; `Err` means the write must not happen.
+    fn gate(&mut self, kind: Write) -> DsResult<()> {
+        self.stats.writes += 1;
+        if self.faults.fail_next > 0 {
+            self.faults.fail_next -= 1;
+            return Err(self
+                .faults
+                .fail_with
+                .clone()
+                .unwrap_or(DatastoreError::Conflict));
+        }
+        if kind == Write::Cas {
+            self.stats.cas_writes += 1;
+            let every = self.faults.conflict_every;
+            let hit_every = every > 0 && self.stats.cas_writes.is_multiple_of(u64::from(every));
+            let hit_random = match self.faults.conflict_random.as_mut() {
+                Some((state, percent)) => splitmix(state) % 100 < u64::from(*percent),
+                None => false,
+            };
+            if self.faults.conflicts_next > 0 || hit_every || hit_random {
+                self.faults.conflicts_next = self.faults.conflicts_next.saturating_sub(1);
+                self.stats.injected_conflicts += 1;
+                return Err(DatastoreError::Conflict);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+fn rev(n: u64) -> Revision {
+    Revision(n.to_string())
+}
+
+fn check_rev(stored: u64, given: &Revision) -> DsResult<()> {
+    if rev(stored) == *given {
+        Ok(())
+    } else {
+        Err(DatastoreError::Conflict)
+    }
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> MemoryStore {
+        MemoryStore::default()
+    }
+
+    fn lock(&self) -> DsResult<MutexGuard<'_, Inner>> {
+        let guard = self
+            .inner
+            .lock()
+            .map_err(|_| DatastoreError::Other("memory store lock poisoned".into()))?;
+        if guard.faults.unavailable {
+            return Err(DatastoreError::Unavailable("injected outage".into()));
+        }
+        Ok(guard)
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Inner) -> DsResult<T>) -> DsResult<T> {
+        f(&mut *self.lock()?)
+    }
+
+    /// The next `n` compare-and-swap writes fail with `Conflict`.
+    pub fn inject_conflicts(&self, n: u32) {
+        if let Ok(mut g) = self.inner.lock() {
+            g.faults.conflicts_next = n;
+        }
+    }
+
+    /// Every `k`-th compare-and-swap write fails with `Conflict` (0 turns this off).
+    pub fn conflict_every(&self, k: u32) {
+        if let Ok(mut g) = self.inner.lock() {
+            g.faults.conflict_every = k;
+        }
+    }
+
+    /// Each compare-and-swap write fails with `Conflict` with probability `percent`/100,
+    /// drawn from a generator seeded with `seed` (`percent` 0 turns this off).
+    pub fn conflict_randomly(&self, seed: u64, percent: u8) {
+        if let Ok(mut g) = self.inner.lock() {
+            g.faults.conflict_random = (percent > 0).then_some((seed, percent.min(100)));
+        }
+    }
+
+    /// The next `n` writes of any kind fail with `error`.
+    pub fn fail_next_writes(&self, n: u32, error: DatastoreError) {
+        if let Ok(mut g) = self.inner.lock() {
+            g.faults.fail_next = n;
+            g.faults.fail_with = Some(error);
+        }
+    }
+
+    /// Makes every call fail with `Unavailable` (or work again).
+    pub fn set_unavailable(&self, unavailable: bool) {
+        if let Ok(mut g) = self.inner.lock() {
+            g.faults.unavailable = unavailable;
+        }
+    }
+
+    /// What the store was asked to do so far.
+    pub fn stats(&self) -> Stats {
+        self.inner.lock().map(|g| g.stats).unwrap_or_default()
+    }
+
+    /// Sets (creates) a node with labels.
+    pub fn set_node_labels(&self, node: &str, labels: BTreeMap<String, String>) {
+        if let Ok(mut g) = self.inner.lock() {
+            g.nodes.insert(node.to_owned(), labels);
+        }
+    }
+
+    /// Adds or replaces a reservation.
+    pub fn apply_reservation(&self, reservation: IpReservation) {
+        if let Ok(mut g) = self.inner.lock() {
+            g.reservations.insert(reservation.name.clone(), reservation);
+        }
+    }
+}
+
+impl Datastore for MemoryStore {
+    async fn get_config(&self) -> DsResult<IpamConfig> {
+        self.with(|s| Ok(s.config.clone().unwrap_or_default()))
+    }
+
+    async fn apply_config(&self, config: &IpamConfig) -> DsResult<()> {
+        self.with(|s| {
+            s.gate(Write::Create)?;
+            s.config = Some(config.clone());
+            Ok(())
+        })
+    }
+
+    async fn list_pools(&self) -> DsResult<Vec<IpPool>> {
+        self.with(|s| Ok(s.pools.values().cloned().collect()))
+    }
+
+    async fn apply_pool(&self, pool: &IpPool) -> DsResult<()> {
+        self.with(|s| {
+            s.gate(Write::Create)?;
+            s.pools.insert(pool.name.clone(), pool.clone());
+            Ok(())
+        })
+    }
+
+    async fn delete_pool(&self, name: &str) -> DsResult<bool> {
+        self.with(|s| {
+            s.gate(Write::Create)?;
+            Ok(s.pools.remove(name).is_some())
+        })
+    }
+
+    async fn node_labels(&self, node: &str) -> DsResult<Option<BTreeMap<String, String>>> {
+        self.with(|s| Ok(s.nodes.get(node).cloned()))
+    }
+
+    async fn list_reservations(&self) -> DsResult<Vec<IpReservation>> {
+        self.with(|s| Ok(s.reservations.values().cloned().collect()))
+    }
+
+    async fn get_block(&self, cidr: &IpNet) -> DsResult<Option<Versioned<IpamBlock>>> {
+        self.with(|s| {
+            Ok(s.blocks
+                .get(cidr)
+                .filter(|(b, _)| !b.deleted)
+                .map(|(b, r)| Versioned {
+                    value: b.clone(),
+                    revision: rev(*r),
+                }))
+        })
+    }
+
+    async fn create_block(&self, block: &IpamBlock) -> DsResult<Revision> {
+        self.with(|s| {
+            s.gate(Write::Create)?;
+            if s.blocks.contains_key(&block.cidr) {
+                return Err(DatastoreError::AlreadyExists);
+            }
+            let r = s.next_rev();
+            s.blocks.insert(block.cidr, (block.clone(), r));
+            Ok(rev(r))
+        })
+    }
+
+    async fn update_block(&self, block: &Versioned<IpamBlock>) -> DsResult<Revision> {
+        self.with(|s| {
+            s.gate(Write::Cas)?;
+            let stored = s
+                .blocks
+                .get(&block.value.cidr)
+                .ok_or(DatastoreError::NotFound)?;
+            check_rev(stored.1, &block.revision)?;
+            let r = s.next_rev();
+            s.blocks.insert(block.value.cidr, (block.value.clone(), r));
+            Ok(rev(r))
+        })
+    }
+
+    async fn delete_block(&self, block: &Versioned<IpamBlock>) -> DsResult<()> {
+        self.with(|s| {
+            s.gate(Write::Cas)?;
+            let stored = s
+                .blocks
+                .get(&block.value.cidr)
+                .ok_or(DatastoreError::NotFound)?;
+            check_rev(stored.1, &block.revision)?;
+            s.blocks.remove(&block.value.cidr);
+            Ok(())
+        })
+    }
+
+    async fn list_block_cidrs(&self) -> DsResult<Vec<IpNet>> {
+        self.with(|s| {
+            s.stats.block_cidr_lists += 1;
+            Ok(s.blocks.keys().copied().collect())
+        })
+    }
+
+    async fn list_blocks(&self) -> DsResult<Vec<Versioned<IpamBlock>>> {
+        self.with(|s| {
+            s.stats.full_block_lists += 1;
+            Ok(s.blocks
+                .values()
+                .filter(|(b, _)| !b.deleted)
+                .map(|(b, r)| Versioned {
+                    value: b.clone(),
+                    revision: rev(*r),
+                })
+                .collect())
+        })
+    }
+
+    async fn list_host_affinities(&self, host: &str) -> DsResult<Vec<Versioned<BlockAffinity>>> {
+        self.with(|s| {
+            Ok(s.affinities
+                .range((host.to_owned(), IpNet::default())..)
+                .take_while(|((h, _), _)| h == host)
+                .filter(|(_, (a, _))| !a.deleted)
+                .map(|(_, (a, r))| Versioned {
+                    value: a.clone(),
+                    revision: rev(*r),
+                })
+                .collect())
+        })
+    }
+
+    async fn list_affinities(&self) -> DsResult<Vec<Versioned<BlockAffinity>>> {
+        self.with(|s| {
+            Ok(s.affinities
+                .values()
+                .filter(|(a, _)| !a.deleted)
+                .map(|(a, r)| Versioned {
+                    value: a.clone(),
+                    revision: rev(*r),
+                })
+                .collect())
+        })
+    }
+
+    async fn get_affinity(
+        &self,
+        host: &str,
+        cidr: &IpNet,
+    ) -> DsResult<Option<Versioned<BlockAffinity>>> {
+        self.with(|s| {
+            Ok(s.affinities
+                .get(&(host.to_owned(), *cidr))
+                .filter(|(a, _)| !a.deleted)
+                .map(|(a, r)| Versioned {
+                    value: a.clone(),
+                    revision: rev(*r),
+                }))
+        })
+    }
+
+    async fn create_affinity(&self, affinity: &BlockAffinity) -> DsResult<Revision> {
+        self.with(|s| {
+            s.gate(Write::Create)?;
+            let key = (affinity.node.clone(), affinity.cidr);
+            if s.affinities.contains_key(&key) {
+                return Err(DatastoreError::AlreadyExists);
+            }
+            let r = s.next_rev();
+            s.affinities.insert(key, (affinity.clone(), r));
+            Ok(rev(r))
+        })
+    }
+
+    async fn update_affinity(&self, affinity: &Versioned<BlockAffinity>) -> DsResult<Revision> {
+        self.with(|s| {
+            s.gate(Write::Cas)?;
+            let key = (affinity.value.node.clone(), affinity.value.cidr);
+            let stored = s.affinities.get(&key).ok_or(DatastoreError::NotFound)?;
+            check_rev(stored.1, &affinity.revision)?;
+            let r = s.next_rev();
+            s.affinities.insert(key, (affinity.value.clone(), r));
+            Ok(rev(r))
+        })
+    }
+
+    async fn delete_affinity(&self, affinity: &Versioned<BlockAffinity>) -> DsResult<()> {
+        self.with(|s| {
+            s.gate(Write::Cas)?;
+            let key = (affinity.value.node.clone(), affinity.value.cidr);
+            let stored = s.affinities.get(&key).ok_or(DatastoreError::NotFound)?;
+            check_rev(stored.1, &affinity.revision)?;
+            s.affinities.remove(&key);
+            Ok(())
+        })
+    }
+
+    async fn get_handle(&self, handle_id: &str) -> DsResult<Option<Versioned<IpamHandle>>> {
+        self.with(|s| {
+            Ok(s.handles
+                .get(&names::handle_object_name(handle_id))
+                .filter(|(h, _)| !h.deleted)
+                .map(|(h, r)| Versioned {
+                    value: h.clone(),
+                    revision: rev(*r),
+                }))
+        })
+    }
+
+    async fn create_handle(&self, handle: &IpamHandle) -> DsResult<Revision> {
+        self.with(|s| {
+            s.gate(Write::Create)?;
+            let key = names::handle_object_name(&handle.handle_id);
+            if s.handles.contains_key(&key) {
+                return Err(DatastoreError::AlreadyExists);
+            }
+            let r = s.next_rev();
+            s.handles.insert(key, (handle.clone(), r));
+            Ok(rev(r))
+        })
+    }
+
+    async fn update_handle(&self, handle: &Versioned<IpamHandle>) -> DsResult<Revision> {
+        self.with(|s| {
+            s.gate(Write::Cas)?;
+            let key = names::handle_object_name(&handle.value.handle_id);
+            let stored = s.handles.get(&key).ok_or(DatastoreError::NotFound)?;
+            check_rev(stored.1, &handle.revision)?;
+            let r = s.next_rev();
+            s.handles.insert(key, (handle.value.clone(), r));
+            Ok(rev(r))
+        })
+    }
+
+    async fn delete_handle(&self, handle: &Versioned<IpamHandle>) -> DsResult<()> {
+        self.with(|s| {
+            s.gate(Write::Cas)?;
+            let key = names::handle_object_name(&handle.value.handle_id);
+            let stored = s.handles.get(&key).ok_or(DatastoreError::NotFound)?;
+            check_rev(stored.1, &handle.revision)?;
+            s.handles.remove(&key);
+            Ok(())
+        })
+    }
+
+    async fn list_handles(&self) -> DsResult<Vec<Versioned<IpamHandle>>> {
+        self.with(|s| {
+            Ok(s.handles
+                .values()
+                .filter(|(h, _)| !h.deleted)
+                .map(|(h, r)| Versioned {
+                    value: h.clone(),
+                    revision: rev(*r),
+                })
+                .collect())
+        })
+    }
+}
+
+const _: fn() = || {
+    fn implements<T: Datastore>() {}
+    implements::<MemoryStore>();
+};

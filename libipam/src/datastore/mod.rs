@@ -1,0 +1,134 @@
+//! Where IPAM state lives.
+//!
+//! Every write is a compare-and-swap on the revision the caller read, so concurrent allocators
+//! on many hosts (or many processes on one host) never overwrite each other: a stale write
+//! fails with [`DatastoreError::Conflict`] and the allocator re-reads and retries (in
+//! [`crate::retry`], nowhere else).
+//!
+//! Contract for implementations:
+//! - `create_*` fails with `AlreadyExists` when the object exists; `update_*` and `delete_*`
+//!   fail with `Conflict` when the revision is stale and `NotFound` when the object is gone.
+//! - Writes return the new revision, so the caller never re-reads an object it just wrote.
+//! - Objects marked `deleted` (the first half of the Kubernetes two-step delete) are reported
+//!   as absent by every read; finishing such a delete is the backend's business.
+//! - Reads of a single object never see a half-written object.
+
+#[cfg_attr(not(feature = "testing"), doc(hidden))]
+pub mod memory;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use ipnet::IpNet;
+
+use crate::model::{BlockAffinity, IpPool, IpReservation, IpamBlock, IpamConfig, IpamHandle};
+
+/// An opaque object version: a Kubernetes `resourceVersion`, or the local store's generation.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Revision(pub String);
+
+impl fmt::Display for Revision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A value together with the revision it was read at.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Versioned<T> {
+    /// The object.
+    pub value: T,
+    /// The revision `value` was read (or last written) at.
+    pub revision: Revision,
+}
+
+/// A datastore failure.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DatastoreError {
+    /// The revision was stale: somebody else wrote the object since it was read.
+    #[error("update conflict: the object was modified concurrently")]
+    Conflict,
+    /// A create found the object already there.
+    #[error("the object already exists")]
+    AlreadyExists,
+    /// An update or delete found the object gone.
+    #[error("the object does not exist")]
+    NotFound,
+    /// The datastore could not be reached.
+    #[error("datastore unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else (bad data, I/O errors, ...).
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Result of a datastore call.
+pub type DsResult<T> = Result<T, DatastoreError>;
+
+/// Storage for Calico's IPAM objects with revision-checked writes.
+///
+/// The allocator reads this host's affinities once per request ([`Datastore::list_host_affinities`],
+/// both families in one call), then touches single objects by key. Full listings
+/// (`list_blocks`, `list_affinities`, `list_handles`) are for `check`, `usage` and reclaiming,
+/// never for a steady-state allocation.
+// The plugins run a current_thread runtime, so the returned futures need not be Send.
+#[allow(async_fn_in_trait)]
+pub trait Datastore {
+    /// The `default` IPAMConfig; Calico's defaults when absent (not persisted).
+    async fn get_config(&self) -> DsResult<IpamConfig>;
+    /// Creates or replaces the `default` IPAMConfig.
+    async fn apply_config(&self, config: &IpamConfig) -> DsResult<()>;
+
+    /// All pools (enabled or not), ordered by name, as stored (no defaults applied).
+    async fn list_pools(&self) -> DsResult<Vec<IpPool>>;
+    /// Creates or replaces a pool (validation is the caller's job).
+    async fn apply_pool(&self, pool: &IpPool) -> DsResult<()>;
+    /// Deletes a pool; `Ok(false)` when there was none.
+    async fn delete_pool(&self, name: &str) -> DsResult<bool>;
+
+    /// The labels of a node; `None` when the node object does not exist.
+    async fn node_labels(&self, node: &str) -> DsResult<Option<BTreeMap<String, String>>>;
+    /// All IP reservations.
+    async fn list_reservations(&self) -> DsResult<Vec<IpReservation>>;
+
+    /// One block.
+    async fn get_block(&self, cidr: &IpNet) -> DsResult<Option<Versioned<IpamBlock>>>;
+    /// Creates a block; `AlreadyExists` if its CIDR is taken.
+    async fn create_block(&self, block: &IpamBlock) -> DsResult<Revision>;
+    /// Replaces a block if it is still at `block.revision`.
+    async fn update_block(&self, block: &Versioned<IpamBlock>) -> DsResult<Revision>;
+    /// Deletes a block if it is still at `block.revision`.
+    async fn delete_block(&self, block: &Versioned<IpamBlock>) -> DsResult<()>;
+    /// The CIDRs of all blocks. Must be cheap (no block contents read where avoidable).
+    async fn list_block_cidrs(&self) -> DsResult<Vec<IpNet>>;
+    /// All blocks with their contents.
+    async fn list_blocks(&self) -> DsResult<Vec<Versioned<IpamBlock>>>;
+
+    /// Every affinity of `host`, both families, every state.
+    async fn list_host_affinities(&self, host: &str) -> DsResult<Vec<Versioned<BlockAffinity>>>;
+    /// Every affinity of every host.
+    async fn list_affinities(&self) -> DsResult<Vec<Versioned<BlockAffinity>>>;
+    /// One affinity.
+    async fn get_affinity(
+        &self,
+        host: &str,
+        cidr: &IpNet,
+    ) -> DsResult<Option<Versioned<BlockAffinity>>>;
+    /// Creates an affinity; `AlreadyExists` if `(node, cidr)` exists.
+    async fn create_affinity(&self, affinity: &BlockAffinity) -> DsResult<Revision>;
+    /// Replaces an affinity if it is still at `affinity.revision`.
+    async fn update_affinity(&self, affinity: &Versioned<BlockAffinity>) -> DsResult<Revision>;
+    /// Deletes an affinity if it is still at `affinity.revision`.
+    async fn delete_affinity(&self, affinity: &Versioned<BlockAffinity>) -> DsResult<()>;
+
+    /// One handle (looked up by its lowercase object name).
+    async fn get_handle(&self, handle_id: &str) -> DsResult<Option<Versioned<IpamHandle>>>;
+    /// Creates a handle; `AlreadyExists` if it exists.
+    async fn create_handle(&self, handle: &IpamHandle) -> DsResult<Revision>;
+    /// Replaces a handle if it is still at `handle.revision`.
+    async fn update_handle(&self, handle: &Versioned<IpamHandle>) -> DsResult<Revision>;
+    /// Deletes a handle if it is still at `handle.revision`.
+    async fn delete_handle(&self, handle: &Versioned<IpamHandle>) -> DsResult<()>;
+    /// All handles.
+    async fn list_handles(&self) -> DsResult<Vec<Versioned<IpamHandle>>>;
+}
