@@ -13,6 +13,7 @@
 //!   as absent by every read; finishing such a delete is the backend's business.
 //! - Reads of a single object never see a half-written object.
 
+pub mod local;
 #[cfg_attr(not(feature = "testing"), doc(hidden))]
 pub mod memory;
 
