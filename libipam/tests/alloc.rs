@@ -642,3 +642,32 @@ fn stale_affinity_is_dropped_and_dangling_one_reclaimed() {
     assert_eq!(aff.value.state, AffinityState::Confirmed);
     assert_consistent(&ipam);
 }
+
+#[test]
+fn steady_state_dual_stack_add_and_del_write_three_objects() {
+    let ipam = dual_stack();
+    assign(&ipam, &AutoAssignArgs::new("warm", "node-a", 1, 1)).expect("claims both blocks");
+    let before = ipam.store().stats();
+    assign(&ipam, &AutoAssignArgs::new("pod", "node-a", 1, 1)).expect("assign");
+    let after_add = ipam.store().stats();
+    assert_eq!(
+        after_add.writes - before.writes,
+        3,
+        "one handle + two blocks"
+    );
+    assert_eq!(
+        after_add.block_cidr_lists, before.block_cidr_lists,
+        "no claim, no listing"
+    );
+    block_on(ipam.release_by_handle("pod")).expect("release");
+    assert_eq!(
+        ipam.store().stats().writes - after_add.writes,
+        3,
+        "two blocks + handle delete"
+    );
+    // Single stack: handle + block.
+    let before = ipam.store().stats();
+    assign(&ipam, &AutoAssignArgs::new("v4", "node-a", 1, 0)).expect("assign");
+    assert_eq!(ipam.store().stats().writes - before.writes, 2);
+    assert_consistent(&ipam);
+}
