@@ -1,0 +1,229 @@
+# shellcheck shell=bash disable=SC2034
+# Shared by scripts/test-cnitool.sh, test-containerd.sh and test-podman.sh: real CNI clients
+# (cnitool, containerd's CRI, podman) driving our plugins (or Debian's ptp + host-local, the
+# reference) inside throwaway network namespaces. Source after `set -euo pipefail`.
+#
+# Nothing here touches the real host's interfaces, routes, sysctls or iptables: every client runs
+# under `ip netns exec NODE`, which also gives it a private mount namespace; the libcni result
+# cache (/var/lib/cni, not configurable in cnitool or containerd 1.6) is bind-mounted from a temp
+# dir inside that mount namespace only.
+
+RT_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=scripts/lib-netns.sh
+source "$RT_REPO/scripts/lib-netns.sh"
+
+RT_CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/calico-rs
+RT_GOBIN=$RT_CACHE/bin
+CNITOOL_VERSION=${CNITOOL_VERSION:-v1.3.0}
+CRICTL_VERSION=${CRICTL_VERSION:-v1.37.0}
+# The seed's pools (testdata/pools/seed-pools.yaml): what our plugin assigns from.
+RT_POOL_V4=10.244.0.0/16
+RT_POOL_V6=fd00:10:244::/48
+
+rt_now() { date +%s.%N; }
+RT_T0=$(rt_now)
+rt_elapsed() { awk -v a="$RT_T0" -v b="$(rt_now)" 'BEGIN { printf "%.1f", b - a }'; }
+
+# step MSG: progress line.
+step() { echo "[$RT_NAME $(rt_elapsed)s] $*"; }
+
+# fail MSG: loud failure with whatever diagnostics the test registered, then exit 1.
+RT_DIAG_FILES=()
+fail() {
+  {
+    echo
+    echo "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"
+    echo "!!! $RT_NAME FAILED: $*"
+    echo "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"
+    local f
+    for f in "${RT_DIAG_FILES[@]}"; do
+      if [ -s "$f" ]; then
+        echo "--- last lines of $f:"
+        tail -n 40 "$f"
+      fi
+    done
+  } >&2
+  exit 1
+}
+
+# show_cmd_output OUT ERR: print captured stdout/stderr of a failed command.
+show_cmd_output() {
+  echo "--- stdout:"; cat "$1" 2>/dev/null || true
+  echo "--- stderr:"; cat "$2" 2>/dev/null || true
+}
+
+# has TEXT SUBSTRING: fixed-string containment (no `cmd | grep -q`: with pipefail, grep -q
+# quitting early can fail the pipeline with SIGPIPE).
+has() { [[ $1 == *"$2"* ]]; }
+
+rt_require_root() {
+  [ "$(id -u)" = 0 ] || { echo "$RT_NAME: run as root (it creates network namespaces)" >&2; exit 1; }
+}
+
+# ensure_apt PKG...: install the Debian packages that are missing.
+ensure_apt() {
+  local p missing=()
+  for p in "$@"; do
+    has "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" "install ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  echo "installing: ${missing[*]}" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# ensure_go_tool NAME MODULE/PATH@VERSION: the Go tool in the cache bin dir (go install once).
+ensure_go_tool() {
+  local name=$1 pkg=$2 stamp="$RT_GOBIN/.$1.version"
+  if [ -x "$RT_GOBIN/$name" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$pkg" ]; then
+    echo "$RT_GOBIN/$name"
+    return
+  fi
+  command -v go >/dev/null || fail "go is not installed: cannot go install $pkg"
+  mkdir -p "$RT_GOBIN"
+  echo "go install $pkg (into $RT_GOBIN)" >&2
+  GOTOOLCHAIN=local GOBIN=$RT_GOBIN GOFLAGS=-buildvcs=false go install "$pkg" >&2 ||
+    fail "go install $pkg failed"
+  echo "$pkg" >"$stamp"
+  echo "$RT_GOBIN/$name"
+}
+
+# rt_binaries_dir [DIR]: where our built calico-cni and calico-ipam are.
+rt_binaries_dir() {
+  local d
+  for d in "$@" "${CARGO_TARGET_DIR:-$RT_REPO/target}/debug" "${CARGO_TARGET_DIR:-$RT_REPO/target}/release"; do
+    if [ -n "$d" ] && [ -x "$d/calico-cni" ] && [ -x "$d/calico-ipam" ]; then
+      (cd "$d" && pwd)
+      return
+    fi
+  done
+  fail "no built calico-cni + calico-ipam (looked in: $* ${CARGO_TARGET_DIR:-$RT_REPO/target}/{debug,release}); build with cargo build --bins or pass --from DIR"
+}
+
+# Mount points. The libcni result cache (/var/lib/cni: not configurable in cnitool or containerd
+# 1.6) and runtime state dirs with hard-coded paths (/run/containerd for containerd's shim
+# sockets) are bind-mounted from temp dirs, inside the client's private mount namespace only
+# (scripts/node-exec.sh). A mount point must exist on the host: create it if missing and remove it
+# on cleanup if it is still empty.
+RT_CREATED_MOUNTPOINTS=()
+rt_mountpoint() {
+  if [ ! -d "$1" ]; then
+    mkdir -p "$1"
+    RT_CREATED_MOUNTPOINTS+=("$1")
+  fi
+}
+rt_release_mountpoints() {
+  local i
+  for ((i = ${#RT_CREATED_MOUNTPOINTS[@]} - 1; i >= 0; i--)); do
+    rmdir "${RT_CREATED_MOUNTPOINTS[$i]}" 2>/dev/null || true
+  done
+  RT_CREATED_MOUNTPOINTS=()
+}
+
+# node_exec STASH NODE [--bind SRC DST]... -- CMD...: CMD in netns NODE with a private mount
+# namespace (see scripts/node-exec.sh).
+node_exec() {
+  local stash=$1
+  shift
+  "$RT_REPO/scripts/node-exec.sh" --stash "$stash" "$@"
+}
+
+# mntns_pids INODE: the processes whose mount namespace is mnt:[INODE].
+mntns_pids() {
+  local p
+  for p in /proc/[0-9]*; do
+    [ "$(readlink "$p/ns/mnt" 2>/dev/null)" = "mnt:[$1]" ] && echo "${p#/proc/}"
+  done
+  return 0
+}
+
+# kill_mntns INODE: TERM, then KILL, every process in that mount namespace (one we created).
+kill_mntns() {
+  local ino=$1 pids i
+  [ -n "$ino" ] || return 0
+  pids=$(mntns_pids "$ino")
+  [ -z "$pids" ] && return 0
+  # shellcheck disable=SC2086
+  kill -TERM $pids 2>/dev/null || true
+  for i in $(seq 50); do
+    pids=$(mntns_pids "$ino")
+    [ -z "$pids" ] && return 0
+    sleep 0.1
+  done
+  # shellcheck disable=SC2086
+  kill -KILL $pids 2>/dev/null || true
+}
+
+# rm_cgroup NAME: remove the (empty) cgroup NAME we told the runtime to use as parent, in every
+# hierarchy, deepest first.
+rm_cgroup() {
+  local d
+  for d in /sys/fs/cgroup/*/"$1" /sys/fs/cgroup/"$1"; do
+    [ -d "$d" ] && find "$d" -depth -type d -exec rmdir {} \; 2>/dev/null
+  done
+  return 0
+}
+
+# veth_name NAMESPACE POD: Calico's host-side interface name.
+veth_name() {
+  printf 'cali%s' "$(printf '%s.%s' "$1" "$2" | sha1sum | cut -c1-11)"
+}
+
+# host_links NODE: the links in the node netns other than lo and the uplink pair.
+host_links() {
+  ip -n "$1" -o link show | awk -F': ' '{print $2}' | cut -d@ -f1 | grep -vxE 'lo|uplink0|uplink1' || true
+}
+
+# write_reference_conflist FILE STATE [EXTRA_PLUGIN_JSON]: Debian's ptp + host-local, same shape
+# as ours (network k8s-pod-network, cniVersion 1.0.0, portMappings capability declared).
+write_reference_conflist() {
+  local file=$1 state=$2 extra=${3:-}
+  jq -n --arg data "$state/host-local" --argjson extra "${extra:-null}" '{
+    cniVersion: "1.0.0", name: "k8s-pod-network",
+    plugins: ([{
+      type: "ptp", ipMasq: false, capabilities: {portMappings: true},
+      ipam: { type: "host-local", dataDir: $data,
+              ranges: [[{subnet: "10.244.77.0/24"}], [{subnet: "fd00:10:244:77::/64"}]],
+              routes: [{dst: "0.0.0.0/0"}, {dst: "::/0"}] } }]
+      + (if $extra == null then [] else [$extra] end)) }' >"$file"
+}
+
+# install_ours FROM BIN CONF STATE NODENAME [install-cni flags...]: our plugins and conflist via
+# scripts/install-cni.sh, state (datastore, lock, log) under STATE.
+install_ours() {
+  local from=$1 bin=$2 conf=$3 state=$4 nodename=$5
+  shift 5
+  "$RT_REPO/scripts/install-cni.sh" -q --from "$from" --bin-dir "$bin" --conf-dir "$conf" \
+    --datastore-type local --datastore-path "$state/ipam" --ipam-lock-file "$state/ipam.lock" \
+    --log-file-path "$state/cni.log" --log-level debug --nodename "$nodename" "$@" ||
+    fail "scripts/install-cni.sh failed"
+  DATASTORE_TYPE=local DATASTORE_PATH=$state/ipam "$bin/calico-ipam" pool apply \
+    -f "$RT_REPO/testdata/pools/seed-pools.yaml" >"$state/pool-apply.out" 2>&1 || {
+    cat "$state/pool-apply.out" >&2
+    fail "calico-ipam pool apply failed"
+  }
+}
+
+# assert_ipam_clean BIN STATE: the local store agrees with itself and holds no allocation.
+assert_ipam_clean() {
+  local bin=$1 state=$2 out
+  out=$(DATASTORE_TYPE=local DATASTORE_PATH=$state/ipam "$bin/calico-ipam" check 2>&1) ||
+    fail "calico-ipam check is not clean: $out"
+  out=$(DATASTORE_TYPE=local DATASTORE_PATH=$state/ipam "$bin/calico-ipam" show -o json 2>&1) ||
+    fail "calico-ipam show -o json failed: $out"
+  jq -e '(.pools | length) > 0 and all(.pools[]; .inUse == 0)' >/dev/null <<<"$out" ||
+    fail "addresses still in use after DEL: $out"
+}
+
+# assert_reference_ipam_clean STATE: host-local holds no allocation.
+assert_reference_ipam_clean() {
+  local left
+  left=$(find "$1/host-local" -type f ! -name 'last_reserved_ip.*' ! -name lock 2>/dev/null || true)
+  [ -z "$left" ] || fail "host-local still holds: $left"
+}
+
+# iptables_cni_chains: the CNI-* chains in the current netns (to prove nobody created any).
+iptables_cni_chains() {
+  { iptables -S 2>/dev/null; iptables -t nat -S 2>/dev/null; ip6tables -S 2>/dev/null; ip6tables -t nat -S 2>/dev/null; } |
+    grep -E '^-N (CNI-|cni-|CNI_)' | sort || true
+}

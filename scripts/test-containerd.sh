@@ -1,0 +1,247 @@
+#!/usr/bin/env bash
+# Real client #2: containerd 1.6 (Debian) and its CRI plugin, the kubelet's path to CNI, driven by
+# crictl. containerd runs inside a throwaway node netns with its own root, state, socket and CNI
+# dirs (bin_dir = symlinks to Debian's plugins incl. loopback + our calico and calico-ipam,
+# conf_dir = our conflist from scripts/install-cni.sh, with the portMappings capability declared).
+# The sandbox image is a static pause built here and imported with ctr.
+#   RunPodSandbox (name/namespace/uid metadata, a port mapping) -> containerd calls our ADD with
+#   K8S_POD_* CNI_ARGS and capitalised runtimeConfig keys (HostPort); PodSandboxStatus shows the
+#   IPv4 address as `ip` and the IPv6 one in `additional_ips`; the host veth in the node netns is
+#   cali + sha1("<ns>.<pod>")[:11]; the pod reaches the node over both families.
+#   StopPodSandbox + RemovePodSandbox -> DEL (twice) -> nothing left. containerd is stopped by pid.
+#
+# usage: scripts/test-containerd.sh [--from DIR] [--reference]
+#   --from DIR     our built binaries (calico-cni, calico-ipam); default target/{debug,release}
+#   --reference    validate the harness with Debian's ptp + host-local instead of ours
+# Root; Debian 12. Everything happens in namespaces and temp dirs this script creates.
+set -euo pipefail
+RT_NAME=test-containerd
+source "$(dirname "$0")/lib-runtimes.sh"
+
+FROM=
+MODE=ours
+while [ $# -gt 0 ]; do
+  case $1 in
+    --from) FROM=$2; shift ;;
+    --reference) MODE=reference ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    *) echo "$RT_NAME: unknown argument $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+rt_require_root
+ensure_apt containerd runc containernetworking-plugins gcc libc6-dev python3 jq iproute2 iputils-ping iptables
+CRICTL=$(ensure_go_tool crictl "sigs.k8s.io/cri-tools/cmd/crictl@$CRICTL_VERSION")
+[ "$MODE" = reference ] || FROM=$(rt_binaries_dir "$FROM")
+
+T=$(mktemp -d "/tmp/calico-containerd.$$.XXXXXX")
+NODE=ctrd-node-$$
+PODNAME=ctrd-pod-$$ PODNS=default PODUID=ctrd-uid-$$
+CGPARENT=calico-rs-test-ctrd-$$
+BIN=$T/cnibin CONF=$T/net.d STATE=$T/state CACHE=$T/cache SOCK=$T/containerd.sock
+mkdir -p "$BIN" "$STATE" "$CACHE" "$T/stash" "$T/run-containerd" "$T/netns" "$T/podlogs"
+RT_DIAG_FILES=("$T/containerd.log" "$STATE/cni.log") # what fail() shows
+IPT_BEFORE=$(iptables_cni_chains)
+CTRD_PID='' CTRD_MNT='' SANDBOX=''
+
+crictl() { "$CRICTL" --runtime-endpoint "unix://$SOCK" --image-endpoint "unix://$SOCK" --timeout 30s "$@"; }
+
+cleanup() {
+  local rc=$?
+  set +e
+  if [ -n "$CTRD_PID" ] && kill -0 "$CTRD_PID" 2>/dev/null; then
+    # Stop and remove every sandbox (so the plugin DELs), then containerd by its pid.
+    for id in $(crictl pods -q 2>/dev/null); do
+      crictl stopp "$id" >/dev/null 2>&1
+      crictl rmp "$id" >/dev/null 2>&1
+    done
+    kill -TERM "$CTRD_PID" 2>/dev/null
+    for _ in $(seq 50); do kill -0 "$CTRD_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$CTRD_PID" 2>/dev/null
+  fi
+  # Shims and pause processes live in containerd's private mount namespace: end them too.
+  kill_mntns "$CTRD_MNT"
+  wait 2>/dev/null
+  rm_cgroup "$CGPARENT"
+  drop_netns "$NODE"
+  rm -rf "$T"
+  rt_release_mountpoints
+  exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---------------------------------------------------------------------------------------------
+step "mode $MODE, $(containerd --version | cut -d' ' -f1-3), $(runc --version | head -n1), crictl $CRICTL_VERSION"
+
+step "pause image"
+IMAGES=$RT_CACHE/images
+mkdir -p "$IMAGES"
+KEY=$(cat "$RT_REPO/scripts/pause.c" "$RT_REPO/scripts/make-pause-image.py" | sha256sum | cut -c1-16)
+PAUSE_TAR=$IMAGES/pause-$KEY.tar
+if [ ! -s "$PAUSE_TAR" ]; then
+  gcc -static -Os -o "$T/pause" "$RT_REPO/scripts/pause.c" || fail "gcc -static pause.c failed (is libc6-dev installed?)"
+  strip "$T/pause" 2>/dev/null || true
+  python3 "$RT_REPO/scripts/make-pause-image.py" "$T/pause" "$T/pause.tar" localhost/pause:cni-test ||
+    fail "make-pause-image.py failed"
+  mv "$T/pause.tar" "$PAUSE_TAR"
+fi
+
+step "CNI bin dir (Debian's plugins + ours) and conf dir"
+for f in /usr/lib/cni/*; do ln -s "$f" "$BIN/"; done
+[ -e "$BIN/loopback" ] || fail "no loopback plugin in /usr/lib/cni (containernetworking-plugins)"
+if [ "$MODE" = ours ]; then
+  rm -f "$BIN/calico" "$BIN/calico-ipam"
+  install_ours "$FROM" "$BIN" "$CONF" "$STATE" "$NODE" --capabilities '{"portMappings":true}'
+else
+  mkdir -p "$CONF"
+  write_reference_conflist "$CONF/10-calico.conflist" "$STATE"
+fi
+jq -e '.plugins[0].capabilities.portMappings == true' "$CONF/10-calico.conflist" >/dev/null ||
+  fail "conflist does not declare the portMappings capability"
+
+cat >"$T/config.toml" <<EOF
+version = 2
+root = "$T/root"
+state = "$T/state-containerd"
+[grpc]
+  address = "$SOCK"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "$T/opt"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "localhost/pause:cni-test"
+  restrict_oom_score_adj = true
+  disable_apparmor = true
+  disable_hugetlb_controller = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "native"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        Root = "$T/runc"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "$BIN"
+    conf_dir = "$CONF"
+    max_conf_num = 1
+EOF
+
+step "node netns $NODE; containerd inside it"
+make_node "$NODE"
+rt_mountpoint /var/lib/cni
+rt_mountpoint /run/containerd
+# Not through a function: with a plain command in the background, $! is containerd's own pid
+# (node-exec.sh, unshare, ip netns exec and the inner stage all exec).
+"$RT_REPO/scripts/node-exec.sh" --stash "$T/stash" "$NODE" \
+  --bind "$CACHE" /var/lib/cni --bind "$T/run-containerd" /run/containerd --bind "$T/netns" /run/netns \
+  -- containerd --config "$T/config.toml" >"$T/containerd.log" 2>&1 &
+CTRD_PID=$!
+for _ in $(seq 100); do
+  [ -S "$SOCK" ] && crictl version >/dev/null 2>&1 && break
+  kill -0 "$CTRD_PID" 2>/dev/null || fail "containerd exited at start-up"
+  sleep 0.1
+done
+crictl version >/dev/null 2>&1 || fail "containerd does not answer on $SOCK"
+CTRD_MNT=$(readlink "/proc/$CTRD_PID/ns/mnt" | tr -dc 0-9)
+[ "$(readlink "/proc/$CTRD_PID/ns/net")" = "$(ip netns exec "$NODE" readlink /proc/self/ns/net)" ] ||
+  fail "containerd is not in the node netns"
+[ "$(basename "$(readlink "/proc/$CTRD_PID/exe")")" = containerd ] || fail "pid $CTRD_PID is not containerd"
+crictl info 2>/dev/null | jq -e 'any(.status.conditions[]; .type == "NetworkReady" and .status == true)' >/dev/null ||
+  fail "CRI reports the network not ready: $(crictl info 2>&1 | jq -c .status)"
+
+ctr --address "$SOCK" -n k8s.io images import --snapshotter native "$PAUSE_TAR" >"$T/import.log" 2>&1 ||
+  { cat "$T/import.log" >&2; fail "ctr images import failed"; }
+
+# ---------------------------------------------------------------------------------------------
+step "RunPodSandbox $PODNS/$PODNAME (uid $PODUID, port 18081->80)"
+jq -n --arg name "$PODNAME" --arg ns "$PODNS" --arg uid "$PODUID" --arg logs "$T/podlogs" \
+  --arg cg "/$CGPARENT" '{
+    metadata: {name: $name, namespace: $ns, uid: $uid, attempt: 0},
+    hostname: $name, log_directory: $logs,
+    port_mappings: [{protocol: 0, container_port: 80, host_port: 18081}],
+    linux: {cgroup_parent: $cg}}' >"$T/pod.json"
+SANDBOX=$(crictl runp "$T/pod.json" 2>"$T/runp.err") || { cat "$T/runp.err" >&2; fail "RunPodSandbox failed"; }
+step "sandbox $SANDBOX"
+STATUS=$(crictl inspectp -o json "$SANDBOX" 2>/dev/null) || fail "PodSandboxStatus failed"
+[ "$(jq -r .status.state <<<"$STATUS")" = SANDBOX_READY ] || fail "sandbox not ready: $(jq -c .status <<<"$STATUS")"
+IP4=$(jq -r '.status.network.ip // empty' <<<"$STATUS")
+IP6=$(jq -r '.status.network.additionalIps[0].ip // empty' <<<"$STATUS")
+echo "    PodSandboxStatus network: $(jq -c .status.network <<<"$STATUS")"
+[[ $IP4 =~ ^[0-9.]+$ ]] || fail "sandbox ip is '$IP4', want the IPv4 address"
+[[ $IP6 == *:* ]] || fail "sandbox additional_ips[0] is '$IP6', want the IPv6 address"
+if [ "$MODE" = ours ]; then
+  [[ $IP4 == 10.244.* ]] || fail "IPv4 $IP4 is not from $RT_POOL_V4"
+  [[ $IP6 == fd00:10:244:* ]] || fail "IPv6 $IP6 is not from $RT_POOL_V6"
+fi
+PAUSE_PID=$(jq -r '.info.pid' <<<"$STATUS")
+[[ $PAUSE_PID =~ ^[0-9]+$ ]] || fail "no pause pid in the sandbox info"
+
+RESULTFILE=$CACHE/results/k8s-pod-network-$SANDBOX-eth0
+[ -f "$RESULTFILE" ] || fail "no libcni cache file $RESULTFILE: $(ls "$CACHE/results" 2>&1)"
+ARGS=$(jq -c '.cniArgs' "$RESULTFILE")
+for kv in "K8S_POD_NAMESPACE $PODNS" "K8S_POD_NAME $PODNAME" "K8S_POD_INFRA_CONTAINER_ID $SANDBOX" "K8S_POD_UID $PODUID"; do
+  set -- $kv
+  jq -e --arg k "$1" --arg v "$2" 'any(.[]; .[0] == $k and .[1] == $v)' <<<"$ARGS" >/dev/null ||
+    fail "containerd did not pass $1=$2 in CNI_ARGS: $ARGS"
+done
+jq -e '.capabilityArgs.portMappings[0].HostPort == 18081' "$RESULTFILE" >/dev/null ||
+  fail "containerd did not send portMappings with capitalised HostPort: $(jq -c .capabilityArgs "$RESULTFILE")"
+echo "    runtimeConfig sent: $(jq -c .capabilityArgs "$RESULTFILE")"
+RESULT=$(jq -c .result "$RESULTFILE")
+echo "    CNI result: $RESULT"
+HOSTIF=$(jq -r '.interfaces[] | select((.sandbox // "") == "") | .name' <<<"$RESULT" | head -n1)
+if [ "$MODE" = ours ]; then
+  WANT_IF=$(veth_name "$PODNS" "$PODNAME")
+  [ "$HOSTIF" = "$WANT_IF" ] || fail "host interface in the result is '$HOSTIF', want $WANT_IF = cali + sha1($PODNS.$PODNAME)[:11]"
+  jq -e '[.ips[].gateway] | sort == ["169.254.1.1", "fe80::1"]' <<<"$RESULT" >/dev/null || fail "gateways are not 169.254.1.1 and fe80::1: $RESULT"
+fi
+ip -n "$NODE" link show "$HOSTIF" >/dev/null 2>&1 || fail "host interface $HOSTIF is not in the node netns: $(host_links "$NODE")"
+PODADDRS=$(nsenter -t "$PAUSE_PID" -n ip -o addr show eth0)
+has "$PODADDRS" "inet $IP4/" || fail "pod eth0 lacks $IP4: $PODADDRS"
+has "$PODADDRS" "inet6 $IP6/" || fail "pod eth0 lacks $IP6: $PODADDRS"
+
+step "pod -> node over IPv4 and IPv6"
+ok4=0 ok6=0
+for _ in $(seq 10); do
+  [ $ok4 = 1 ] || { nsenter -t "$PAUSE_PID" -n ping -c1 -W1 192.0.2.10 >/dev/null 2>&1 && ok4=1; }
+  [ $ok6 = 1 ] || { nsenter -t "$PAUSE_PID" -n ping -6 -c1 -W1 2001:db8::10 >/dev/null 2>&1 && ok6=1; }
+  [ $ok4$ok6 = 11 ] && break
+  sleep 0.5
+done
+[ $ok4 = 1 ] || fail "pod cannot ping the node 192.0.2.10 over IPv4"
+[ $ok6 = 1 ] || fail "pod cannot ping the node 2001:db8::10 over IPv6"
+
+step "StopPodSandbox"
+crictl stopp "$SANDBOX" >/dev/null 2>"$T/stopp.err" || { cat "$T/stopp.err" >&2; fail "StopPodSandbox failed"; }
+if ip -n "$NODE" link show "$HOSTIF" >/dev/null 2>&1; then fail "host interface $HOSTIF still exists after StopPodSandbox"; fi
+[ ! -e "$RESULTFILE" ] || fail "libcni cache file still there after StopPodSandbox"
+step "RemovePodSandbox"
+crictl rmp "$SANDBOX" >/dev/null 2>"$T/rmp.err" || { cat "$T/rmp.err" >&2; fail "RemovePodSandbox failed"; }
+[ -z "$(crictl pods -q 2>/dev/null)" ] || fail "sandboxes left: $(crictl pods 2>&1)"
+SANDBOX=
+
+step "nothing left"
+left=$(host_links "$NODE")
+[ -z "$left" ] || fail "links left in the node netns: $left"
+if [ "$MODE" = ours ]; then
+  assert_ipam_clean "$BIN" "$STATE"
+else
+  assert_reference_ipam_clean "$STATE"
+fi
+[ -z "$(ls -A "$CACHE/results" 2>/dev/null)" ] || fail "libcni cache not empty: $(ls "$CACHE/results")"
+[ -z "$(ls -A "$T/netns")" ] || fail "sandbox netns left: $(ls "$T/netns")"
+[ "$(iptables_cni_chains)" = "$IPT_BEFORE" ] || fail "CNI iptables chains appeared in the host netns"
+
+step "stop containerd (pid $CTRD_PID)"
+kill -TERM "$CTRD_PID"
+for _ in $(seq 100); do kill -0 "$CTRD_PID" 2>/dev/null || break; sleep 0.1; done
+if kill -0 "$CTRD_PID" 2>/dev/null; then fail "containerd did not stop on SIGTERM"; fi
+wait "$CTRD_PID" 2>/dev/null || true
+leftover=$(mntns_pids "$CTRD_MNT")
+[ -z "$leftover" ] || fail "processes left in containerd's mount namespace: $leftover"
+CTRD_PID=
+
+step "PASS ($MODE) in $(rt_elapsed)s"
