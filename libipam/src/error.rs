@@ -154,6 +154,10 @@ pub enum IpamError {
         affinity: String,
     },
 
+    /// A pool definition was rejected.
+    #[error(transparent)]
+    InvalidPool(#[from] crate::validate::PoolError),
+
     /// The request itself is malformed.
     #[error("invalid request: {0}")]
     InvalidArgs(String),
@@ -194,6 +198,7 @@ impl IpamError {
             | IpamError::AddressNotInPool { .. }
             | IpamError::UseNotAllowed { .. }
             | IpamError::StrictAffinityViolation { .. }
+            | IpamError::InvalidPool(_)
             | IpamError::InvalidArgs(_) => ErrorKind::InvalidRequest,
             IpamError::Exhausted { .. }
             | IpamError::StrictAffinityExhausted { .. }

@@ -671,3 +671,30 @@ fn steady_state_dual_stack_add_and_del_write_three_objects() {
     assert_eq!(ipam.store().stats().writes - before.writes, 2);
     assert_consistent(&ipam);
 }
+
+#[test]
+fn apply_pool_validates_and_defaults() {
+    let ipam = dual_stack();
+    let stored = block_on(ipam.apply_pool(libipam::model::IpPool::new("extra", "10.245.0.0/16")))
+        .expect("apply");
+    assert_eq!(stored.spec.block_size, Some(26));
+    assert_eq!(stored.spec.node_selector.as_deref(), Some("all()"));
+    let e = block_on(ipam.apply_pool(libipam::model::IpPool::new("clash", "10.244.128.0/17")))
+        .expect_err("overlap");
+    assert_eq!(e.kind(), ErrorKind::InvalidRequest);
+    assert!(
+        e.to_string()
+            .contains("overlaps existing pool default-ipv4-ippool"),
+        "{e}"
+    );
+    let e = block_on(ipam.apply_pool(libipam::model::IpPool::new("bad", "10.246.0.1/16")))
+        .expect_err("host bits");
+    assert!(e.to_string().contains("did you mean 10.246.0.0/16?"), "{e}");
+    let usage = block_on(ipam.usage()).expect("usage");
+    assert_eq!(
+        usage.iter().map(|u| u.name.as_str()).collect::<Vec<_>>(),
+        vec!["default-ipv4-ippool", "default-ipv6-ippool", "extra"]
+    );
+    assert_eq!(usage[2].total, 65536);
+    assert_eq!(usage[1].total, 1u128 << 80);
+}

@@ -1,5 +1,5 @@
-//! Read-only views for operators: consistency check, pool usage, block listing. These read
-//! everything and are not meant for the allocation path.
+//! Operator views (consistency check, pool usage, block listing) and pool administration.
+//! These read everything and are not meant for the allocation path.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -9,8 +9,8 @@ use ipnet::IpNet;
 use super::{Ipam, ds};
 use crate::datastore::Datastore;
 use crate::error::Result;
-use crate::model::{AffinityState, AffinityType, IpamBlock};
-use crate::names;
+use crate::model::{AffinityState, AffinityType, IpPool, IpamBlock};
+use crate::{names, validate};
 
 /// An inconsistency found by [`Ipam::check`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -194,6 +194,19 @@ impl<D: Datastore> Ipam<D> {
             }
         }
         Ok(problems)
+    }
+
+    /// Validates `pool` (on its own and against the other pools; a pool with the same name is
+    /// replaced), fills in Calico's defaults and stores it. Returns what was stored.
+    pub async fn apply_pool(&self, pool: IpPool) -> Result<IpPool> {
+        let pool = pool.with_defaults();
+        let existing = self.store.list_pools().await.map_err(ds("list IP pools"))?;
+        validate::validate_new_pool(&pool, &existing)?;
+        self.store
+            .apply_pool(&pool)
+            .await
+            .map_err(ds(format!("write pool {}", pool.name)))?;
+        Ok(pool)
     }
 
     /// Every block, in CIDR order.
