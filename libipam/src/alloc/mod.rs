@@ -298,6 +298,8 @@ impl<D: Datastore> Ipam<D> {
     /// Writes a changed block (sequence number +1, compare-and-swap on its revision).
     async fn write_block(&self, block: &mut Versioned<IpamBlock>) -> Result<()> {
         block.value.sequence_number += 1;
+        // Deprecated field, always written false as Calico does.
+        block.value.strict_affinity = false;
         block.revision = self
             .store
             .update_block(block)
