@@ -82,8 +82,14 @@ impl Env {
         if !missing.is_empty() {
             return Err(CniError::new(
                 super::code::INVALID_ENV,
-                format!("required environment variables [{}] missing", missing.join(",")),
-                format!("{} needs them; the container runtime sets them", command.as_str()),
+                format!(
+                    "required environment variables [{}] missing",
+                    missing.join(",")
+                ),
+                format!(
+                    "{} needs them; the container runtime sets them",
+                    command.as_str()
+                ),
             ));
         }
 
@@ -95,7 +101,12 @@ impl Env {
         }
         let args = CniArgs::parse(&get("CNI_ARGS").unwrap_or_default())?;
         let path = var("CNI_PATH")
-            .map(|p| p.split(':').filter(|s| !s.is_empty()).map(PathBuf::from).collect())
+            .map(|p| {
+                p.split(':')
+                    .filter(|s| !s.is_empty())
+                    .map(PathBuf::from)
+                    .collect()
+            })
             .unwrap_or_default();
         Ok(Env {
             command,
@@ -132,7 +143,9 @@ fn validate_ifname(name: &str) -> Result<(), CniError> {
     let bad = name.len() > 15
         || name == "."
         || name == ".."
-        || name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace());
+        || name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace());
     if bad {
         Err(CniError::invalid_env(format!(
             "invalid CNI_IFNAME \"{name}\": at most 15 bytes, not '.' or '..', no '/', ':' or spaces"
@@ -148,8 +161,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn env(vars: &[(&str, &str)]) -> Result<Env, CniError> {
-        let map: HashMap<String, String> =
-            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Env::from_lookup(|k| map.get(k).cloned())
     }
 
@@ -172,7 +187,12 @@ mod tests {
     fn missing_vars_are_named() {
         let e = env(&[("CNI_COMMAND", "ADD")]).expect_err("missing");
         assert_eq!(e.code, 4);
-        assert!(e.msg.contains("CNI_CONTAINERID,CNI_NETNS,CNI_IFNAME,CNI_PATH"), "{}", e.msg);
+        assert!(
+            e.msg
+                .contains("CNI_CONTAINERID,CNI_NETNS,CNI_IFNAME,CNI_PATH"),
+            "{}",
+            e.msg
+        );
     }
 
     #[test]
@@ -180,7 +200,13 @@ mod tests {
         let vars: Vec<_> = FULL
             .iter()
             .filter(|(k, _)| *k != "CNI_NETNS")
-            .map(|&(k, v)| if k == "CNI_COMMAND" { (k, "DEL") } else { (k, v) })
+            .map(|&(k, v)| {
+                if k == "CNI_COMMAND" {
+                    (k, "DEL")
+                } else {
+                    (k, v)
+                }
+            })
             .collect();
         assert!(env(&vars).expect("del").netns.is_none());
     }

@@ -71,19 +71,23 @@ impl CniError {
     }
 
     pub fn invalid_env(details: impl Into<String>) -> Self {
+        Self::new(code::INVALID_ENV, "invalid environment variables", details)
+    }
+
+    pub fn decode(details: impl Into<String>) -> Self {
         Self::new(
-            code::INVALID_ENV,
-            "invalid environment variables",
+            code::DECODE,
+            "failed to decode the network configuration",
             details,
         )
     }
 
-    pub fn decode(details: impl Into<String>) -> Self {
-        Self::new(code::DECODE, "failed to decode the network configuration", details)
-    }
-
     pub fn invalid_config(details: impl Into<String>) -> Self {
-        Self::new(code::INVALID_CONFIG, "invalid network configuration", details)
+        Self::new(
+            code::INVALID_CONFIG,
+            "invalid network configuration",
+            details,
+        )
     }
 
     pub fn try_again(details: impl Into<String>) -> Self {

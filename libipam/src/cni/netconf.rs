@@ -62,7 +62,11 @@ pub struct NetConf {
     pub ipam_lock_file: Option<PathBuf>,
     #[serde(rename = "prevResult", default)]
     pub prev_result: Option<serde_json::Value>,
-    #[serde(rename = "cni.dev/valid-attachments", default, deserialize_with = "null_as_empty")]
+    #[serde(
+        rename = "cni.dev/valid-attachments",
+        default,
+        deserialize_with = "null_as_empty"
+    )]
     pub valid_attachments: Vec<Attachment>,
 }
 
@@ -71,9 +75,9 @@ pub struct NetConf {
 pub struct IpamConf {
     #[serde(rename = "type", default)]
     pub ipam_type: String,
-    #[serde(default = "yes", deserialize_with = "bool_or_string")]
+    #[serde(default = "yes", deserialize_with = "assign_ipv4")]
     pub assign_ipv4: bool,
-    #[serde(default, deserialize_with = "bool_or_string")]
+    #[serde(default, deserialize_with = "assign_ipv6")]
     pub assign_ipv6: bool,
     #[serde(default, deserialize_with = "null_as_empty")]
     pub ipv4_pools: Vec<String>,
@@ -110,7 +114,7 @@ pub struct PolicyConf {
 /// The `container_settings` section.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct ContainerSettings {
-    #[serde(default, deserialize_with = "bool_or_string")]
+    #[serde(default, deserialize_with = "allow_ip_forwarding")]
     pub allow_ip_forwarding: bool,
 }
 
@@ -127,24 +131,31 @@ fn yes() -> bool {
     true
 }
 
-/// Calico writes booleans as strings (`"true"`); accept both forms, nothing else.
-fn bool_or_string<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Bool(bool),
-        Text(String),
+fn assign_ipv4<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    bool_or_string(d, "ipam.assign_ipv4")
+}
+
+fn assign_ipv6<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    bool_or_string(d, "ipam.assign_ipv6")
+}
+
+fn allow_ip_forwarding<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    bool_or_string(d, "container_settings.allow_ip_forwarding")
+}
+
+/// Calico writes booleans as strings (`"true"`); accept both forms, nothing else. Errors name
+/// the field, since serde's own messages only give a line and column.
+fn bool_or_string<'de, D: Deserializer<'de>>(d: D, field: &str) -> Result<bool, D::Error> {
+    let raw = serde_json::Value::deserialize(d)?;
+    match &raw {
+        serde_json::Value::Bool(b) => return Ok(*b),
+        serde_json::Value::String(s) if s.eq_ignore_ascii_case("true") => return Ok(true),
+        serde_json::Value::String(s) if s.eq_ignore_ascii_case("false") => return Ok(false),
+        _ => {}
     }
-    match Raw::deserialize(d)? {
-        Raw::Bool(b) => Ok(b),
-        Raw::Text(s) => match s.to_ascii_lowercase().as_str() {
-            "true" => Ok(true),
-            "false" => Ok(false),
-            _ => Err(serde::de::Error::custom(format!(
-                "expected true or false (or the strings \"true\"/\"false\"), got \"{s}\""
-            ))),
-        },
-    }
+    Err(serde::de::Error::custom(format!(
+        "{field} must be true or false (or the strings \"true\"/\"false\"), not {raw}"
+    )))
 }
 
 /// JSON `null` lists appear in the wild; treat them as empty.
@@ -258,8 +269,9 @@ mod tests {
 
     #[test]
     fn defaults_match_calico() {
-        let c = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"n","ipam":{"type":"calico-ipam"}}"#)
-            .expect("minimal");
+        let c =
+            NetConf::parse(br#"{"cniVersion":"1.0.0","name":"n","ipam":{"type":"calico-ipam"}}"#)
+                .expect("minimal");
         assert!(c.ipam.assign_ipv4);
         assert!(!c.ipam.assign_ipv6);
         assert_eq!(c.datastore_type, DatastoreType::Local);
@@ -271,23 +283,29 @@ mod tests {
         let ok = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"n","ipam":{"assign_ipv4":false,"assign_ipv6":"TRUE"}}"#)
             .expect("bools");
         assert!(!ok.ipam.assign_ipv4 && ok.ipam.assign_ipv6);
-        let bad = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"n","ipam":{"assign_ipv6":"yes"}}"#)
-            .expect_err("yes");
+        let bad =
+            NetConf::parse(br#"{"cniVersion":"1.0.0","name":"n","ipam":{"assign_ipv6":"yes"}}"#)
+                .expect_err("yes");
         assert_eq!(bad.code, 7);
         assert!(bad.details.contains("\"yes\""), "{}", bad.details);
     }
 
     #[test]
     fn null_lists_and_unknown_keys_are_tolerated() {
-        let c = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"n","capabilities":{"portMappings":true},
-            "runtimeConfig":{"portMappings":[{"HostPort":80}]},"ipam":{"ipv4_pools":null}}"#)
-            .expect("tolerant");
+        let c = NetConf::parse(
+            br#"{"cniVersion":"1.0.0","name":"n","capabilities":{"portMappings":true},
+            "runtimeConfig":{"portMappings":[{"HostPort":80}]},"ipam":{"ipv4_pools":null}}"#,
+        )
+        .expect("tolerant");
         assert!(c.ipam.ipv4_pools.is_empty());
     }
 
     #[test]
     fn broken_json_is_code_6_and_unknown_version_code_1() {
-        assert_eq!(NetConf::parse(b"{\"cniVersion\":").expect_err("eof").code, 6);
+        assert_eq!(
+            NetConf::parse(b"{\"cniVersion\":").expect_err("eof").code,
+            6
+        );
         let c = NetConf::parse(br#"{"cniVersion":"9.9.9","name":"n"}"#).expect("parses");
         let e = c.spec_version().expect_err("unknown");
         assert_eq!(e.code, 1);

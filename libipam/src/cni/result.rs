@@ -55,13 +55,25 @@ pub struct Route {
 /// DNS settings (Calico never fills them on Linux).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Dns {
-    #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "null_as_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "null_as_empty"
+    )]
     pub nameservers: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "null_as_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "null_as_empty"
+    )]
     pub search: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "null_as_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "null_as_empty"
+    )]
     pub options: Vec<String>,
 }
 
@@ -110,7 +122,11 @@ impl CniResult {
             .map(|ip| {
                 let mut v = Map::new();
                 if version.has_ip_version_field() {
-                    let family = if ip.address.addr().is_ipv4() { "4" } else { "6" };
+                    let family = if ip.address.addr().is_ipv4() {
+                        "4"
+                    } else {
+                        "6"
+                    };
                     v.insert("version".into(), json!(family));
                 }
                 if let Some(i) = ip.interface {
@@ -144,7 +160,11 @@ mod tests {
     fn sample() -> CniResult {
         CniResult {
             interfaces: vec![
-                Interface { name: "cali8805ac045c1".into(), mac: Some("ee:ee:ee:ee:ee:ee".into()), ..Default::default() },
+                Interface {
+                    name: "cali8805ac045c1".into(),
+                    mac: Some("ee:ee:ee:ee:ee:ee".into()),
+                    ..Default::default()
+                },
                 Interface {
                     name: "eth0".into(),
                     mac: Some("5a:1f:0b:7e:2c:91".into()),

@@ -32,7 +32,10 @@ pub struct Outcome {
 
 impl Outcome {
     fn ok(stdout: String) -> Outcome {
-        Outcome { exit_code: 0, stdout }
+        Outcome {
+            exit_code: 0,
+            stdout,
+        }
     }
 
     fn err(e: &CniError, version: SpecVersion) -> Outcome {
@@ -162,7 +165,11 @@ mod tests {
             ("CNI_PATH", "/opt/cni/bin"),
         ]
         .into();
-        run(&Echo, |k| vars.get(k).map(|v| v.to_string()), stdin.as_bytes())
+        run(
+            &Echo,
+            |k| vars.get(k).map(|v| v.to_string()),
+            stdin.as_bytes(),
+        )
     }
 
     #[test]
@@ -179,7 +186,11 @@ mod tests {
     fn gates_and_errors_use_config_version() {
         let o = run_with("CHECK", r#"{"cniVersion":"0.3.1","name":"n"}"#);
         assert_eq!(o.exit_code, 1);
-        assert!(o.stdout.contains(r#""cniVersion":"0.3.1","code":1"#), "{}", o.stdout);
+        assert!(
+            o.stdout.contains(r#""cniVersion":"0.3.1","code":1"#),
+            "{}",
+            o.stdout
+        );
         let o = run_with("STATUS", r#"{"cniVersion":"1.1.0","name":"n"}"#);
         assert!(o.stdout.contains(r#""code":50"#), "{}", o.stdout);
         let o = run_with("ADD", r#"{"cniVersion":"0.2.0","name":"n"}"#);
@@ -193,6 +204,9 @@ mod tests {
         let o = run_with("ADD", r#"{"cniVersion":"1.0.0","name":"n"}"#);
         assert_eq!(o.exit_code, 0);
         assert_eq!(o.stdout, r#"{"cniVersion":"1.0.0","ips":[],"dns":{}}"#);
-        assert_eq!(run_with("DEL", r#"{"cniVersion":"1.0.0","name":"n"}"#).stdout, "");
+        assert_eq!(
+            run_with("DEL", r#"{"cniVersion":"1.0.0","name":"n"}"#).stdout,
+            ""
+        );
     }
 }

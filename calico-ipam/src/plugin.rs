@@ -1,0 +1,303 @@
+//! The CNI verbs of calico-ipam.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use libipam::alloc::{AssignIpArgs, AutoAssignArgs};
+use libipam::cni::skel::{Plugin, Request};
+use libipam::cni::{CniError, CniResult, IpConfig, Route, code};
+use libipam::datastore::Datastore;
+use libipam::model::AllowedUse;
+use libipam::model::time;
+
+use crate::errors::cni_error;
+use crate::store::{Store, StoreConfig};
+use crate::{lock, with_ipam};
+
+/// How long one verb may take once it holds the host lock (Calico: 90 s).
+const VERB_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// The `calico-ipam` plugin.
+pub struct CalicoIpam;
+
+impl Plugin for CalicoIpam {
+    fn add(&self, req: &Request) -> Result<CniResult, CniError> {
+        let node = req.conf.node_name()?;
+        let (num4, num6) = (
+            u32::from(req.conf.ipam.assign_ipv4),
+            u32::from(req.conf.ipam.assign_ipv6),
+        );
+        if num4 == 0 && num6 == 0 {
+            return Err(CniError::invalid_config(
+                "ipam.assign_ipv4 and ipam.assign_ipv6 are both false: nothing to assign",
+            ));
+        }
+        check_pool_list("ipv4_pools", &req.conf.ipam.ipv4_pools, true)?;
+        check_pool_list("ipv6_pools", &req.conf.ipam.ipv6_pools, false)?;
+        let requested_ip = match req.env.args.get("IP") {
+            Some(raw) => Some(parse_requested_ip(raw)?),
+            None => None,
+        };
+        let handle_id = req.conf.handle_id(&req.env.container_id);
+        let attrs = attributes(req, &node);
+        let store = open(req)?;
+        let _lock = lock::acquire(req.conf.ipam_lock_file());
+        let assigned: Result<Vec<IpNet>, CniError> = run(async {
+            with_ipam!(store, |ipam| {
+                match requested_ip {
+                    Some(ip) => ipam
+                        .assign_ip(&AssignIpArgs {
+                            ip,
+                            handle_id: handle_id.clone(),
+                            attrs: attrs.clone(),
+                            hostname: node.clone(),
+                            intended_use: AllowedUse::Workload,
+                        })
+                        .await
+                        .map(|net| vec![net])
+                        .map_err(|e| cni_error(&e)),
+                    None => ipam
+                        .auto_assign(&AutoAssignArgs {
+                            num4,
+                            num6,
+                            handle_id: handle_id.clone(),
+                            attrs: attrs.clone(),
+                            hostname: node.clone(),
+                            ipv4_pools: req.conf.ipam.ipv4_pools.clone(),
+                            ipv6_pools: req.conf.ipam.ipv6_pools.clone(),
+                            max_blocks_per_host: 0,
+                            intended_use: AllowedUse::Workload,
+                            namespace_labels: None,
+                            reuse_existing: true,
+                        })
+                        .await
+                        .map(|r| r.ipv4.into_iter().chain(r.ipv6).collect())
+                        .map_err(|e| cni_error(&e)),
+                }
+            })
+        })?;
+        let assigned = assigned?;
+        Ok(CniResult {
+            ips: assigned
+                .iter()
+                .map(|net| IpConfig {
+                    address: *net,
+                    gateway: None,
+                    interface: None,
+                })
+                .collect(),
+            // Calico's IPAM result carries one route per address: the address with its block mask.
+            routes: assigned
+                .iter()
+                .map(|net| Route {
+                    dst: *net,
+                    gw: None,
+                })
+                .collect(),
+            ..Default::default()
+        })
+    }
+
+    fn del(&self, req: &Request) -> Result<(), CniError> {
+        let handles = release_handles(req);
+        let store = open(req)?;
+        let _lock = lock::acquire(req.conf.ipam_lock_file());
+        run(async {
+            with_ipam!(store, |ipam| {
+                for handle in &handles {
+                    ipam.release_by_handle(handle)
+                        .await
+                        .map_err(|e| cni_error(&e))?;
+                }
+                Ok::<(), CniError>(())
+            })
+        })?
+    }
+
+    fn check(&self, req: &Request) -> Result<(), CniError> {
+        let handle_id = req.conf.handle_id(&req.env.container_id);
+        let store = open(req)?;
+        let held = run(async {
+            with_ipam!(store, |ipam| ipam
+                .ips_by_handle(&handle_id)
+                .await
+                .map_err(|e| cni_error(&e)))
+        })??;
+        if held.is_empty() {
+            return Err(CniError::new(
+                code::CHECK_FAILED,
+                "no addresses are allocated to this attachment",
+                format!("handle {handle_id} holds nothing"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn status(&self, req: &Request) -> Result<(), CniError> {
+        let store = open(req).map_err(|e| CniError::new(code::NOT_AVAILABLE, e.msg, e.details))?;
+        run(async { with_ipam!(store, |ipam| ipam.store().list_pools().await.map(|_| ())) })?
+            .map_err(|e| {
+                CniError::new(
+                    code::NOT_AVAILABLE,
+                    "the IPAM datastore is not usable",
+                    e.to_string(),
+                )
+            })
+    }
+
+    fn gc(&self, req: &Request) -> Result<(), CniError> {
+        let prefix = format!("{}.", req.conf.name);
+        let valid: Vec<String> = req
+            .conf
+            .valid_attachments
+            .iter()
+            .map(|a| req.conf.handle_id(&a.container_id))
+            .collect();
+        let store = open(req)?;
+        let _lock = lock::acquire(req.conf.ipam_lock_file());
+        run(async {
+            with_ipam!(store, |ipam| {
+                let handles = ipam
+                    .store()
+                    .list_handles()
+                    .await
+                    .map_err(|e| CniError::try_again(e.to_string()))?;
+                let mut failures = Vec::new();
+                for h in handles {
+                    let id = &h.value.handle_id;
+                    if !id.starts_with(&prefix) || valid.contains(id) {
+                        continue;
+                    }
+                    if let Err(e) = ipam.release_by_handle(id).await {
+                        failures.push(format!("{id}: {e}"));
+                    }
+                }
+                if failures.is_empty() {
+                    Ok(())
+                } else {
+                    Err(CniError::try_again(failures.join("; ")))
+                }
+            })
+        })?
+    }
+}
+
+/// DEL releases `<network>.<containerID>` and Calico's legacy `<namespace>.<pod>` handle.
+fn release_handles(req: &Request) -> Vec<String> {
+    let mut handles = vec![req.conf.handle_id(&req.env.container_id)];
+    if let Some((namespace, pod)) = req.env.args.pod() {
+        handles.push(format!("{namespace}.{pod}"));
+    }
+    handles
+}
+
+/// Calico's allocation attributes: kube-controllers' garbage collector needs node, pod and namespace.
+fn attributes(req: &Request, node: &str) -> BTreeMap<String, String> {
+    let mut attrs = BTreeMap::new();
+    attrs.insert("node".to_string(), node.to_string());
+    if let Some((namespace, pod)) = req.env.args.pod() {
+        attrs.insert("namespace".to_string(), namespace.to_string());
+        attrs.insert("pod".to_string(), pod.to_string());
+    }
+    attrs.insert("timestamp".to_string(), go_timestamp(time::now_nanos()));
+    attrs
+}
+
+/// Entries that parse as CIDRs must be of the list's family; others are pool names.
+fn check_pool_list(list: &str, entries: &[String], want_v4: bool) -> Result<(), CniError> {
+    for entry in entries {
+        if let Ok(net) = entry.parse::<IpNet>() {
+            if net.addr().is_ipv4() != want_v4 {
+                let family = if want_v4 { "IPv6" } else { "IPv4" };
+                return Err(CniError::invalid_config(format!(
+                    "ipam.{list} contains {entry}, an {family} CIDR: put it in ipam.{}",
+                    if want_v4 { "ipv6_pools" } else { "ipv4_pools" }
+                )));
+            }
+        } else if entry.contains('/') || entry.parse::<IpAddr>().is_ok() {
+            return Err(CniError::invalid_config(format!(
+                "ipam.{list} entry \"{entry}\" is neither a valid CIDR nor a pool name"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `IP=<addr>` or `IP=<addr>/<prefix>` from CNI_ARGS.
+fn parse_requested_ip(raw: &str) -> Result<IpAddr, CniError> {
+    let addr = raw.split('/').next().unwrap_or(raw);
+    addr.parse()
+        .map_err(|_| CniError::invalid_env(format!("CNI_ARGS IP=\"{raw}\" is not an IP address")))
+}
+
+fn open(req: &Request) -> Result<Store, CniError> {
+    let cfg = StoreConfig {
+        kind: req.conf.datastore_type,
+        path: req.conf.datastore_path().to_path_buf(),
+        kubeconfig: req.conf.kubernetes.kubeconfig.clone(),
+    };
+    Store::open(&cfg).map_err(|e| CniError::try_again(e.to_string()))
+}
+
+/// Drive `f` on a current_thread runtime with the verb timeout.
+fn run<F: std::future::Future>(f: F) -> Result<F::Output, CniError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CniError::internal(format!("cannot start the async runtime: {e}")))?;
+    rt.block_on(async { tokio::time::timeout(VERB_TIMEOUT, f).await })
+        .map_err(|_| CniError::try_again(format!("IPAM did not finish within {VERB_TIMEOUT:?}")))
+}
+
+/// Go's `time.Now().UTC().String()` form, which Calico stores in the `timestamp` attribute:
+/// `2026-08-01 10:00:05.123456789 +0000 UTC`.
+fn go_timestamp(nanos: u64) -> String {
+    let rfc = time::rfc3339(nanos); // 2026-08-01T10:00:05Z
+    let date_time = rfc.trim_end_matches('Z').replacen('T', " ", 1);
+    format!("{date_time}.{:09} +0000 UTC", nanos % 1_000_000_000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_timestamp_format() {
+        assert_eq!(
+            go_timestamp(1_785_578_405_123_456_789),
+            "2026-08-01 10:00:05.123456789 +0000 UTC"
+        );
+    }
+
+    #[test]
+    fn pool_lists_are_checked_by_family() {
+        assert!(
+            check_pool_list(
+                "ipv4_pools",
+                &["10.0.0.0/16".into(), "my-pool".into()],
+                true
+            )
+            .is_ok()
+        );
+        assert_eq!(
+            check_pool_list("ipv4_pools", &["fd00::/48".into()], true)
+                .expect_err("v6")
+                .code,
+            7
+        );
+        assert_eq!(
+            check_pool_list("ipv6_pools", &["10.0.0.0/16".into()], false)
+                .expect_err("v4")
+                .code,
+            7
+        );
+        assert_eq!(
+            check_pool_list("ipv4_pools", &["10.0.0.0/33".into()], true)
+                .expect_err("bad")
+                .code,
+            7
+        );
+    }
+}

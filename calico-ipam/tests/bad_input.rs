@@ -1,0 +1,326 @@
+//! Bad input: each case gets the right CNI code and a message a person can act on, exits
+//! non-zero, and leaves every file of the datastore exactly as it was.
+
+mod common;
+
+use common::{Store, cni, text};
+use serde_json::{Value, json};
+
+struct Case {
+    name: &'static str,
+    command: &'static str,
+    env: Vec<(&'static str, &'static str)>,
+    stdin: String,
+    code: u64,
+    says: &'static str,
+}
+
+const POOLS: &str = "\
+apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata: {name: v4}
+spec: {cidr: 10.99.0.0/24, blockSize: 26}
+---
+apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata: {name: v6}
+spec: {cidr: 'fd00:99::/120', blockSize: 122}
+---
+apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata: {name: full}
+spec: {cidr: 10.98.0.0/31, blockSize: 31}
+";
+
+fn with(base: &Value, edit: impl FnOnce(&mut Value)) -> String {
+    let mut v = base.clone();
+    edit(&mut v);
+    v.to_string()
+}
+
+fn cases(store: &Store) -> Vec<Case> {
+    let base = store.netconf("1.0.0", "node-a");
+    let ok = base.to_string();
+    let case =
+        |name, command, env: Vec<(&'static str, &'static str)>, stdin: String, code, says| Case {
+            name,
+            command,
+            env,
+            stdin,
+            code,
+            says,
+        };
+    vec![
+        case(
+            "broken JSON",
+            "ADD",
+            vec![],
+            r#"{"cniVersion":"1.0.0","name":"#.into(),
+            6,
+            "decode",
+        ),
+        case(
+            "not JSON at all",
+            "ADD",
+            vec![],
+            "hello".into(),
+            6,
+            "decode",
+        ),
+        case(
+            "unknown cniVersion",
+            "ADD",
+            vec![],
+            with(&base, |v| v["cniVersion"] = json!("9.9.9")),
+            1,
+            "plugin supports",
+        ),
+        case(
+            "missing cniVersion",
+            "ADD",
+            vec![],
+            with(&base, |v| {
+                v.as_object_mut().map(|o| o.remove("cniVersion"));
+            }),
+            1,
+            "(missing)",
+        ),
+        case(
+            "legacy 0.2.0 version",
+            "ADD",
+            vec![],
+            with(&base, |v| v["cniVersion"] = json!("0.2.0")),
+            1,
+            "0.2.0",
+        ),
+        case(
+            "missing CNI_CONTAINERID",
+            "ADD",
+            vec![("CNI_CONTAINERID", "")],
+            ok.clone(),
+            4,
+            "CNI_CONTAINERID",
+        ),
+        case(
+            "missing CNI_IFNAME",
+            "ADD",
+            vec![("CNI_IFNAME", "")],
+            ok.clone(),
+            4,
+            "CNI_IFNAME",
+        ),
+        case(
+            "missing CNI_PATH",
+            "ADD",
+            vec![("CNI_PATH", "")],
+            ok.clone(),
+            4,
+            "CNI_PATH",
+        ),
+        case(
+            "missing CNI_NETNS on ADD",
+            "ADD",
+            vec![("CNI_NETNS", "")],
+            ok.clone(),
+            4,
+            "CNI_NETNS",
+        ),
+        case("unknown CNI_COMMAND", "FROB", vec![], ok.clone(), 4, "FROB"),
+        case(
+            "bad container id",
+            "ADD",
+            vec![("CNI_CONTAINERID", "-oops")],
+            ok.clone(),
+            4,
+            "CNI_CONTAINERID",
+        ),
+        case(
+            "malformed CNI_ARGS",
+            "ADD",
+            vec![("CNI_ARGS", "K8S_POD_NAME")],
+            ok.clone(),
+            4,
+            "KEY=VALUE",
+        ),
+        case(
+            "IPv6 CIDR in ipv4_pools",
+            "ADD",
+            vec![],
+            with(&base, |v| {
+                v["ipam"]["ipv4_pools"] = json!(["fd00:99::/120"])
+            }),
+            7,
+            "ipv6_pools",
+        ),
+        case(
+            "IPv4 CIDR in ipv6_pools",
+            "ADD",
+            vec![],
+            with(&base, |v| v["ipam"]["ipv6_pools"] = json!(["10.99.0.0/24"])),
+            7,
+            "ipv4_pools",
+        ),
+        case(
+            "bad CIDR",
+            "ADD",
+            vec![],
+            with(&base, |v| v["ipam"]["ipv4_pools"] = json!(["10.99.0.0/33"])),
+            7,
+            "10.99.0.0/33",
+        ),
+        case(
+            "unknown pool name",
+            "ADD",
+            vec![],
+            with(&base, |v| v["ipam"]["ipv4_pools"] = json!(["no-such-pool"])),
+            7,
+            "no-such-pool",
+        ),
+        case(
+            "CIDR that is no pool",
+            "ADD",
+            vec![],
+            with(&base, |v| v["ipam"]["ipv4_pools"] = json!(["10.77.0.0/16"])),
+            7,
+            "10.77.0.0/16",
+        ),
+        case(
+            "exhausted pool",
+            "ADD",
+            vec![],
+            with(&base, |v| {
+                v["ipam"]["ipv4_pools"] = json!(["full"]);
+                v["ipam"]["assign_ipv6"] = json!(false);
+            }),
+            101,
+            "10.98.0.0/31",
+        ),
+        case(
+            "assign_ipv6 not a boolean",
+            "ADD",
+            vec![],
+            with(&base, |v| v["ipam"]["assign_ipv6"] = json!("yes")),
+            7,
+            "\"yes\"",
+        ),
+        case(
+            "assign_ipv4 a number",
+            "ADD",
+            vec![],
+            with(&base, |v| v["ipam"]["assign_ipv4"] = json!(5)),
+            7,
+            "assign_ipv4",
+        ),
+        case(
+            "nothing to assign",
+            "ADD",
+            vec![],
+            with(&base, |v| {
+                v["ipam"]["assign_ipv4"] = json!("false");
+                v["ipam"]["assign_ipv6"] = json!("false");
+            }),
+            7,
+            "both false",
+        ),
+        case(
+            "unknown datastore type",
+            "ADD",
+            vec![],
+            with(&base, |v| v["datastore_type"] = json!("etcdv3")),
+            7,
+            "etcdv3",
+        ),
+        case(
+            "CHECK on a 0.3.1 config",
+            "CHECK",
+            vec![],
+            with(&base, |v| v["cniVersion"] = json!("0.3.1")),
+            1,
+            "CHECK",
+        ),
+        case(
+            "STATUS on a 1.0.0 config",
+            "STATUS",
+            vec![],
+            ok.clone(),
+            1,
+            "STATUS",
+        ),
+        case(
+            "IP= not an address",
+            "ADD",
+            vec![("CNI_ARGS", "IP=10.99.0.300")],
+            ok.clone(),
+            4,
+            "10.99.0.300",
+        ),
+        case(
+            "IP= outside every pool",
+            "ADD",
+            vec![("CNI_ARGS", "IP=10.50.0.5")],
+            with(&base, |v| v["ipam"]["assign_ipv6"] = json!(false)),
+            102,
+            "10.50.0.5",
+        ),
+        case(
+            "IP= already taken",
+            "ADD",
+            vec![("CNI_ARGS", "IP=10.98.0.0")],
+            with(&base, |v| v["ipam"]["assign_ipv6"] = json!(false)),
+            102,
+            "10.98.0.0",
+        ),
+    ]
+}
+
+#[test]
+fn every_bad_input_is_refused_with_its_code_and_changes_nothing() {
+    let store = Store::new();
+    store.apply_pools(POOLS);
+    // Fill the tiny `full` pool (2 addresses) so the exhausted case has something to hit.
+    let mut fill = store.netconf("1.0.0", "node-a");
+    fill["ipam"]["ipv4_pools"] = json!(["full"]);
+    fill["ipam"]["assign_ipv6"] = json!(false);
+    for id in ["filler1", "filler2"] {
+        let out = cni("ADD", id, &[], fill.to_string().as_bytes());
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let cases = cases(&store);
+    assert!(cases.len() >= 20);
+    for case in cases {
+        let before = store.snapshot();
+        let out = cni(case.command, "bad1", &case.env, case.stdin.as_bytes());
+        assert!(
+            !out.status.success(),
+            "{}: succeeded: {}",
+            case.name,
+            text(&out)
+        );
+        let err: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{}: stdout is not a CNI error ({e}): {}",
+                case.name,
+                text(&out)
+            )
+        });
+        assert_eq!(err["code"], case.code, "{}: {err}", case.name);
+        let said = format!(
+            "{} {}",
+            err["msg"].as_str().unwrap_or(""),
+            err["details"].as_str().unwrap_or("")
+        );
+        assert!(
+            said.contains(case.says),
+            "{}: message {said:?} should mention {:?}",
+            case.name,
+            case.says
+        );
+        assert!(err["cniVersion"].is_string(), "{}: {err}", case.name);
+        assert_eq!(
+            store.snapshot(),
+            before,
+            "{}: the datastore changed",
+            case.name
+        );
+    }
+}

@@ -1,0 +1,164 @@
+//! Running the real `calico-ipam` binary: as a CNI plugin (env + stdin) and as the CLI.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use serde_json::{Value, json};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_calico-ipam");
+
+/// A throwaway local datastore with its own lock file.
+pub struct Store {
+    pub dir: tempfile::TempDir,
+}
+
+impl Store {
+    pub fn new() -> Store {
+        Store {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+
+    pub fn lock(&self) -> PathBuf {
+        self.dir.path().join("ipam.lock")
+    }
+
+    /// `calico-ipam ARGS` against this store.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .env_remove("CNI_COMMAND")
+            .env("DATASTORE_TYPE", "local")
+            .env("DATASTORE_PATH", self.path())
+            .output()
+            .expect("run calico-ipam")
+    }
+
+    /// Apply pools from a YAML string; panics on failure.
+    pub fn apply_pools(&self, yaml: &str) {
+        let file = self
+            .dir
+            .path()
+            .join(format!("pools-{}.yaml", rand_suffix()));
+        std::fs::write(&file, yaml).expect("write pools");
+        let out = self.cli(&["pool", "apply", "-f", file.to_str().expect("utf8")]);
+        assert!(out.status.success(), "pool apply failed: {}", text(&out));
+    }
+
+    /// A dual-stack netconf for this store.
+    pub fn netconf(&self, version: &str, node: &str) -> Value {
+        json!({
+            "cniVersion": version,
+            "name": "k8s-pod-network",
+            "type": "calico",
+            "datastore_type": "local",
+            "datastore_path": self.path(),
+            "ipam_lock_file": self.lock(),
+            "nodename": node,
+            "ipam": {"type": "calico-ipam", "assign_ipv4": "true", "assign_ipv6": "true"}
+        })
+    }
+
+    /// The `show -o json` document.
+    pub fn show(&self) -> Value {
+        let out = self.cli(&["show", "-o", "json", "--show-blocks"]);
+        assert!(out.status.success(), "show failed: {}", text(&out));
+        serde_json::from_slice(&out.stdout).expect("show json")
+    }
+
+    /// Every file of the store and its bytes (to prove a failed call changed nothing).
+    pub fn snapshot(&self) -> BTreeMap<PathBuf, Vec<u8>> {
+        let mut files = BTreeMap::new();
+        walk(&self.path(), &mut files);
+        files
+    }
+}
+
+fn walk(dir: &Path, files: &mut BTreeMap<PathBuf, Vec<u8>>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            walk(&p, files);
+        } else {
+            files.insert(p.clone(), std::fs::read(&p).unwrap_or_default());
+        }
+    }
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+/// Run the plugin with `command`, the container id, extra env and stdin.
+pub fn cni(command: &str, container_id: &str, env: &[(&str, &str)], stdin: &[u8]) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear()
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", container_id)
+        .env("CNI_NETNS", "/var/run/netns/test")
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/opt/cni/bin")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        if v.is_empty() {
+            cmd.env_remove(k);
+        } else {
+            cmd.env(k, v);
+        }
+    }
+    let mut child = cmd.spawn().expect("spawn calico-ipam");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin)
+        .expect("write stdin");
+    child.wait_with_output().expect("wait")
+}
+
+pub fn text(out: &Output) -> String {
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Small pools whose single block makes every address predictable.
+pub const TINY_POOLS: &str = "\
+apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata: {name: tiny-v4}
+spec: {cidr: 10.99.0.0/26, blockSize: 26}
+---
+apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata: {name: tiny-v6}
+spec: {cidr: 'fd00:99::/122', blockSize: 122}
+";
+
+/// The seed document's two pools.
+pub fn seed_pools() -> String {
+    std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../testdata/pools/seed-pools.yaml"
+    ))
+    .expect("seed pools")
+}

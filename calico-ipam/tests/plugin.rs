@@ -1,0 +1,176 @@
+//! calico-ipam as a CNI plugin, run as a process: golden results per spec version, repeated ADD,
+//! DEL, CHECK, GC, STATUS and VERSION on the embedded local datastore.
+
+mod common;
+
+use common::{Store, TINY_POOLS, cni, text};
+use serde_json::{Value, json};
+
+const VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+
+fn golden(version: &str) -> Value {
+    let path = format!(
+        "{}/../testdata/results/ipam/dualstack.{version}.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    serde_json::from_str(&std::fs::read_to_string(&path).expect("golden file"))
+        .expect("golden json")
+}
+
+fn in_use(store: &Store) -> u64 {
+    store.show()["pools"]
+        .as_array()
+        .expect("pools")
+        .iter()
+        .map(|p| p["inUse"].as_u64().expect("inUse"))
+        .sum()
+}
+
+#[test]
+fn add_matches_golden_result_for_every_version() {
+    for version in VERSIONS {
+        let store = Store::new();
+        store.apply_pools(TINY_POOLS);
+        let conf = store.netconf(version, "node-a").to_string();
+        let out = cni("ADD", "c1", &[], conf.as_bytes());
+        assert!(out.status.success(), "{version}: {}", text(&out));
+        let got: Value = serde_json::from_slice(&out.stdout).expect("result json");
+        assert_eq!(got, golden(version), "{version}");
+        assert_eq!(in_use(&store), 2);
+    }
+}
+
+#[test]
+fn repeated_add_returns_the_same_addresses_and_del_is_idempotent() {
+    let store = Store::new();
+    store.apply_pools(TINY_POOLS);
+    let conf = store.netconf("1.0.0", "node-a").to_string();
+    let first = cni("ADD", "c1", &[], conf.as_bytes());
+    let second = cni("ADD", "c1", &[], conf.as_bytes());
+    assert!(
+        first.status.success() && second.status.success(),
+        "{}",
+        text(&second)
+    );
+    assert_eq!(
+        first.stdout, second.stdout,
+        "a repeated ADD must not allocate more"
+    );
+    assert_eq!(in_use(&store), 2);
+
+    let other = cni("ADD", "c2", &[], conf.as_bytes());
+    let other: Value = serde_json::from_slice(&other.stdout).expect("json");
+    assert_eq!(other["ips"][0]["address"], "10.99.0.1/26");
+    assert_eq!(other["ips"][1]["address"], "fd00:99::1/122");
+
+    for _ in 0..2 {
+        let del = cni("DEL", "c1", &[], conf.as_bytes());
+        assert!(del.status.success(), "{}", text(&del));
+        assert!(del.stdout.is_empty());
+    }
+    assert_eq!(in_use(&store), 2, "c2 still holds its two addresses");
+    let never_added = cni("DEL", "never", &[("CNI_NETNS", "")], conf.as_bytes());
+    assert!(never_added.status.success(), "{}", text(&never_added));
+}
+
+#[test]
+fn del_releases_the_legacy_pod_handle_too() {
+    let store = Store::new();
+    store.apply_pools(TINY_POOLS);
+    // An allocation made under Calico's old `<namespace>.<pod>` handle (CLI-free: an ADD whose
+    // network name makes the handle equal to it).
+    let mut legacy = store.netconf("1.0.0", "node-a");
+    legacy["name"] = json!("default");
+    let out = cni("ADD", "web-0", &[], legacy.to_string().as_bytes());
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(in_use(&store), 2);
+    let conf = store.netconf("1.0.0", "node-a").to_string();
+    let args = "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0";
+    let del = cni("DEL", "c9", &[("CNI_ARGS", args)], conf.as_bytes());
+    assert!(del.status.success(), "{}", text(&del));
+    assert_eq!(in_use(&store), 0);
+}
+
+#[test]
+fn check_passes_while_allocated_and_fails_after_del() {
+    let store = Store::new();
+    store.apply_pools(TINY_POOLS);
+    let conf = store.netconf("1.0.0", "node-a").to_string();
+    assert!(cni("ADD", "c1", &[], conf.as_bytes()).status.success());
+    let ok = cni("CHECK", "c1", &[], conf.as_bytes());
+    assert!(ok.status.success(), "{}", text(&ok));
+    assert!(cni("DEL", "c1", &[], conf.as_bytes()).status.success());
+    let gone = cni("CHECK", "c1", &[], conf.as_bytes());
+    assert!(!gone.status.success());
+    let err: Value = serde_json::from_slice(&gone.stdout).expect("error json");
+    assert_eq!(err["code"], 107);
+}
+
+#[test]
+fn gc_releases_attachments_not_in_the_valid_list() {
+    let store = Store::new();
+    store.apply_pools(TINY_POOLS);
+    let conf = store.netconf("1.1.0", "node-a");
+    for id in ["keep", "drop1", "drop2"] {
+        assert!(
+            cni("ADD", id, &[], conf.to_string().as_bytes())
+                .status
+                .success()
+        );
+    }
+    assert_eq!(in_use(&store), 6);
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "keep", "ifname": "eth0"}]);
+    let out = cni(
+        "GC",
+        "",
+        &[
+            ("CNI_CONTAINERID", ""),
+            ("CNI_NETNS", ""),
+            ("CNI_IFNAME", ""),
+        ],
+        gc.to_string().as_bytes(),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(in_use(&store), 2);
+    let out = cni("CHECK", "keep", &[], conf.to_string().as_bytes());
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn status_and_version() {
+    let store = Store::new();
+    store.apply_pools(TINY_POOLS);
+    let conf = store.netconf("1.1.0", "node-a").to_string();
+    let out = cni(
+        "STATUS",
+        "",
+        &[
+            ("CNI_CONTAINERID", ""),
+            ("CNI_NETNS", ""),
+            ("CNI_IFNAME", ""),
+        ],
+        conf.as_bytes(),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+
+    let mut broken = store.netconf("1.1.0", "node-a");
+    broken["datastore_path"] = json!("/proc/version/not-a-dir");
+    let out = cni(
+        "STATUS",
+        "",
+        &[
+            ("CNI_CONTAINERID", ""),
+            ("CNI_NETNS", ""),
+            ("CNI_IFNAME", ""),
+        ],
+        broken.to_string().as_bytes(),
+    );
+    assert!(!out.status.success());
+    let err: Value = serde_json::from_slice(&out.stdout).expect("error json");
+    assert_eq!(err["code"], 50, "{err}");
+
+    let out = cni("VERSION", "", &[], br#"{"cniVersion":"1.0.0"}"#);
+    let v: Value = serde_json::from_slice(&out.stdout).expect("version json");
+    assert_eq!(v["supportedVersions"], json!(VERSIONS));
+}

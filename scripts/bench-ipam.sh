@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Whole-process ADD and DEL latency of calico-ipam (local store, dual-stack) beside Debian's
+# host-local doing the same dual-stack ranges, in the same run; then calico-ipam's ADD again once
+# the store holds 5,000 blocks claimed by simulated nodes. Prints medians and ratios.
+#   scripts/bench-ipam.sh [COUNT]      (default 200 pods per measurement)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+COUNT=${1:-200}
+export PATH="$HOME/.cargo/bin:$PATH"
+scripts/install-deps.sh
+cargo build --release --bins -q
+IPAM=$PWD/target/release/calico-ipam
+HOSTLOCAL=/usr/lib/cni/host-local
+WORK=$(mktemp -d /tmp/bench-ipam.XXXX)
+trap 'rm -rf "$WORK"' EXIT
+T=scripts/bench/timer.py
+CNIENV=(CNI_NETNS=/var/run/netns/bench CNI_IFNAME=eth0 CNI_PATH=/usr/lib/cni)
+
+DATASTORE_TYPE=local DATASTORE_PATH=$WORK/store "$IPAM" pool apply -f testdata/pools/seed-pools.yaml >/dev/null
+
+calico_conf() { # calico_conf NODE
+  jq -nc --arg store "$WORK/store" --arg lock "$WORK/ipam.lock" --arg node "$1" '{
+    cniVersion: "1.0.0", name: "k8s-pod-network", type: "calico",
+    datastore_type: "local", datastore_path: $store, ipam_lock_file: $lock, nodename: $node,
+    ipam: {type: "calico-ipam", assign_ipv4: "true", assign_ipv6: "true"}}'
+}
+calico_conf bench-node > "$WORK/calico.json"
+jq -nc --arg dir "$WORK/host-local" '{
+  cniVersion: "1.0.0", name: "k8s-pod-network", type: "ptp",
+  ipam: {type: "host-local", dataDir: $dir,
+         ranges: [[{subnet: "10.244.0.0/16"}], [{subnet: "fd00:10:244::/48"}]]}}' > "$WORK/host-local.json"
+
+run() { # run LABEL BIN CONF VERB PREFIX
+  STDIN_FILE=$3 ID_PREFIX=$5 python3 $T "$1" "$COUNT" -- CNI_COMMAND="$4" "${CNIENV[@]}" "$2"
+}
+
+echo "# $COUNT dual-stack allocations per measurement, whole process, one at a time" >&2
+R_HL_ADD=$(run "host-local ADD" "$HOSTLOCAL" "$WORK/host-local.json" ADD hl)
+R_CA_ADD=$(run "calico-ipam ADD (empty store)" "$IPAM" "$WORK/calico.json" ADD ca)
+R_HL_DEL=$(run "host-local DEL" "$HOSTLOCAL" "$WORK/host-local.json" DEL hl)
+R_CA_DEL=$(run "calico-ipam DEL" "$IPAM" "$WORK/calico.json" DEL ca)
+
+# 5,000 blocks: 2,500 simulated nodes each claim one IPv4 /26 and one IPv6 /122 block.
+echo "# filling the store with 5,000 blocks from 2,500 simulated nodes" >&2
+for i in $(seq 0 2499); do
+  calico_conf "sim-node-$i" > "$WORK/sim.json"
+  CNI_COMMAND=ADD CNI_CONTAINERID="sim$i" CNI_NETNS=/var/run/netns/bench CNI_IFNAME=eth0 CNI_PATH=/usr/lib/cni \
+    "$IPAM" < "$WORK/sim.json" > /dev/null
+done
+BLOCKS=$(ls "$WORK/store/blocks" | wc -l)
+R_CA_ADD_FULL=$(run "calico-ipam ADD (5,000-block store)" "$IPAM" "$WORK/calico.json" ADD full)
+
+median() { jq -r .median_ms <<<"$1"; }
+ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
+printf '\n%-40s %10s %10s %10s\n' "measurement" "median ms" "p10 ms" "p90 ms"
+for r in "$R_HL_ADD" "$R_CA_ADD" "$R_CA_ADD_FULL" "$R_HL_DEL" "$R_CA_DEL"; do
+  jq -r '[.label, .median_ms, .p10_ms, .p90_ms] | @tsv' <<<"$r" | awk -F'\t' '{printf "%-40s %10s %10s %10s\n", $1, $2, $3, $4}'
+done
+echo
+echo "blocks in the filled store: $BLOCKS"
+echo "ADD: calico-ipam / host-local = $(ratio "$(median "$R_CA_ADD")" "$(median "$R_HL_ADD")")"
+echo "DEL: calico-ipam / host-local = $(ratio "$(median "$R_CA_DEL")" "$(median "$R_HL_DEL")")"
+echo "ADD: 5,000-block store / empty store = $(ratio "$(median "$R_CA_ADD_FULL")" "$(median "$R_CA_ADD")")"
