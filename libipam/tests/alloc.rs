@@ -698,3 +698,27 @@ fn apply_pool_validates_and_defaults() {
     assert_eq!(usage[2].total, 65536);
     assert_eq!(usage[1].total, 1u128 << 80);
 }
+
+#[test]
+fn released_addresses_cool_down_when_configured() {
+    let ipam = ipam_with(&[pool("tiny", "10.0.0.0/30", 30)]);
+    set_config(&ipam, |c| c.ip_cooldown_seconds = 600);
+    let r = assign(&ipam, &AutoAssignArgs::new("a", "node-a", 4, 0)).expect("all four");
+    let first = r.ipv4[0].addr();
+    block_on(ipam.release_ips(&[first])).expect("release");
+    // Parked, not reusable yet: the pool is still full, the block not empty.
+    let e = assign(&ipam, &AutoAssignArgs::new("b", "node-a", 1, 0)).expect_err("cooling");
+    assert_eq!(e.kind(), ErrorKind::Exhausted);
+    assert_eq!(
+        block_on(ipam.release_ips(&[first])).expect("again"),
+        vec![first],
+        "already released"
+    );
+    assert_eq!(block_on(ipam.ips_by_handle("a")).expect("ips").len(), 3);
+    assert_consistent(&ipam);
+    // Cooldown turned off: the parked address is collected on the next allocation.
+    set_config(&ipam, |_| {});
+    let r = assign(&ipam, &AutoAssignArgs::new("b", "node-a", 1, 0)).expect("reusable");
+    assert_eq!(r.ipv4[0].addr(), first);
+    assert_consistent(&ipam);
+}

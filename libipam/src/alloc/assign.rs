@@ -168,6 +168,7 @@ impl<D: Datastore> Ipam<D> {
                 if !block.value.is_affine_to(req.host) {
                     continue;
                 }
+                block.value.garbage_collect(req.cooldown());
                 let reservations = &req.reservations;
                 let ips = block
                     .value
@@ -531,6 +532,7 @@ impl<D: Datastore> Ipam<D> {
                 affinity: block.value.affinity.clone().unwrap_or_default(),
             });
         }
+        block.value.garbage_collect(req.cooldown());
         match block.value.assign(ip, Some(req.handle_id), req.attrs) {
             Ok(()) => {}
             Err(AssignError::InUse) => return Err(IpamError::AddressInUse { ip, block: cidr }),

@@ -21,7 +21,7 @@ use ipnet::IpNet;
 
 use crate::datastore::{Datastore, DatastoreError, Versioned};
 use crate::error::{IpamError, Result};
-use crate::model::{AllowedUse, BlockAffinity, IpamBlock, IpamConfig, IpamHandle};
+use crate::model::{AllowedUse, BlockAffinity, Cooldown, IpamBlock, IpamConfig, IpamHandle, time};
 use crate::retry::{DATASTORE_RETRIES, retry_on_conflict};
 
 pub use report::{BlockUsage, PoolUsage, Problem};
@@ -159,6 +159,14 @@ struct Request<'a> {
 }
 
 impl Request<'_> {
+    /// When released addresses become reusable, as of now.
+    fn cooldown(&self) -> Cooldown {
+        Cooldown {
+            seconds: self.config.ip_cooldown_seconds,
+            now_nanos: time::now_nanos(),
+        }
+    }
+
     fn reserved(&self, ip: IpAddr) -> bool {
         self.reservations.iter().any(|r| r.contains(&ip))
     }
@@ -316,6 +324,7 @@ impl<D: Datastore> Ipam<D> {
         mut block: Versioned<IpamBlock>,
         want: u32,
     ) -> Result<Vec<IpNet>> {
+        block.value.garbage_collect(req.cooldown());
         let reservations = req.reservations.clone();
         let ips = block
             .value

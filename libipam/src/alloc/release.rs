@@ -12,7 +12,7 @@ use ipnet::IpNet;
 use super::{Ipam, ds};
 use crate::datastore::{Datastore, Versioned};
 use crate::error::{IpamError, Result};
-use crate::model::{IpamBlock, IpamHandle, ReleaseOutcome};
+use crate::model::{Cooldown, IpamBlock, IpamHandle, ReleaseOutcome, time};
 use crate::retry::{DATASTORE_RETRIES, retry_on_conflict};
 
 impl<D: Datastore> Ipam<D> {
@@ -27,6 +27,7 @@ impl<D: Datastore> Ipam<D> {
         else {
             return Ok(Vec::new());
         };
+        let cooldown = self.release_cooldown().await?;
         let mut released = Vec::new();
         for cidr in handle.value.blocks() {
             let op = format!("release handle {handle_id} in block {cidr}");
@@ -34,7 +35,8 @@ impl<D: Datastore> Ipam<D> {
                 let Some(mut block) = self.get_block(&cidr).await? else {
                     return Ok(Vec::new());
                 };
-                let ips = block.value.release_by_handle(handle_id);
+                block.value.garbage_collect(cooldown);
+                let ips = block.value.release_by_handle_with(handle_id, cooldown);
                 if !ips.is_empty() {
                     self.store_released_block(block).await?;
                 }
@@ -99,6 +101,7 @@ impl<D: Datastore> Ipam<D> {
             }
         }
 
+        let cooldown = self.release_cooldown().await?;
         for (cidr, ips) in by_block {
             let op = format!("release addresses in block {cidr}");
             let outcome = retry_on_conflict(DATASTORE_RETRIES, &op, async || {
@@ -108,7 +111,8 @@ impl<D: Datastore> Ipam<D> {
                         ..ReleaseOutcome::default()
                     });
                 };
-                let outcome = block.value.release(&ips);
+                block.value.garbage_collect(cooldown);
+                let outcome = block.value.release_with(&ips, cooldown);
                 if !outcome.released.is_empty() {
                     self.store_released_block(block).await?;
                 }
@@ -148,6 +152,18 @@ impl<D: Datastore> Ipam<D> {
             }
         }
         Ok(out)
+    }
+
+    async fn release_cooldown(&self) -> Result<Cooldown> {
+        let config = self
+            .store
+            .get_config()
+            .await
+            .map_err(ds("read IPAM config"))?;
+        Ok(Cooldown {
+            seconds: config.ip_cooldown_seconds,
+            now_nanos: time::now_nanos(),
+        })
     }
 
     async fn get_block(&self, cidr: &IpNet) -> Result<Option<Versioned<IpamBlock>>> {

@@ -16,6 +16,19 @@ use super::{Extra, host_affinity, time};
 /// make a block non-empty.
 pub const WINDOWS_RESERVED_HANDLE: &str = "windows-reserved-ipam-handle";
 
+/// Attribute key marking an ordinal released but still cooling down.
+const RELEASED_AT: &str = "releasedAt";
+
+/// When released addresses may be handed out again (`ipCooldownSeconds`). With 0 seconds
+/// (the default) an address is reusable as soon as it is released.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cooldown {
+    /// `ipCooldownSeconds`.
+    pub seconds: u32,
+    /// The current time in Unix nanoseconds.
+    pub now_nanos: u64,
+}
+
 /// Largest number of host bits a block may have (blockSize /20 or /116).
 const MAX_BLOCK_HOST_BITS: u8 = 12;
 
@@ -40,6 +53,11 @@ impl AllocationAttribute {
         self.handle_id
             .as_deref()
             .map(|h| h.split('\r').next().unwrap_or(h))
+    }
+
+    /// When the ordinal pointing here was released, for an address in cooldown.
+    pub fn released_at(&self) -> Option<&str> {
+        self.extra.get(RELEASED_AT).and_then(|v| v.as_str())
     }
 }
 
@@ -265,11 +283,19 @@ impl IpamBlock {
         Ok(())
     }
 
-    /// Frees the given addresses. Duplicates are collapsed; addresses that are not allocated
-    /// here are reported in `unallocated`. Freed ordinals go to the back of the queue.
+    /// Frees the given addresses at once (no cooldown). See [`IpamBlock::release_with`].
     pub fn release(&mut self, ips: &[IpAddr]) -> ReleaseOutcome {
+        self.release_with(ips, Cooldown::default())
+    }
+
+    /// Releases the given addresses. Duplicates are collapsed; addresses that are not
+    /// allocated here (or already cooling down) are reported in `unallocated`. Without a
+    /// cooldown a freed ordinal goes to the back of the free queue; with one it is parked on
+    /// a `releasedAt` attribute until [`IpamBlock::garbage_collect`] frees it.
+    pub fn release_with(&mut self, ips: &[IpAddr], cooldown: Cooldown) -> ReleaseOutcome {
         let mut out = ReleaseOutcome::default();
         let mut seen = BTreeSet::new();
+        let mut ords = Vec::new();
         for &ip in ips {
             if !seen.insert(ip) {
                 continue;
@@ -278,33 +304,106 @@ impl IpamBlock {
                 out.unallocated.push(ip);
                 continue;
             };
-            match self.allocations.get(ord as usize).copied().flatten() {
+            let attr = self
+                .allocations
+                .get(ord as usize)
+                .copied()
+                .flatten()
+                .and_then(|idx| self.attributes.get(idx as usize));
+            match attr {
                 None => out.unallocated.push(ip),
-                Some(idx) => {
-                    if let Some(h) = self.attributes.get(idx as usize).and_then(|a| a.handle()) {
+                Some(a) if a.released_at().is_some() => out.unallocated.push(ip),
+                Some(a) => {
+                    if let Some(h) = a.handle() {
                         *out.handles.entry(h.to_owned()).or_default() += 1;
                     }
-                    self.mark_free(ord);
+                    ords.push(ord);
                     out.released.push(ip);
                 }
             }
         }
-        if !out.released.is_empty() {
-            self.compact_attributes();
-        }
+        self.free_ordinals(&ords, cooldown);
         out
     }
 
-    /// Frees every address held by `handle`, in ordinal order, and returns them.
+    /// Frees every address held by `handle` at once, in ordinal order, and returns them.
     pub fn release_by_handle(&mut self, handle: &str) -> Vec<IpAddr> {
+        self.release_by_handle_with(handle, Cooldown::default())
+    }
+
+    /// Releases every address held by `handle` (see [`IpamBlock::release_with`]).
+    pub fn release_by_handle_with(&mut self, handle: &str, cooldown: Cooldown) -> Vec<IpAddr> {
         let ords = self.ordinals_for_handle(handle);
+        self.free_ordinals(&ords, cooldown);
+        ords.into_iter().filter_map(|o| self.ip(o)).collect()
+    }
+
+    /// Frees ordinals whose cooldown is over (all of them when the cooldown is 0); returns
+    /// how many. Unparseable release times count as over.
+    pub fn garbage_collect(&mut self, cooldown: Cooldown) -> u32 {
+        let now = (cooldown.now_nanos / 1_000_000_000) as i64;
+        let expired: BTreeSet<u32> = self
+            .attributes
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| {
+                a.released_at().is_some_and(|t| {
+                    cooldown.seconds == 0
+                        || time::parse_rfc3339(t)
+                            .is_none_or(|at| now - at >= i64::from(cooldown.seconds))
+                })
+            })
+            .map(|(i, _)| i as u32)
+            .collect();
+        if expired.is_empty() {
+            return 0;
+        }
+        let ords: Vec<u32> = self
+            .allocations
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| a.is_some_and(|i| expired.contains(&i)))
+            .map(|(o, _)| o as u32)
+            .collect();
         for &ord in &ords {
             self.mark_free(ord);
         }
-        if !ords.is_empty() {
-            self.compact_attributes();
+        self.compact_attributes();
+        ords.len() as u32
+    }
+
+    fn free_ordinals(&mut self, ords: &[u32], cooldown: Cooldown) {
+        if ords.is_empty() {
+            return;
         }
-        ords.into_iter().filter_map(|o| self.ip(o)).collect()
+        if cooldown.seconds == 0 {
+            for &ord in ords {
+                self.mark_free(ord);
+            }
+        } else {
+            let mut extra = Extra::new();
+            extra.insert(
+                RELEASED_AT.to_owned(),
+                time::rfc3339(cooldown.now_nanos).into(),
+            );
+            let parked = AllocationAttribute {
+                handle_id: None,
+                secondary: None,
+                extra,
+            };
+            let idx = match self.attributes.iter().position(|a| *a == parked) {
+                Some(i) => i as u32,
+                None => {
+                    self.attributes.push(parked);
+                    (self.attributes.len() - 1) as u32
+                }
+            };
+            for &ord in ords {
+                // Re-stamped, so a stale release by sequence number cannot touch it.
+                self.mark_allocated(ord, idx);
+            }
+        }
+        self.compact_attributes();
     }
 
     /// The addresses held by `handle`, in ordinal order.
@@ -562,6 +661,52 @@ mod tests {
         b.assign(ip("10.0.0.3"), Some("x"), &none).expect("assign");
         assert!(!b.empty());
         assert!(!b.unallocated.contains(&3));
+    }
+
+    #[test]
+    fn cooldown_parks_released_addresses() {
+        let mut b = IpamBlock::new(net("10.0.0.0/30"), None, 1).expect("block");
+        let none = BTreeMap::new();
+        let got = b.auto_assign(2, Some("h"), &none, |_| false);
+        let t0 = 1_785_578_400 * 1_000_000_000u64;
+        let cool = Cooldown {
+            seconds: 60,
+            now_nanos: t0,
+        };
+        let out = b.release_with(&got[..1], cool);
+        assert_eq!(out.released, vec![got[0]]);
+        assert_eq!(out.handles.get("h"), Some(&1));
+        assert!(!b.empty() && b.ips_for_handle("h") == vec![got[1]]);
+        assert_eq!(
+            b.attributes[b.allocations[0].expect("parked") as usize].released_at(),
+            Some("2026-08-01T10:00:00Z")
+        );
+        assert_eq!(
+            b.release_with(&got[..1], cool).unallocated,
+            vec![got[0]],
+            "already cooling"
+        );
+        assert_eq!(b.num_free(|_| false), 2);
+        assert_eq!(
+            b.garbage_collect(Cooldown {
+                now_nanos: t0 + 59_000_000_000,
+                ..cool
+            }),
+            0
+        );
+        assert_eq!(
+            b.garbage_collect(Cooldown {
+                now_nanos: t0 + 60_000_000_000,
+                ..cool
+            }),
+            1
+        );
+        assert_eq!(b.unallocated, vec![2, 3, 0]);
+        assert!(b.consistency_problems().is_empty());
+        assert_eq!(b.release_by_handle_with("h", cool), vec![got[1]]);
+        // A cooldown of 0 (config changed) frees parked ordinals on the next collection.
+        assert_eq!(b.garbage_collect(Cooldown::default()), 1);
+        assert!(b.empty() && b.attributes.is_empty());
     }
 
     #[test]

@@ -19,7 +19,7 @@ use ipnet::IpNet;
 
 pub use affinity::{AffinityState, AffinityType, BlockAffinity};
 pub use block::{
-    AllocationAttribute, AssignError, IpamBlock, ReleaseOutcome, WINDOWS_RESERVED_HANDLE,
+    AllocationAttribute, AssignError, Cooldown, IpamBlock, ReleaseOutcome, WINDOWS_RESERVED_HANDLE,
 };
 pub use config::{DEFAULT_MAX_BLOCKS_PER_HOST, IpamConfig};
 pub use handle::IpamHandle;
