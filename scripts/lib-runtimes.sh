@@ -174,12 +174,12 @@ host_links() {
   ip -n "$1" -o link show | awk -F': ' '{print $2}' | cut -d@ -f1 | grep -vxE 'lo|uplink0|uplink1' || true
 }
 
-# write_reference_conflist FILE STATE [EXTRA_PLUGIN_JSON]: Debian's ptp + host-local, same shape
-# as ours (network k8s-pod-network, cniVersion 1.0.0, portMappings capability declared).
+# write_reference_conflist FILE STATE [EXTRA_PLUGIN_JSON [CNI_VERSION]]: Debian's ptp +
+# host-local, same shape as ours (network k8s-pod-network, portMappings capability declared).
 write_reference_conflist() {
-  local file=$1 state=$2 extra=${3:-}
-  jq -n --arg data "$state/host-local" --argjson extra "${extra:-null}" '{
-    cniVersion: "1.0.0", name: "k8s-pod-network",
+  local file=$1 state=$2 extra=${3:-} version=${4:-1.0.0}
+  jq -n --arg data "$state/host-local" --arg v "$version" --argjson extra "${extra:-null}" '{
+    cniVersion: $v, name: "k8s-pod-network",
     plugins: ([{
       type: "ptp", ipMasq: false, capabilities: {portMappings: true},
       ipam: { type: "host-local", dataDir: $data,

@@ -7,12 +7,15 @@
 #   RunPodSandbox (name/namespace/uid metadata, a port mapping) -> containerd calls our ADD with
 #   K8S_POD_* CNI_ARGS and capitalised runtimeConfig keys (HostPort); PodSandboxStatus shows the
 #   IPv4 address as `ip` and the IPv6 one in `additional_ips`; the host veth in the node netns is
-#   cali + sha1("<ns>.<pod>")[:11]; the pod reaches the node over both families.
-#   StopPodSandbox + RemovePodSandbox -> DEL (twice) -> nothing left. containerd is stopped by pid.
+#   cali + sha1("<ns>.<pod>")[:11]. Two pods: they reach the node and each other over both
+#   families. StopPodSandbox + RemovePodSandbox -> DEL (twice) for one pod leaves the other
+#   intact; after both, nothing is left. containerd is stopped by its pid.
 #
-# usage: scripts/test-containerd.sh [--from DIR] [--reference]
-#   --from DIR     our built binaries (calico-cni, calico-ipam); default target/{debug,release}
-#   --reference    validate the harness with Debian's ptp + host-local instead of ours
+# usage: scripts/test-containerd.sh [--from DIR] [--reference] [--cni-version V]
+#   --from DIR        our built binaries (calico-cni, calico-ipam); default target/{debug,release}
+#   --reference       validate the harness with Debian's ptp + host-local instead of ours
+#   --cni-version V   the conflist's cniVersion (default 1.0.0; with 0.3.1, Calico's long-time
+#                     default, containerd sends no prevResult on DEL)
 # Root; Debian 12. Everything happens in namespaces and temp dirs this script creates.
 set -euo pipefail
 RT_NAME=test-containerd
@@ -20,11 +23,13 @@ source "$(dirname "$0")/lib-runtimes.sh"
 
 FROM=
 MODE=ours
+VERSION=1.0.0
 while [ $# -gt 0 ]; do
   case $1 in
     --from) FROM=$2; shift ;;
+    --cni-version) VERSION=$2; shift ;;
     --reference) MODE=reference ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "$RT_NAME: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -43,7 +48,7 @@ BIN=$T/cnibin CONF=$T/net.d STATE=$T/state CACHE=$T/cache SOCK=$T/containerd.soc
 mkdir -p "$BIN" "$STATE" "$CACHE" "$T/stash" "$T/run-containerd" "$T/netns" "$T/podlogs"
 RT_DIAG_FILES=("$T/containerd.log" "$STATE/cni.log") # what fail() shows
 IPT_BEFORE=$(iptables_cni_chains)
-CTRD_PID='' CTRD_MNT='' SANDBOX=''
+CTRD_PID='' CTRD_MNT=''
 
 crictl() { "$CRICTL" --runtime-endpoint "unix://$SOCK" --image-endpoint "unix://$SOCK" --timeout 30s "$@"; }
 
@@ -73,7 +78,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # ---------------------------------------------------------------------------------------------
-step "mode $MODE, $(containerd --version | cut -d' ' -f1-3), $(runc --version | head -n1), crictl $CRICTL_VERSION"
+step "mode $MODE, cniVersion $VERSION, $(containerd --version | cut -d' ' -f1-3), $(runc --version | head -n1), crictl $CRICTL_VERSION"
 
 step "pause image"
 IMAGES=$RT_CACHE/images
@@ -93,10 +98,10 @@ for f in /usr/lib/cni/*; do ln -s "$f" "$BIN/"; done
 [ -e "$BIN/loopback" ] || fail "no loopback plugin in /usr/lib/cni (containernetworking-plugins)"
 if [ "$MODE" = ours ]; then
   rm -f "$BIN/calico" "$BIN/calico-ipam"
-  install_ours "$FROM" "$BIN" "$CONF" "$STATE" "$NODE" --capabilities '{"portMappings":true}'
+  install_ours "$FROM" "$BIN" "$CONF" "$STATE" "$NODE" --cni-version "$VERSION" --capabilities '{"portMappings":true}'
 else
   mkdir -p "$CONF"
-  write_reference_conflist "$CONF/10-calico.conflist" "$STATE"
+  write_reference_conflist "$CONF/10-calico.conflist" "$STATE" "" "$VERSION"
 fi
 jq -e '.plugins[0].capabilities.portMappings == true' "$CONF/10-calico.conflist" >/dev/null ||
   fail "conflist does not declare the portMappings capability"
@@ -156,72 +161,101 @@ ctr --address "$SOCK" -n k8s.io images import --snapshotter native "$PAUSE_TAR" 
   { cat "$T/import.log" >&2; fail "ctr images import failed"; }
 
 # ---------------------------------------------------------------------------------------------
-step "RunPodSandbox $PODNS/$PODNAME (uid $PODUID, port 18081->80)"
-jq -n --arg name "$PODNAME" --arg ns "$PODNS" --arg uid "$PODUID" --arg logs "$T/podlogs" \
-  --arg cg "/$CGPARENT" '{
-    metadata: {name: $name, namespace: $ns, uid: $uid, attempt: 0},
-    hostname: $name, log_directory: $logs,
-    port_mappings: [{protocol: 0, container_port: 80, host_port: 18081}],
-    linux: {cgroup_parent: $cg}}' >"$T/pod.json"
-SANDBOX=$(crictl runp "$T/pod.json" 2>"$T/runp.err") || { cat "$T/runp.err" >&2; fail "RunPodSandbox failed"; }
-step "sandbox $SANDBOX"
-STATUS=$(crictl inspectp -o json "$SANDBOX" 2>/dev/null) || fail "PodSandboxStatus failed"
-[ "$(jq -r .status.state <<<"$STATUS")" = SANDBOX_READY ] || fail "sandbox not ready: $(jq -c .status <<<"$STATUS")"
-IP4=$(jq -r '.status.network.ip // empty' <<<"$STATUS")
-IP6=$(jq -r '.status.network.additionalIps[0].ip // empty' <<<"$STATUS")
-echo "    PodSandboxStatus network: $(jq -c .status.network <<<"$STATUS")"
-[[ $IP4 =~ ^[0-9.]+$ ]] || fail "sandbox ip is '$IP4', want the IPv4 address"
-[[ $IP6 == *:* ]] || fail "sandbox additional_ips[0] is '$IP6', want the IPv6 address"
-if [ "$MODE" = ours ]; then
-  [[ $IP4 == 10.244.* ]] || fail "IPv4 $IP4 is not from $RT_POOL_V4"
-  [[ $IP6 == fd00:10:244:* ]] || fail "IPv6 $IP6 is not from $RT_POOL_V6"
-fi
-PAUSE_PID=$(jq -r '.info.pid' <<<"$STATUS")
-[[ $PAUSE_PID =~ ^[0-9]+$ ]] || fail "no pause pid in the sandbox info"
+# run_pod N NAME UID HOSTPORT: RunPodSandbox and check what the CNI ADD did; fills ID[N], IP4[N],
+# IP6[N], PID[N] (the pause process), HOSTIF[N], RESULTFILE[N].
+declare -A ID IP4 IP6 PID HOSTIF RESULTFILE
+run_pod() {
+  local n=$1 name=$2 uid=$3 port=$4 status result args kv k v want
+  step "RunPodSandbox $PODNS/$name (uid $uid, port $port->80)"
+  jq -n --arg name "$name" --arg ns "$PODNS" --arg uid "$uid" --arg logs "$T/podlogs" \
+    --arg cg "/$CGPARENT" --argjson port "$port" '{
+      metadata: {name: $name, namespace: $ns, uid: $uid, attempt: 0},
+      hostname: $name, log_directory: $logs,
+      port_mappings: [{protocol: 0, container_port: 80, host_port: $port}],
+      linux: {cgroup_parent: $cg}}' >"$T/pod$n.json"
+  ID[$n]=$(crictl runp "$T/pod$n.json" 2>"$T/runp.err") || { cat "$T/runp.err" >&2; fail "RunPodSandbox $name failed"; }
+  echo "    sandbox ${ID[$n]}"
+  status=$(crictl inspectp -o json "${ID[$n]}" 2>/dev/null) || fail "PodSandboxStatus failed"
+  [ "$(jq -r .status.state <<<"$status")" = SANDBOX_READY ] || fail "sandbox not ready: $(jq -c .status <<<"$status")"
+  IP4[$n]=$(jq -r '.status.network.ip // empty' <<<"$status")
+  IP6[$n]=$(jq -r '.status.network.additionalIps[0].ip // empty' <<<"$status")
+  echo "    PodSandboxStatus network: $(jq -c .status.network <<<"$status")"
+  [[ ${IP4[$n]} =~ ^[0-9.]+$ ]] || fail "sandbox ip is '${IP4[$n]}', want the IPv4 address"
+  [[ ${IP6[$n]} == *:* ]] || fail "sandbox additional_ips[0] is '${IP6[$n]}', want the IPv6 address"
+  if [ "$MODE" = ours ]; then
+    [[ ${IP4[$n]} == 10.244.* ]] || fail "IPv4 ${IP4[$n]} is not from $RT_POOL_V4"
+    [[ ${IP6[$n]} == fd00:10:244:* ]] || fail "IPv6 ${IP6[$n]} is not from $RT_POOL_V6"
+  fi
+  PID[$n]=$(jq -r '.info.pid' <<<"$status")
+  [[ ${PID[$n]} =~ ^[0-9]+$ ]] || fail "no pause pid in the sandbox info"
 
-RESULTFILE=$CACHE/results/k8s-pod-network-$SANDBOX-eth0
-[ -f "$RESULTFILE" ] || fail "no libcni cache file $RESULTFILE: $(ls "$CACHE/results" 2>&1)"
-ARGS=$(jq -c '.cniArgs' "$RESULTFILE")
-for kv in "K8S_POD_NAMESPACE $PODNS" "K8S_POD_NAME $PODNAME" "K8S_POD_INFRA_CONTAINER_ID $SANDBOX" "K8S_POD_UID $PODUID"; do
-  set -- $kv
-  jq -e --arg k "$1" --arg v "$2" 'any(.[]; .[0] == $k and .[1] == $v)' <<<"$ARGS" >/dev/null ||
-    fail "containerd did not pass $1=$2 in CNI_ARGS: $ARGS"
-done
-jq -e '.capabilityArgs.portMappings[0].HostPort == 18081' "$RESULTFILE" >/dev/null ||
-  fail "containerd did not send portMappings with capitalised HostPort: $(jq -c .capabilityArgs "$RESULTFILE")"
-echo "    runtimeConfig sent: $(jq -c .capabilityArgs "$RESULTFILE")"
-RESULT=$(jq -c .result "$RESULTFILE")
-echo "    CNI result: $RESULT"
-HOSTIF=$(jq -r '.interfaces[] | select((.sandbox // "") == "") | .name' <<<"$RESULT" | head -n1)
-if [ "$MODE" = ours ]; then
-  WANT_IF=$(veth_name "$PODNS" "$PODNAME")
-  [ "$HOSTIF" = "$WANT_IF" ] || fail "host interface in the result is '$HOSTIF', want $WANT_IF = cali + sha1($PODNS.$PODNAME)[:11]"
-  jq -e '[.ips[].gateway] | sort == ["169.254.1.1", "fe80::1"]' <<<"$RESULT" >/dev/null || fail "gateways are not 169.254.1.1 and fe80::1: $RESULT"
-fi
-ip -n "$NODE" link show "$HOSTIF" >/dev/null 2>&1 || fail "host interface $HOSTIF is not in the node netns: $(host_links "$NODE")"
-PODADDRS=$(nsenter -t "$PAUSE_PID" -n ip -o addr show eth0)
-has "$PODADDRS" "inet $IP4/" || fail "pod eth0 lacks $IP4: $PODADDRS"
-has "$PODADDRS" "inet6 $IP6/" || fail "pod eth0 lacks $IP6: $PODADDRS"
+  RESULTFILE[$n]=$CACHE/results/k8s-pod-network-${ID[$n]}-eth0
+  [ -f "${RESULTFILE[$n]}" ] || fail "no libcni cache file ${RESULTFILE[$n]}: $(ls "$CACHE/results" 2>&1)"
+  args=$(jq -c '.cniArgs' "${RESULTFILE[$n]}")
+  for kv in "K8S_POD_NAMESPACE=$PODNS" "K8S_POD_NAME=$name" "K8S_POD_INFRA_CONTAINER_ID=${ID[$n]}" "K8S_POD_UID=$uid"; do
+    k=${kv%%=*} v=${kv#*=}
+    jq -e --arg k "$k" --arg v "$v" 'any(.[]; .[0] == $k and .[1] == $v)' <<<"$args" >/dev/null ||
+      fail "containerd did not pass $k=$v in CNI_ARGS: $args"
+  done
+  jq -e --argjson port "$port" '.capabilityArgs.portMappings[0].HostPort == $port' "${RESULTFILE[$n]}" >/dev/null ||
+    fail "containerd did not send portMappings with capitalised HostPort: $(jq -c .capabilityArgs "${RESULTFILE[$n]}")"
+  echo "    runtimeConfig sent: $(jq -c .capabilityArgs "${RESULTFILE[$n]}")"
+  result=$(jq -c .result "${RESULTFILE[$n]}")
+  echo "    CNI result: $result"
+  [ "$(jq -r .cniVersion <<<"$result")" = "$VERSION" ] || fail "cached result is not cniVersion $VERSION"
+  HOSTIF[$n]=$(jq -r '.interfaces[] | select((.sandbox // "") == "") | .name' <<<"$result" | head -n1)
+  if [ "$MODE" = ours ]; then
+    want=$(veth_name "$PODNS" "$name")
+    [ "${HOSTIF[$n]}" = "$want" ] || fail "host interface in the result is '${HOSTIF[$n]}', want $want = cali + sha1($PODNS.$name)[:11]"
+    jq -e '[.ips[].gateway] | sort == ["169.254.1.1", "fe80::1"]' <<<"$result" >/dev/null ||
+      fail "gateways are not 169.254.1.1 and fe80::1: $result"
+  fi
+  ip -n "$NODE" link show "${HOSTIF[$n]}" >/dev/null 2>&1 ||
+    fail "host interface ${HOSTIF[$n]} is not in the node netns: $(host_links "$NODE")"
+  local addrs
+  addrs=$(nsenter -t "${PID[$n]}" -n ip -o addr show eth0)
+  has "$addrs" "inet ${IP4[$n]}/" || fail "pod eth0 lacks ${IP4[$n]}: $addrs"
+  has "$addrs" "inet6 ${IP6[$n]}/" || fail "pod eth0 lacks ${IP6[$n]}: $addrs"
+}
 
-step "pod -> node over IPv4 and IPv6"
-ok4=0 ok6=0
-for _ in $(seq 10); do
-  [ $ok4 = 1 ] || { nsenter -t "$PAUSE_PID" -n ping -c1 -W1 192.0.2.10 >/dev/null 2>&1 && ok4=1; }
-  [ $ok6 = 1 ] || { nsenter -t "$PAUSE_PID" -n ping -6 -c1 -W1 2001:db8::10 >/dev/null 2>&1 && ok6=1; }
-  [ $ok4$ok6 = 11 ] && break
-  sleep 0.5
-done
-[ $ok4 = 1 ] || fail "pod cannot ping the node 192.0.2.10 over IPv4"
-[ $ok6 = 1 ] || fail "pod cannot ping the node 2001:db8::10 over IPv6"
+# pings N WHAT DST4 DST6: pod N reaches DST4 and DST6 (a few tries: IPv6 DAD on the reference).
+pings() {
+  local n=$1 what=$2 ok4=0 ok6=0
+  for _ in $(seq 10); do
+    [ $ok4 = 1 ] || { nsenter -t "${PID[$n]}" -n ping -c1 -W1 "$3" >/dev/null 2>&1 && ok4=1; }
+    [ $ok6 = 1 ] || { nsenter -t "${PID[$n]}" -n ping -6 -c1 -W1 "$4" >/dev/null 2>&1 && ok6=1; }
+    [ $ok4$ok6 = 11 ] && break
+    sleep 0.5
+  done
+  [ $ok4 = 1 ] || fail "pod $n cannot ping $what $3 over IPv4"
+  [ $ok6 = 1 ] || fail "pod $n cannot ping $what $4 over IPv6"
+}
 
-step "StopPodSandbox"
-crictl stopp "$SANDBOX" >/dev/null 2>"$T/stopp.err" || { cat "$T/stopp.err" >&2; fail "StopPodSandbox failed"; }
-if ip -n "$NODE" link show "$HOSTIF" >/dev/null 2>&1; then fail "host interface $HOSTIF still exists after StopPodSandbox"; fi
-[ ! -e "$RESULTFILE" ] || fail "libcni cache file still there after StopPodSandbox"
-step "RemovePodSandbox"
-crictl rmp "$SANDBOX" >/dev/null 2>"$T/rmp.err" || { cat "$T/rmp.err" >&2; fail "RemovePodSandbox failed"; }
+# stop_remove N: StopPodSandbox (DEL with prevResult for >= 0.4.0) and RemovePodSandbox (DEL
+# again, without), checking the pod's host interface and cache entry are gone.
+stop_remove() {
+  local n=$1
+  step "StopPodSandbox + RemovePodSandbox pod $n"
+  crictl stopp "${ID[$n]}" >/dev/null 2>"$T/stopp.err" || { cat "$T/stopp.err" >&2; fail "StopPodSandbox failed"; }
+  if ip -n "$NODE" link show "${HOSTIF[$n]}" >/dev/null 2>&1; then
+    fail "host interface ${HOSTIF[$n]} still exists after StopPodSandbox"
+  fi
+  [ ! -e "${RESULTFILE[$n]}" ] || fail "libcni cache file still there after StopPodSandbox"
+  crictl rmp "${ID[$n]}" >/dev/null 2>"$T/rmp.err" || { cat "$T/rmp.err" >&2; fail "RemovePodSandbox failed"; }
+}
+
+run_pod 1 "$PODNAME" "$PODUID" 18081
+run_pod 2 "$PODNAME-b" "$PODUID-b" 18082
+[ "${IP4[1]}" != "${IP4[2]}" ] && [ "${IP6[1]}" != "${IP6[2]}" ] || fail "the two pods got the same address"
+step "pod 1 -> node, pod 1 -> pod 2, over IPv4 and IPv6"
+pings 1 "the node" 192.0.2.10 2001:db8::10
+pings 1 "pod 2" "${IP4[2]}" "${IP6[2]}"
+stop_remove 1
+step "pod 2 unaffected"
+ip -n "$NODE" link show "${HOSTIF[2]}" >/dev/null 2>&1 || fail "pod 2's host interface went away with pod 1"
+pings 2 "the node" 192.0.2.10 2001:db8::10
+stop_remove 2
 [ -z "$(crictl pods -q 2>/dev/null)" ] || fail "sandboxes left: $(crictl pods 2>&1)"
-SANDBOX=
 
 step "nothing left"
 left=$(host_links "$NODE")

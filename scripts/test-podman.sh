@@ -24,7 +24,7 @@ while [ $# -gt 0 ]; do
   case $1 in
     --from) FROM=$2; shift ;;
     --reference) MODE=reference ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "$RT_NAME: unknown argument $1" >&2; exit 2 ;;
   esac
   shift

@@ -11,8 +11,9 @@
 #                  with cargo build --bins if missing), else target/release
 #   --reference    run the tests against Debian's ptp + host-local instead of ours (harness check)
 #   --all          run each test against the reference first, then against ours
-#   TEST           install (scripts/test-install-cni.sh), cnitool, containerd, podman
-#                  (default: all four; install runs once, against our binaries)
+#   TEST           install (scripts/test-install-cni.sh), cnitool (cniVersion 1.0.0),
+#                  cnitool-0.4.0, cnitool-0.3.1, containerd (1.0.0), containerd-0.3.1, podman
+#                  (default: all; install runs once, against our binaries)
 # Root; Debian 12.
 set -euo pipefail
 RT_NAME=test-runtimes
@@ -26,13 +27,13 @@ while [ $# -gt 0 ]; do
     --from) FROM=$2; shift ;;
     --reference) MODES=(reference) ;;
     --all) MODES=(reference ours) ;;
-    install|cnitool|containerd|podman) TESTS+=("$1") ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    install|cnitool|cnitool-0.4.0|cnitool-0.3.1|containerd|containerd-0.3.1|podman) TESTS+=("$1") ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "$RT_NAME: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
 done
-[ ${#TESTS[@]} -gt 0 ] || TESTS=(install cnitool containerd podman)
+[ ${#TESTS[@]} -gt 0 ] || TESTS=(install cnitool cnitool-0.4.0 cnitool-0.3.1 containerd containerd-0.3.1 podman)
 
 rt_require_root
 step "installing what the tests need"
@@ -69,7 +70,12 @@ for mode in "${MODES[@]}"; do
     echo
     echo "======== $t ($mode)"
     start=$(rt_now)
-    if timeout --kill-after=15 600 "$RT_REPO/scripts/test-$t.sh" "${args[@]}"; then
+    script=$RT_REPO/scripts/test-$t.sh
+    case $t in
+      install) script=$RT_REPO/scripts/test-install-cni.sh ;;
+      *-[0-9]*) script=$RT_REPO/scripts/test-${t%%-*}.sh; args+=(--cni-version "${t#*-}") ;;
+    esac
+    if timeout --kill-after=15 600 "$script" "${args[@]}"; then
       rc=0
     else
       rc=$?
