@@ -9,7 +9,8 @@
 #   IPv4 address as `ip` and the IPv6 one in `additional_ips`; the host veth in the node netns is
 #   cali + sha1("<ns>.<pod>")[:11]. Two pods: they reach the node and each other over both
 #   families. StopPodSandbox + RemovePodSandbox -> DEL (twice) for one pod leaves the other
-#   intact; after both, nothing is left. containerd is stopped by its pid.
+#   intact; after both, nothing is left. A RunPodSandbox whose ADD fails (no IPPool) is followed
+#   by containerd's DEL and leaves nothing. containerd is stopped by its pid.
 #
 # usage: scripts/test-containerd.sh [--from DIR] [--reference] [--cni-version V]
 #   --from DIR        our built binaries (calico-cni, calico-ipam); default target/{debug,release}
@@ -29,7 +30,7 @@ while [ $# -gt 0 ]; do
     --from) FROM=$2; shift ;;
     --cni-version) VERSION=$2; shift ;;
     --reference) MODE=reference ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "$RT_NAME: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -50,7 +51,8 @@ RT_DIAG_FILES=("$T/containerd.log" "$STATE/cni.log") # what fail() shows
 IPT_BEFORE=$(iptables_cni_chains)
 CTRD_PID='' CTRD_MNT=''
 
-crictl() { "$CRICTL" --runtime-endpoint "unix://$SOCK" --image-endpoint "unix://$SOCK" --timeout 30s "$@"; }
+printf 'runtime-endpoint: unix://%s\nimage-endpoint: unix://%s\ntimeout: 30\n' "$SOCK" "$SOCK" >"$T/crictl.yaml"
+crictl() { "$CRICTL" --config "$T/crictl.yaml" "$@"; }
 
 cleanup() {
   local rc=$?
@@ -256,6 +258,19 @@ ip -n "$NODE" link show "${HOSTIF[2]}" >/dev/null 2>&1 || fail "pod 2's host int
 pings 2 "the node" 192.0.2.10 2001:db8::10
 stop_remove 2
 [ -z "$(crictl pods -q 2>/dev/null)" ] || fail "sandboxes left: $(crictl pods 2>&1)"
+
+if [ "$MODE" = ours ]; then
+  step "a failed ADD (no IPPool) -> containerd DELs, nothing leaks"
+  ipam_cli() { DATASTORE_TYPE=local DATASTORE_PATH=$STATE/ipam "$BIN/calico-ipam" "$@"; }
+  ipam_cli pool delete ipv4-pool >/dev/null && ipam_cli pool delete ipv6-pool >/dev/null || fail "calico-ipam pool delete failed"
+  jq -n --arg ns "$PODNS" --arg uid "$PODUID-c" --arg cg "/$CGPARENT" \
+    '{metadata: {name: "nopool", namespace: $ns, uid: $uid, attempt: 0}, linux: {cgroup_parent: $cg}}' >"$T/pod3.json"
+  if crictl runp "$T/pod3.json" >/dev/null 2>"$T/runp.err"; then fail "RunPodSandbox succeeded without IPPools"; fi
+  has "$(cat "$T/runp.err")" 'calico\" failed (add)' || fail "unexpected RunPodSandbox error: $(cat "$T/runp.err")"
+  echo "    $(grep -o 'failed to setup network.*' "$T/runp.err" | head -n1 | cut -c1-220)"
+  [ -z "$(crictl pods -q 2>/dev/null)" ] || fail "a failed sandbox was left: $(crictl pods 2>&1)"
+  ipam_cli pool apply -f "$RT_REPO/testdata/pools/seed-pools.yaml" >/dev/null || fail "re-applying the pools failed"
+fi
 
 step "nothing left"
 left=$(host_links "$NODE")
