@@ -1,0 +1,86 @@
+//! IPAM by delegation, the CNI way: run the plugin named in `ipam.type` from `CNI_PATH` with our
+//! environment (`CNI_COMMAND` overridden) and the exact stdin we received.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command as Process, Stdio};
+
+use libipam::cni::{CniError, CniResult, Command, code};
+
+/// Find `plugin` in the `CNI_PATH` directories (first hit wins).
+pub fn find_plugin(plugin: &str, path: &[PathBuf]) -> Result<PathBuf, CniError> {
+    if plugin.is_empty() || plugin.contains('/') {
+        return Err(CniError::invalid_config(format!(
+            "ipam.type \"{plugin}\" must be the file name of an IPAM plugin in CNI_PATH"
+        )));
+    }
+    path.iter()
+        .map(|dir| dir.join(plugin))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            let dirs: Vec<String> = path.iter().map(|d| d.display().to_string()).collect();
+            CniError::invalid_config(format!(
+                "IPAM plugin \"{plugin}\" not found in CNI_PATH [{}]",
+                dirs.join(":")
+            ))
+        })
+}
+
+/// Run `binary` for `command` with `stdin`. Success returns stdout; failure the plugin's own CNI
+/// error, or one describing how it failed.
+pub fn exec(binary: &Path, command: Command, stdin: &[u8]) -> Result<Vec<u8>, CniError> {
+    let mut child = Process::new(binary)
+        .env("CNI_COMMAND", command.as_str())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| {
+            CniError::new(
+                code::IPAM_PLUGIN,
+                "cannot run the IPAM plugin",
+                format!("{}: {e}", binary.display()),
+            )
+        })?;
+    if let Some(mut pipe) = child.stdin.take() {
+        // A plugin that exits without reading stdin closes the pipe; its exit status tells.
+        let _ = pipe.write_all(stdin);
+    }
+    let out = child.wait_with_output().map_err(|e| {
+        CniError::new(
+            code::IPAM_PLUGIN,
+            "the IPAM plugin did not finish",
+            format!("{}: {e}", binary.display()),
+        )
+    })?;
+    if out.status.success() {
+        return Ok(out.stdout);
+    }
+    Err(CniError::from_json(&out.stdout).unwrap_or_else(|| {
+        CniError::new(
+            code::IPAM_PLUGIN,
+            format!("IPAM plugin {} failed", binary.display()),
+            format!(
+                "{} with output: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout).trim()
+            ),
+        )
+    }))
+}
+
+/// ADD through the IPAM plugin and parse its (abbreviated) result.
+pub fn add(binary: &Path, stdin: &[u8]) -> Result<CniResult, CniError> {
+    let stdout = exec(binary, Command::Add, stdin)?;
+    let value: serde_json::Value = serde_json::from_slice(&stdout).map_err(|e| {
+        CniError::new(
+            code::IPAM_PLUGIN,
+            format!(
+                "IPAM plugin {} printed an unreadable result",
+                binary.display()
+            ),
+            e.to_string(),
+        )
+    })?;
+    CniResult::from_value(&value)
+}

@@ -1,0 +1,148 @@
+//! ADD: IPAM, then the veth, addresses and routes; on any failure undo what was done.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnet::IpNet;
+use libipam::cni::skel::Request;
+use libipam::cni::{CniError, CniResult, Command, Interface, IpConfig, Route};
+
+use super::{block_on, dataplane_error, host_ifname, ipam_plugin};
+use crate::dataplane::{self, IPV4_GATEWAY, IPV6_GATEWAY, Plan};
+use crate::ipam_exec;
+
+pub fn add(req: &Request) -> Result<CniResult, CniError> {
+    let netns = req
+        .env
+        .netns
+        .clone()
+        .ok_or_else(|| CniError::invalid_env("CNI_NETNS is required for ADD"))?;
+    // Validate before allocating anything: a missing netns must not cost an IPAM round trip.
+    if let Err(e) = std::fs::metadata(&netns) {
+        return Err(CniError::new(
+            libipam::cni::code::NETNS,
+            "cannot enter the pod network namespace",
+            format!("{}: {e}", netns.display()),
+        ));
+    }
+    let ipam = ipam_plugin(req)?;
+    let host_ifname = host_ifname(req);
+
+    let ipam_result = ipam_exec::add(&ipam, &req.stdin)?;
+    // From here on, every failure releases the addresses before it is reported.
+    let undo_ipam = |cause: CniError| -> CniError {
+        if let Err(e) = ipam_exec::exec(&ipam, Command::Del, &req.stdin) {
+            log!(Error, "releasing addresses after a failed ADD: {e}");
+            return CniError::new(
+                cause.code,
+                cause.msg,
+                format!(
+                    "{}; releasing the addresses also failed: {e}",
+                    cause.details
+                ),
+            );
+        }
+        cause
+    };
+    let (ipv4, ipv6) = match pod_addresses(&ipam_result) {
+        Ok(a) => a,
+        Err(e) => return Err(undo_ipam(e)),
+    };
+    let plan = Plan {
+        netns: netns.clone(),
+        host_ifname: host_ifname.clone(),
+        pod_ifname: req.env.ifname.clone(),
+        mtu: req.conf.mtu.filter(|m| *m > 0),
+        ipv4,
+        ipv6,
+        allow_ip_forwarding: req.conf.container_settings.allow_ip_forwarding,
+    };
+    let applied = match block_on(dataplane::setup(&plan)) {
+        Ok(Ok(applied)) => applied,
+        Ok(Err(e)) => return Err(undo_ipam(dataplane_error(e))),
+        Err(e) => return Err(undo_ipam(e)),
+    };
+    log!(
+        Info,
+        "ADD {} {}: {} <-> {} v4={:?} v6={:?}",
+        req.env.container_id,
+        netns.display(),
+        applied.host_ifname,
+        applied.pod_ifname,
+        ipv4,
+        ipv6
+    );
+    Ok(result(&plan, &applied))
+}
+
+/// One address per family from the IPAM result. Its prefix is the IPAM's (block mask for
+/// calico-ipam, subnet for host-local); the pod gets /32 and /128 regardless.
+fn pod_addresses(r: &CniResult) -> Result<(Option<Ipv4Addr>, Option<Ipv6Addr>), CniError> {
+    let mut v4 = None;
+    let mut v6 = None;
+    for ip in &r.ips {
+        let (slot_taken, family) = match ip.address.addr() {
+            IpAddr::V4(a) => (v4.replace(a).is_some(), "IPv4"),
+            IpAddr::V6(a) => (v6.replace(a).is_some(), "IPv6"),
+        };
+        if slot_taken {
+            return Err(CniError::invalid_config(format!(
+                "the IPAM plugin returned more than one {family} address; this plugin configures one per family"
+            )));
+        }
+    }
+    if v4.is_none() && v6.is_none() {
+        return Err(CniError::new(
+            libipam::cni::code::IPAM_PLUGIN,
+            "the IPAM plugin returned no addresses",
+            "check the IPAM configuration (assign_ipv4/assign_ipv6, ranges)",
+        ));
+    }
+    Ok((v4, v6))
+}
+
+/// The result: interfaces [host veth, pod interface], /32 and /128 with their gateways, and the
+/// pod's default routes.
+fn result(plan: &Plan, applied: &dataplane::Applied) -> CniResult {
+    let mut ips = Vec::new();
+    let mut routes = Vec::new();
+    if let Some(a) = plan.ipv4 {
+        ips.push(IpConfig {
+            address: IpNet::new(IpAddr::V4(a), 32).unwrap_or(IpNet::V4(a.into())),
+            gateway: Some(IpAddr::V4(IPV4_GATEWAY)),
+            interface: Some(1),
+        });
+        routes.push(Route {
+            dst: IpNet::V4(ipnet::Ipv4Net::default()),
+            gw: Some(IpAddr::V4(IPV4_GATEWAY)),
+        });
+    }
+    if let Some(a) = plan.ipv6 {
+        ips.push(IpConfig {
+            address: IpNet::new(IpAddr::V6(a), 128).unwrap_or(IpNet::V6(a.into())),
+            gateway: Some(IpAddr::V6(IPV6_GATEWAY)),
+            interface: Some(1),
+        });
+        routes.push(Route {
+            dst: IpNet::V6(ipnet::Ipv6Net::default()),
+            gw: Some(IpAddr::V6(IPV6_GATEWAY)),
+        });
+    }
+    CniResult {
+        interfaces: vec![
+            Interface {
+                name: applied.host_ifname.clone(),
+                mac: Some(applied.host_mac.clone()),
+                ..Default::default()
+            },
+            Interface {
+                name: applied.pod_ifname.clone(),
+                mac: Some(applied.pod_mac.clone()),
+                mtu: plan.mtu,
+                sandbox: Some(plan.netns.display().to_string()),
+            },
+        ],
+        ips,
+        routes,
+        dns: Default::default(),
+    }
+}

@@ -1,0 +1,105 @@
+//! The verbs: orchestration only. IPAM is delegated (`ipam_exec`), kernel work is the
+//! `dataplane` module's; this file decides what to do and in which order.
+
+mod add;
+mod check;
+mod del;
+
+use libipam::cni::skel::{Plugin, Request};
+use libipam::cni::{CniError, CniResult, Command, code};
+
+use crate::dataplane::DataplaneError;
+use crate::dataplane::{self, DEFAULT_HOST_PREFIX};
+use crate::ipam_exec;
+
+/// The `calico` CNI plugin.
+pub struct Calico;
+
+impl Plugin for Calico {
+    fn add(&self, req: &Request) -> Result<CniResult, CniError> {
+        add::add(req)
+    }
+    fn del(&self, req: &Request) -> Result<(), CniError> {
+        del::del(req)
+    }
+    fn check(&self, req: &Request) -> Result<(), CniError> {
+        check::check(req)
+    }
+    fn status(&self, req: &Request) -> Result<(), CniError> {
+        let ipam = ipam_plugin(req)?;
+        ipam_exec::exec(&ipam, Command::Status, &req.stdin).map(|_| ())
+    }
+    fn gc(&self, req: &Request) -> Result<(), CniError> {
+        let ipam = ipam_plugin(req)?;
+        ipam_exec::exec(&ipam, Command::Gc, &req.stdin).map(|_| ())
+    }
+}
+
+/// The IPAM plugin binary named by `ipam.type`.
+fn ipam_plugin(req: &Request) -> Result<std::path::PathBuf, CniError> {
+    if req.conf.ipam.ipam_type.is_empty() {
+        return Err(CniError::invalid_config(
+            "ipam.type is missing: name an IPAM plugin such as calico-ipam or host-local",
+        ));
+    }
+    ipam_exec::find_plugin(&req.conf.ipam.ipam_type, &req.env.path)
+}
+
+/// The host-side veth name for this attachment (Calico's rule: Felix computes the same name from
+/// the pod, so it must match exactly).
+fn host_ifname(req: &Request) -> String {
+    match req.env.args.pod() {
+        Some((namespace, pod)) => {
+            let prefix = interface_prefix(std::env::var("FELIX_INTERFACEPREFIX").ok().as_deref());
+            dataplane::host_veth_name(&prefix, namespace, pod)
+        }
+        None => dataplane::host_veth_name_for_container(&req.env.container_id),
+    }
+}
+
+/// FELIX_INTERFACEPREFIX's first comma-separated entry, else `cali`.
+fn interface_prefix(raw: Option<&str>) -> String {
+    raw.and_then(|v| v.split(',').next())
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .unwrap_or(DEFAULT_HOST_PREFIX)
+        .to_string()
+}
+
+/// Run a future on a current_thread runtime (no work stealing: see the dataplane's netns rules).
+fn block_on<F: std::future::Future>(f: F) -> Result<F::Output, CniError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CniError::internal(format!("cannot start the async runtime: {e}")))?;
+    Ok(rt.block_on(f))
+}
+
+/// Dataplane failures as CNI errors: the one place their codes are chosen.
+fn dataplane_error(e: DataplaneError) -> CniError {
+    let code = match &e {
+        DataplaneError::NetnsOpen { .. }
+        | DataplaneError::NotNetns { .. }
+        | DataplaneError::NetnsEnter { .. } => code::NETNS,
+        DataplaneError::InterfaceExists { .. } => code::INTERFACE_EXISTS,
+        _ => code::DATAPLANE,
+    };
+    let msg = match code {
+        code::NETNS => "cannot enter the pod network namespace",
+        code::INTERFACE_EXISTS => "the pod already has this interface",
+        _ => "failed to configure the pod network",
+    };
+    CniError::new(code, msg, e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interface_prefix_follows_felix() {
+        assert_eq!(interface_prefix(Some("eni,veth,foo")), "eni");
+        assert_eq!(interface_prefix(Some("")), "cali");
+        assert_eq!(interface_prefix(None), "cali");
+    }
+}
