@@ -16,4 +16,6 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 # The integration tests of each crate run the other crate's binary too: build them all first.
 cargo build --workspace --bins
+# The real CNI clients: cnitool, containerd's CRI and podman drive our plugins from a conflist.
+scripts/test-runtimes.sh --from "${CARGO_TARGET_DIR:-target}/debug"
 cargo test --workspace --no-fail-fast
