@@ -3,7 +3,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command as Process, Stdio};
+use std::process::{Child, Command as Process, Stdio};
 
 use libipam::cni::{CniError, CniResult, Command, code};
 
@@ -29,6 +29,18 @@ pub fn find_plugin(plugin: &str, path: &[PathBuf]) -> Result<PathBuf, CniError> 
 /// Run `binary` for `command` with `stdin`. Success returns stdout; failure the plugin's own CNI
 /// error, or one describing how it failed.
 pub fn exec(binary: &Path, command: Command, stdin: &[u8]) -> Result<Vec<u8>, CniError> {
+    start(binary, command, stdin)?.finish()
+}
+
+/// An IPAM plugin that is running; [`Running::finish`] waits for it.
+pub struct Running {
+    child: Child,
+    binary: PathBuf,
+}
+
+/// Start `binary` for `command` and hand it `stdin`, without waiting for it to finish (DEL runs
+/// the release while the kernel tears the veth down).
+pub fn start(binary: &Path, command: Command, stdin: &[u8]) -> Result<Running, CniError> {
     let mut child = Process::new(binary)
         .env("CNI_COMMAND", command.as_str())
         .stdin(Stdio::piped())
@@ -44,29 +56,41 @@ pub fn exec(binary: &Path, command: Command, stdin: &[u8]) -> Result<Vec<u8>, Cn
         })?;
     if let Some(mut pipe) = child.stdin.take() {
         // A plugin that exits without reading stdin closes the pipe; its exit status tells.
+        // The netconf is far smaller than a pipe buffer, so this never waits on the child.
         let _ = pipe.write_all(stdin);
     }
-    let out = child.wait_with_output().map_err(|e| {
-        CniError::new(
-            code::IPAM_PLUGIN,
-            "the IPAM plugin did not finish",
-            format!("{}: {e}", binary.display()),
-        )
-    })?;
-    if out.status.success() {
-        return Ok(out.stdout);
+    Ok(Running {
+        child,
+        binary: binary.to_path_buf(),
+    })
+}
+
+impl Running {
+    /// Wait for the plugin: its stdout on success, its CNI error (or a description) otherwise.
+    pub fn finish(self) -> Result<Vec<u8>, CniError> {
+        let binary = self.binary;
+        let out = self.child.wait_with_output().map_err(|e| {
+            CniError::new(
+                code::IPAM_PLUGIN,
+                "the IPAM plugin did not finish",
+                format!("{}: {e}", binary.display()),
+            )
+        })?;
+        if out.status.success() {
+            return Ok(out.stdout);
+        }
+        Err(CniError::from_json(&out.stdout).unwrap_or_else(|| {
+            CniError::new(
+                code::IPAM_PLUGIN,
+                format!("IPAM plugin {} failed", binary.display()),
+                format!(
+                    "{} with output: {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stdout).trim()
+                ),
+            )
+        }))
     }
-    Err(CniError::from_json(&out.stdout).unwrap_or_else(|| {
-        CniError::new(
-            code::IPAM_PLUGIN,
-            format!("IPAM plugin {} failed", binary.display()),
-            format!(
-                "{} with output: {}",
-                out.status,
-                String::from_utf8_lossy(&out.stdout).trim()
-            ),
-        )
-    }))
 }
 
 /// ADD through the IPAM plugin and parse its (abbreviated) result.

@@ -1,5 +1,7 @@
-//! DEL: release the addresses first (so they are freed even when the netns is long gone), then
-//! remove the veth. Everything already gone counts as success; every step runs.
+//! DEL: release the addresses and remove the veth. The two are independent, so the IPAM plugin
+//! runs while the kernel tears the veth down (a veth delete waits for an RCU grace period, the
+//! longest step by far). Everything already gone counts as success; every step runs, and the
+//! release happens even when the netns is long gone.
 
 use libipam::cni::skel::Request;
 use libipam::cni::{CniError, Command};
@@ -9,16 +11,17 @@ use crate::{dataplane, ipam_exec};
 
 pub fn del(req: &Request) -> Result<(), CniError> {
     let mut errors: Vec<CniError> = Vec::new();
-    match ipam_plugin(req).and_then(|ipam| ipam_exec::exec(&ipam, Command::Del, &req.stdin)) {
-        Ok(_) => {}
-        Err(e) => errors.push(e),
-    }
+    let release =
+        ipam_plugin(req).and_then(|ipam| ipam_exec::start(&ipam, Command::Del, &req.stdin));
     let host_ifname = host_ifname(req);
     let teardown = dataplane::teardown(req.env.netns.as_deref(), &req.env.ifname, &host_ifname);
     match block_on(teardown) {
         Ok(Ok(())) => {}
         Ok(Err(e)) => errors.push(dataplane_error(e)),
         Err(e) => errors.push(e),
+    }
+    if let Err(e) = release.and_then(ipam_exec::Running::finish) {
+        errors.insert(0, e);
     }
     log!(
         Info,
