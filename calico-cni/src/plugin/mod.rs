@@ -6,7 +6,7 @@ mod check;
 mod del;
 
 use libipam::cni::skel::{Plugin, Request};
-use libipam::cni::{CniError, CniResult, Command, code};
+use libipam::cni::{CniError, CniResult, Command, NetConf, code};
 
 use crate::dataplane::DataplaneError;
 use crate::dataplane::{self, DEFAULT_HOST_PREFIX};
@@ -16,6 +16,9 @@ use crate::ipam_exec;
 pub struct Calico;
 
 impl Plugin for Calico {
+    fn configure(&self, conf: &NetConf) {
+        crate::log::init(conf.log_level.as_deref(), conf.log_file_path.as_deref());
+    }
     fn add(&self, req: &Request) -> Result<CniResult, CniError> {
         add::add(req)
     }

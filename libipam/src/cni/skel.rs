@@ -16,6 +16,9 @@ pub struct Request {
 
 /// A CNI plugin: one method per verb (VERSION is answered here).
 pub trait Plugin {
+    /// Called once the configuration is decoded, before the verb (e.g. to set up logging).
+    fn configure(&self, _conf: &NetConf) {}
+
     fn add(&self, req: &Request) -> Result<CniResult, CniError>;
     fn del(&self, req: &Request) -> Result<(), CniError>;
     fn check(&self, req: &Request) -> Result<(), CniError>;
@@ -64,6 +67,7 @@ pub fn run(plugin: &impl Plugin, lookup: impl Fn(&str) -> Option<String>, stdin:
         Ok(c) => c,
         Err(e) => return Outcome::err(&e, claimed),
     };
+    plugin.configure(&conf);
     let version = match parse_version(&conf.cni_version) {
         Ok(v) => v,
         Err(e) => return Outcome::err(&e, claimed),
@@ -89,6 +93,25 @@ pub fn run(plugin: &impl Plugin, lookup: impl Fn(&str) -> Option<String>, stdin:
         Ok(out) => Outcome::ok(out),
         Err(e) => Outcome::err(&e, version),
     }
+}
+
+/// The whole process for a plugin binary: read stdin, run the verb from the process environment,
+/// print the outcome on stdout and exit with its status.
+pub fn main(plugin: &impl Plugin) -> ! {
+    use std::io::{Read, Write};
+    let mut stdin = Vec::new();
+    let outcome = match std::io::stdin().read_to_end(&mut stdin) {
+        Ok(_) => run(plugin, |k| std::env::var(k).ok(), &stdin),
+        Err(e) => Outcome::err(
+            &CniError::new(super::code::IO, "cannot read stdin", e.to_string()),
+            SpecVersion::LATEST,
+        ),
+    };
+    let mut out = std::io::stdout().lock();
+    // Nothing sensible is left to do if stdout is gone: the exit status still tells.
+    let _ = out.write_all(outcome.stdout.as_bytes());
+    let _ = out.flush();
+    std::process::exit(outcome.exit_code)
 }
 
 fn unreachable_version() -> Result<String, CniError> {
