@@ -16,7 +16,7 @@ trap 'rm -rf "$WORK"' EXIT
 T=scripts/bench/timer.py
 CNIENV=(CNI_NETNS=/var/run/netns/bench CNI_IFNAME=eth0 CNI_PATH=/usr/lib/cni)
 
-DATASTORE_TYPE=local DATASTORE_PATH=$WORK/store "$IPAM" pool apply -f testdata/pools/seed-pools.yaml >/dev/null
+DATASTORE_TYPE=local DATASTORE_PATH=$WORK/store "$IPAM" pool apply -f testdata/pools/bench-pools.yaml >/dev/null
 
 calico_conf() { # calico_conf NODE
   jq -nc --arg store "$WORK/store" --arg lock "$WORK/ipam.lock" --arg node "$1" '{
@@ -28,7 +28,7 @@ calico_conf bench-node > "$WORK/calico.json"
 jq -nc --arg dir "$WORK/host-local" '{
   cniVersion: "1.0.0", name: "k8s-pod-network", type: "ptp",
   ipam: {type: "host-local", dataDir: $dir,
-         ranges: [[{subnet: "10.244.0.0/16"}], [{subnet: "fd00:10:244::/48"}]]}}' > "$WORK/host-local.json"
+         ranges: [[{subnet: "10.0.0.0/12"}], [{subnet: "fd00:10:244::/48"}]]}}' > "$WORK/host-local.json"
 
 run() { # run LABEL BIN CONF VERB PREFIX
   STDIN_FILE=$3 ID_PREFIX=$5 python3 $T "$1" "$COUNT" -- CNI_COMMAND="$4" "${CNIENV[@]}" "$2"
@@ -47,7 +47,7 @@ for i in $(seq 0 2499); do
   CNI_COMMAND=ADD CNI_CONTAINERID="sim$i" CNI_NETNS=/var/run/netns/bench CNI_IFNAME=eth0 CNI_PATH=/usr/lib/cni \
     "$IPAM" < "$WORK/sim.json" > /dev/null
 done
-BLOCKS=$(ls "$WORK/store/blocks" | wc -l)
+BLOCKS=$(DATASTORE_TYPE=local DATASTORE_PATH=$WORK/store "$IPAM" show --show-blocks -o json | jq '.blocks | length')
 R_CA_ADD_FULL=$(run "calico-ipam ADD (5,000-block store)" "$IPAM" "$WORK/calico.json" ADD full)
 
 median() { jq -r .median_ms <<<"$1"; }
