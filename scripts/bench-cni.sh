@@ -12,14 +12,14 @@ COUNT=${1:-50}
 [ "$(id -u)" = 0 ] || { echo "bench-cni.sh: run as root" >&2; exit 1; }
 export PATH="$HOME/.cargo/bin:$PATH"
 scripts/install-deps.sh
-cargo build --release --bins -q
+REL=$(scripts/build-release.sh)
 
 WORK=$(mktemp -d /tmp/bench-cni.XXXX)
 NODE=bcni-node-$$
 T=$PWD/scripts/bench/timer.py
 mkdir "$WORK/bin"
-cp target/release/calico-cni "$WORK/bin/calico"
-cp target/release/calico-ipam "$WORK/bin/calico-ipam"
+cp "$REL/calico-cni" "$WORK/bin/calico"
+cp "$REL/calico-ipam" "$WORK/bin/calico-ipam"
 ln -s /usr/lib/cni/host-local /usr/lib/cni/ptp "$WORK/bin/"
 cleanup() {
   for i in $(seq 0 $((COUNT - 1))); do drop_netns "bc-$$-$i" "bp-$$-$i" "bf-$$-$i"; done

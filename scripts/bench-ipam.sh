@@ -8,8 +8,8 @@ cd "$(dirname "$0")/.."
 COUNT=${1:-200}
 export PATH="$HOME/.cargo/bin:$PATH"
 scripts/install-deps.sh
-cargo build --release --bins -q
-IPAM=$PWD/target/release/calico-ipam
+REL=$(scripts/build-release.sh)
+IPAM=$REL/calico-ipam
 HOSTLOCAL=/usr/lib/cni/host-local
 WORK=$(mktemp -d /tmp/bench-ipam.XXXX)
 trap 'rm -rf "$WORK"' EXIT

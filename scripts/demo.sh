@@ -12,11 +12,11 @@ scripts/install-deps.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 
 echo "== build"
-cargo build --release --bins -q
+REL=$(scripts/build-release.sh)
 BIN=$(mktemp -d /tmp/calico-demo-bin.XXXX)
 STATE=$(mktemp -d /tmp/calico-demo-state.XXXX)
-cp target/release/calico-cni "$BIN/calico"
-cp target/release/calico-ipam "$BIN/calico-ipam"
+cp "$REL/calico-cni" "$BIN/calico"
+cp "$REL/calico-ipam" "$BIN/calico-ipam"
 
 NODE=calico-demo-node-$$
 POD1=calico-demo-pod1-$$
