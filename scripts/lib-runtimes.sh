@@ -9,33 +9,8 @@
 # dir inside that mount namespace only.
 
 RT_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-if [ -f "$RT_REPO/scripts/lib-netns.sh" ]; then
-  # shellcheck source=scripts/lib-netns.sh
-  source "$RT_REPO/scripts/lib-netns.sh" # make_node, make_pod, drop_netns (shared with the demo)
-else
-  # The same helpers, for a checkout without the demo's library.
-  make_node() {
-    local node=$1
-    ip netns add "$node"
-    ip -n "$node" link set lo up
-    ip -n "$node" link add uplink0 type veth peer name uplink1
-    ip -n "$node" link set uplink0 up
-    ip -n "$node" link set uplink1 up
-    ip -n "$node" addr add 192.0.2.10/24 dev uplink0
-    ip -n "$node" addr add 2001:db8::10/64 dev uplink0 nodad
-    ip -n "$node" route add default via 192.0.2.1 dev uplink0
-    ip -n "$node" -6 route add default via 2001:db8::1 dev uplink0
-    ip netns exec "$node" sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1
-  }
-  make_pod() {
-    ip netns add "$1"
-    ip -n "$1" link set lo up
-  }
-  drop_netns() {
-    local ns
-    for ns in "$@"; do ip netns del "$ns" 2>/dev/null || true; done
-  }
-fi
+# shellcheck source=scripts/lib-netns.sh
+source "$RT_REPO/scripts/lib-netns.sh" # make_node, make_pod, drop_netns (shared with the demo)
 
 RT_CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/calico-rs
 RT_GOBIN=$RT_CACHE/bin
