@@ -18,5 +18,21 @@ pub fn cni_error(e: &IpamError) -> CniError {
         }
         _ => code,
     };
-    CniError::new(code, msg, e.to_string())
+    CniError::new(code, msg, chain(e))
+}
+
+/// The error and its causes, `outer: inner: innermost` (a datastore error's cause names the
+/// server and what it said).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let msg = s.to_string();
+        if !out.contains(&msg) {
+            out.push_str(": ");
+            out.push_str(&msg);
+        }
+        source = s.source();
+    }
+    out
 }

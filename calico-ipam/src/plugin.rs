@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -9,11 +10,12 @@ use libipam::alloc::{AssignIpArgs, AutoAssignArgs};
 use libipam::cni::skel::{Plugin, Request};
 use libipam::cni::{CniError, CniResult, IpConfig, Route, code};
 use libipam::datastore::Datastore;
+use libipam::datastore::kube::DEFAULT_CACHE_TTL;
 use libipam::model::AllowedUse;
 use libipam::model::time;
 
 use crate::errors::cni_error;
-use crate::store::{Store, StoreConfig};
+use crate::store::{NodeCacheConfig, Store, StoreConfig};
 use crate::{lock, with_ipam};
 
 /// How long one verb may take once it holds the host lock (Calico: 90 s).
@@ -42,9 +44,11 @@ impl Plugin for CalicoIpam {
         };
         let handle_id = req.conf.handle_id(&req.env.container_id);
         let attrs = attributes(req, &node);
-        let store = open(req)?;
+        let namespace = req.env.args.pod().map(|(ns, _)| ns.to_string());
+        let cfg = store_config(req, Some(&node));
         let _lock = lock::acquire(req.conf.ipam_lock_file());
         let assigned: Result<Vec<IpNet>, CniError> = run(async {
+            let store = open(&cfg).await?;
             with_ipam!(store, |ipam| {
                 match requested_ip {
                     Some(ip) => ipam
@@ -70,6 +74,7 @@ impl Plugin for CalicoIpam {
                             max_blocks_per_host: 0,
                             intended_use: AllowedUse::Workload,
                             namespace_labels: None,
+                            namespace: namespace.clone(),
                             reuse_existing: true,
                         })
                         .await
@@ -101,13 +106,23 @@ impl Plugin for CalicoIpam {
     }
 
     fn del(&self, req: &Request) -> Result<(), CniError> {
-        let handles = release_handles(req);
-        let store = open(req)?;
+        let primary = req.conf.handle_id(&req.env.container_id);
+        let legacy = legacy_handle(req);
+        let cfg = store_config(req, req.conf.node_name().ok().as_deref());
         let _lock = lock::acquire(req.conf.ipam_lock_file());
         run(async {
+            let store = open(&cfg).await?;
             with_ipam!(store, |ipam| {
-                for handle in &handles {
-                    ipam.release_by_handle(handle)
+                let released = ipam
+                    .release_by_handle(&primary)
+                    .await
+                    .map_err(|e| cni_error(&e))?;
+                // Calico's pre-v3 handle: only an attachment our handle did not know about can
+                // have one, so it is looked up only then (saving a request per DEL).
+                if released.is_empty()
+                    && let Some(legacy) = &legacy
+                {
+                    ipam.release_by_handle(legacy)
                         .await
                         .map_err(|e| cni_error(&e))?;
                 }
@@ -118,8 +133,9 @@ impl Plugin for CalicoIpam {
 
     fn check(&self, req: &Request) -> Result<(), CniError> {
         let handle_id = req.conf.handle_id(&req.env.container_id);
-        let store = open(req)?;
+        let cfg = store_config(req, None);
         let held = run(async {
+            let store = open(&cfg).await?;
             with_ipam!(store, |ipam| ipam
                 .ips_by_handle(&handle_id)
                 .await
@@ -136,15 +152,19 @@ impl Plugin for CalicoIpam {
     }
 
     fn status(&self, req: &Request) -> Result<(), CniError> {
-        let store = open(req).map_err(|e| CniError::new(code::NOT_AVAILABLE, e.msg, e.details))?;
-        run(async { with_ipam!(store, |ipam| ipam.store().list_pools().await.map(|_| ())) })?
-            .map_err(|e| {
+        let cfg = store_config(req, None);
+        let not_available = |e: CniError| CniError::new(code::NOT_AVAILABLE, e.msg, e.details);
+        run(async {
+            let store = open(&cfg).await.map_err(not_available)?;
+            with_ipam!(store, |ipam| ipam.store().list_pools().await.map(|_| ())).map_err(|e| {
                 CniError::new(
                     code::NOT_AVAILABLE,
                     "the IPAM datastore is not usable",
                     e.to_string(),
                 )
             })
+        })
+        .map_err(not_available)?
     }
 
     fn gc(&self, req: &Request) -> Result<(), CniError> {
@@ -155,9 +175,10 @@ impl Plugin for CalicoIpam {
             .iter()
             .map(|a| req.conf.handle_id(&a.container_id))
             .collect();
-        let store = open(req)?;
+        let cfg = store_config(req, req.conf.node_name().ok().as_deref());
         let _lock = lock::acquire(req.conf.ipam_lock_file());
         run(async {
+            let store = open(&cfg).await?;
             with_ipam!(store, |ipam| {
                 let handles = ipam
                     .store()
@@ -184,13 +205,12 @@ impl Plugin for CalicoIpam {
     }
 }
 
-/// DEL releases `<network>.<containerID>` and Calico's legacy `<namespace>.<pod>` handle.
-fn release_handles(req: &Request) -> Vec<String> {
-    let mut handles = vec![req.conf.handle_id(&req.env.container_id)];
-    if let Some((namespace, pod)) = req.env.args.pod() {
-        handles.push(format!("{namespace}.{pod}"));
-    }
-    handles
+/// Calico's legacy handle, `<namespace>.<pod>`, also released by DEL.
+fn legacy_handle(req: &Request) -> Option<String> {
+    req.env
+        .args
+        .pod()
+        .map(|(namespace, pod)| format!("{namespace}.{pod}"))
 }
 
 /// Calico's allocation attributes: kube-controllers' garbage collector needs node, pod and namespace.
@@ -232,13 +252,45 @@ fn parse_requested_ip(raw: &str) -> Result<IpAddr, CniError> {
         .map_err(|_| CniError::invalid_env(format!("CNI_ARGS IP=\"{raw}\" is not an IP address")))
 }
 
-fn open(req: &Request) -> Result<Store, CniError> {
-    let cfg = StoreConfig {
+/// The datastore the netconf names. With `node`, the Kubernetes datastore keeps its node cache
+/// next to the host-wide IPAM lock (it is only valid under that lock).
+fn store_config(req: &Request, node: Option<&str>) -> StoreConfig {
+    let lock_dir = req
+        .conf
+        .ipam_lock_file()
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    StoreConfig {
         kind: req.conf.datastore_type,
         path: req.conf.datastore_path().to_path_buf(),
-        kubeconfig: req.conf.kubernetes.kubeconfig.clone(),
-    };
-    Store::open(&cfg).map_err(|e| CniError::try_again(e.to_string()))
+        kubeconfig: req
+            .conf
+            .kubernetes
+            .kubeconfig
+            .clone()
+            .or_else(|| std::env::var_os("KUBECONFIG").map(PathBuf::from)),
+        cache: node.map(|node| NodeCacheConfig {
+            dir: lock_dir.join("ipam-cache"),
+            node: node.to_string(),
+            ttl: req
+                .conf
+                .kubernetes
+                .cache_ttl_seconds
+                .map(Duration::from_secs)
+                .unwrap_or(DEFAULT_CACHE_TTL),
+        }),
+    }
+}
+
+async fn open(cfg: &StoreConfig) -> Result<Store, CniError> {
+    Store::open(cfg).await.map_err(|e| {
+        if e.is_transient() {
+            CniError::try_again(e.to_string())
+        } else {
+            CniError::invalid_config(e.to_string())
+        }
+    })
 }
 
 /// Drive `f` on a current_thread runtime with the verb timeout.

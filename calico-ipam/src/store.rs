@@ -1,13 +1,20 @@
 //! Opening the datastore a configuration names, and running allocator code on it.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::time::Duration;
 
+use libipam::DatastoreError;
 use libipam::cni::netconf::DatastoreType;
+use libipam::datastore::kube::{self, CacheConfig, KubeStore};
 use libipam::datastore::local::LocalStore;
+
+/// What the API server's audit log shows for our requests.
+pub const USER_AGENT: &str = concat!("calico-ipam/", env!("CARGO_PKG_VERSION"), " (calico-rs)");
 
 /// An opened datastore of one of the supported kinds.
 pub enum Store {
     Local(LocalStore),
+    Kube(Box<KubeStore>),
 }
 
 /// Where to find the datastore: the netconf's fields or the CLI's flags, normalised.
@@ -16,6 +23,16 @@ pub struct StoreConfig {
     pub kind: DatastoreType,
     pub path: PathBuf,
     pub kubeconfig: Option<PathBuf>,
+    /// The node-local cache of the Kubernetes datastore (the plugin's; the CLI has none).
+    pub cache: Option<NodeCacheConfig>,
+}
+
+/// The plugin's node cache: where, for which node, and how long configuration copies live.
+#[derive(Debug, Clone)]
+pub struct NodeCacheConfig {
+    pub dir: PathBuf,
+    pub node: String,
+    pub ttl: Duration,
 }
 
 /// Why a datastore could not be opened.
@@ -23,12 +40,29 @@ pub struct StoreConfig {
 pub enum OpenError {
     #[error("cannot open the local IPAM datastore at {path}: {reason}")]
     Local { path: PathBuf, reason: String },
-    #[error("the kubernetes datastore is not available in this build: {0}")]
-    Kubernetes(String),
+    #[error(
+        "datastore_type kubernetes needs a kubeconfig: set kubernetes.kubeconfig in the network configuration (or KUBECONFIG / --kubeconfig for the CLI)"
+    )]
+    NoKubeconfig,
+    #[error("cannot connect to the Kubernetes datastore: {0}")]
+    Kubernetes(#[source] DatastoreError),
+}
+
+impl OpenError {
+    /// True when retrying later may help (the kubeconfig may not be written yet, the server
+    /// may be down).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            OpenError::Kubernetes(DatastoreError::Unavailable(_) | DatastoreError::Other(_))
+        )
+    }
 }
 
 impl Store {
-    pub fn open(cfg: &StoreConfig) -> Result<Store, OpenError> {
+    /// Opens the datastore. For `kubernetes` this reads the kubeconfig but sends nothing; an
+    /// unreachable server shows up on the first request, naming its URL.
+    pub async fn open(cfg: &StoreConfig) -> Result<Store, OpenError> {
         match cfg.kind {
             DatastoreType::Local => {
                 LocalStore::open(&cfg.path)
@@ -38,13 +72,26 @@ impl Store {
                         reason: e.to_string(),
                     })
             }
-            DatastoreType::Kubernetes => Err(OpenError::Kubernetes(format!(
-                "kubeconfig {}",
-                cfg.kubeconfig
-                    .as_deref()
-                    .unwrap_or(Path::new("(none)"))
-                    .display()
-            ))),
+            DatastoreType::Kubernetes => {
+                let kubeconfig = cfg.kubeconfig.as_deref().ok_or(OpenError::NoKubeconfig)?;
+                let conn = kube::connect(kubeconfig, USER_AGENT)
+                    .await
+                    .map_err(OpenError::Kubernetes)?;
+                Ok(Store::Kube(Box::new(match &cfg.cache {
+                    Some(c) => KubeStore::with_cache(
+                        conn,
+                        &CacheConfig {
+                            path: c.dir.join(format!(
+                                "calico-ipam.{}.json",
+                                libipam::datastore::local::file_stem(&c.node)
+                            )),
+                            node: c.node.clone(),
+                            ttl: c.ttl,
+                        },
+                    ),
+                    None => KubeStore::new(conn),
+                })))
+            }
         }
     }
 }
@@ -57,6 +104,10 @@ macro_rules! with_ipam {
         match $store {
             $crate::store::Store::Local(s) => {
                 let $ipam = libipam::alloc::Ipam::new(s);
+                $body
+            }
+            $crate::store::Store::Kube(s) => {
+                let $ipam = libipam::alloc::Ipam::new(*s);
                 $body
             }
         }

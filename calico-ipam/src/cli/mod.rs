@@ -56,7 +56,7 @@ fn run(argv: Vec<String>) -> Result<i32> {
         eprint!("{USAGE}");
         return Ok(2);
     };
-    let store = || Store::open(&store_cfg).context("opening the datastore");
+    let store = &store_cfg;
     match command.as_str() {
         "pool" => match args.positional().as_deref() {
             Some("apply") => {
@@ -65,19 +65,19 @@ fn run(argv: Vec<String>) -> Result<i32> {
                     bail!("pool apply needs -f FILE")
                 };
                 args.finish()?;
-                pool::apply(store()?, &file)
+                pool::apply(store, &file)
             }
             Some("list") | Some("ls") | Some("get") => {
                 let output = args.value("-o")?.unwrap_or_default();
                 args.finish()?;
-                pool::list(store()?, &output)
+                pool::list(store, &output)
             }
             Some("delete") | Some("rm") => {
                 let Some(name) = args.positional() else {
                     bail!("pool delete needs a NAME")
                 };
                 args.finish()?;
-                pool::delete(store()?, &name)
+                pool::delete(store, &name)
             }
             other => bail!("unknown pool command {:?}\n\n{USAGE}", other.unwrap_or("")),
         },
@@ -86,25 +86,25 @@ fn run(argv: Vec<String>) -> Result<i32> {
             let config = args.flag("--show-configuration");
             let output = args.value("-o")?.unwrap_or_default();
             args.finish()?;
-            report::show(store()?, blocks, config, &output)
+            report::show(store, blocks, config, &output)
         }
         "release" => {
             let Some(ip) = args.value("--ip")? else {
                 bail!("release needs --ip IP")
             };
             args.finish()?;
-            report::release(store()?, &ip)
+            report::release(store, &ip)
         }
         "check" => {
             args.finish()?;
-            report::check(store()?)
+            report::check(store)
         }
         "configure" => {
             let strict = args.value("--strictaffinity")?;
             let max_blocks = args.value("--max-blocks-per-host")?;
             let auto = args.value("--autoallocateblocks")?;
             args.finish()?;
-            report::configure(store()?, strict, max_blocks, auto)
+            report::configure(store, strict, max_blocks, auto)
         }
         other => bail!("unknown command {other:?}\n\n{USAGE}"),
     }
@@ -131,14 +131,26 @@ fn store_config(args: &mut Args) -> Result<StoreConfig> {
         kind,
         path: PathBuf::from(path),
         kubeconfig: kubeconfig.map(PathBuf::from),
+        // The operator sees the datastore as it is: no cache.
+        cache: None,
     })
 }
 
-/// Drive a future to completion on a current_thread runtime.
-fn block_on<F: std::future::Future>(f: F) -> Result<F::Output> {
+/// Open the datastore and run `f` on it, on a current_thread runtime, within [`CLI_TIMEOUT`].
+fn with_store<T>(cfg: &StoreConfig, f: impl AsyncFnOnce(Store) -> T) -> Result<T> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    Ok(rt.block_on(f))
+    rt.block_on(async {
+        tokio::time::timeout(CLI_TIMEOUT, async {
+            let store = Store::open(cfg).await.context("opening the datastore")?;
+            Ok(f(store).await)
+        })
+        .await
+        .map_err(|_| anyhow::anyhow!("the datastore did not answer within {CLI_TIMEOUT:?}"))?
+    })
 }
+
+/// How long one CLI command may take.
+const CLI_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);

@@ -7,13 +7,13 @@ use libipam::datastore::Datastore;
 use libipam::model::{IpPool, IpPoolSpec};
 use serde_json::{Value, json};
 
-use super::block_on;
-use crate::store::Store;
+use super::with_store;
+use crate::store::StoreConfig;
 use crate::with_ipam;
 
 /// Create or update every IPPool in `file` (`-` = stdin). All documents are validated — against
 /// each other and the pools already stored — before anything is written.
-pub fn apply(store: Store, file: &str) -> Result<i32> {
+pub fn apply(store: &StoreConfig, file: &str) -> Result<i32> {
     let text = if file == "-" {
         let mut s = String::new();
         std::io::stdin()
@@ -27,7 +27,7 @@ pub fn apply(store: Store, file: &str) -> Result<i32> {
     if pools.is_empty() {
         bail!("{file} holds no IPPool");
     }
-    block_on(async {
+    with_store(store, async |store| {
         with_ipam!(store, |ipam| {
             let ds = ipam.store();
             let mut known: Vec<IpPool> = ds.list_pools().await?;
@@ -52,8 +52,10 @@ pub fn apply(store: Store, file: &str) -> Result<i32> {
 }
 
 /// `pool list`: a table (default or wide) or JSON.
-pub fn list(store: Store, output: &str) -> Result<i32> {
-    let mut pools = block_on(async { with_ipam!(store, |ipam| ipam.store().list_pools().await) })??;
+pub fn list(store: &StoreConfig, output: &str) -> Result<i32> {
+    let mut pools = with_store(store, async |store| {
+        with_ipam!(store, |ipam| ipam.store().list_pools().await)
+    })??;
     pools.sort_by(|a, b| a.name.cmp(&b.name));
     let pools: Vec<IpPool> = pools.into_iter().map(IpPool::with_defaults).collect();
     match output {
@@ -111,9 +113,10 @@ pub fn list(store: Store, output: &str) -> Result<i32> {
 }
 
 /// `pool delete NAME`.
-pub fn delete(store: Store, name: &str) -> Result<i32> {
-    let found =
-        block_on(async { with_ipam!(store, |ipam| ipam.store().delete_pool(name).await) })??;
+pub fn delete(store: &StoreConfig, name: &str) -> Result<i32> {
+    let found = with_store(store, async |store| {
+        with_ipam!(store, |ipam| ipam.store().delete_pool(name).await)
+    })??;
     if found {
         println!("Successfully deleted IPPool {name}");
         Ok(0)

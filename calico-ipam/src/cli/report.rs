@@ -6,17 +6,17 @@ use anyhow::{Context, Result, bail};
 use libipam::datastore::Datastore;
 use serde_json::json;
 
-use super::block_on;
 use super::pool::print_table;
-use crate::store::Store;
+use super::with_store;
+use crate::store::StoreConfig;
 use crate::with_ipam;
 
 /// Pool usage, optionally with blocks and the IPAM configuration.
-pub fn show(store: Store, blocks: bool, config: bool, output: &str) -> Result<i32> {
+pub fn show(store: &StoreConfig, blocks: bool, config: bool, output: &str) -> Result<i32> {
     if !matches!(output, "" | "table" | "json") {
         bail!("unknown output format {output:?}: use json");
     }
-    let (usage, block_list, cfg) = block_on(async {
+    let (usage, block_list, cfg) = with_store(store, async |store| {
         with_ipam!(store, |ipam| {
             let usage = ipam.usage().await?;
             let block_list = if blocks {
@@ -105,11 +105,13 @@ fn count(n: u128) -> serde_json::Value {
 }
 
 /// Release one address, whatever handle holds it.
-pub fn release(store: Store, ip: &str) -> Result<i32> {
+pub fn release(store: &StoreConfig, ip: &str) -> Result<i32> {
     let ip: IpAddr = ip
         .parse()
         .with_context(|| format!("{ip:?} is not an IP address"))?;
-    let unallocated = block_on(async { with_ipam!(store, |ipam| ipam.release_ips(&[ip]).await) })??;
+    let unallocated = with_store(store, async |store| {
+        with_ipam!(store, |ipam| ipam.release_ips(&[ip]).await)
+    })??;
     if unallocated.contains(&ip) {
         bail!("{ip} is not allocated");
     }
@@ -118,8 +120,10 @@ pub fn release(store: Store, ip: &str) -> Result<i32> {
 }
 
 /// Allocations, handles and blocks must agree; print what does not and exit 1.
-pub fn check(store: Store) -> Result<i32> {
-    let problems = block_on(async { with_ipam!(store, |ipam| ipam.check().await) })??;
+pub fn check(store: &StoreConfig) -> Result<i32> {
+    let problems = with_store(store, async |store| {
+        with_ipam!(store, |ipam| ipam.check().await)
+    })??;
     if problems.is_empty() {
         println!(
             "IPAM is consistent: every allocation has its handle and every handle its allocations."
@@ -135,7 +139,7 @@ pub fn check(store: Store) -> Result<i32> {
 
 /// Change the IPAM configuration.
 pub fn configure(
-    store: Store,
+    store: &StoreConfig,
     strict: Option<String>,
     max_blocks: Option<String>,
     auto: Option<String>,
@@ -159,7 +163,7 @@ pub fn configure(
                 .with_context(|| format!("--max-blocks-per-host {v:?} is not a number"))
         })
         .transpose()?;
-    block_on(async {
+    with_store(store, async |store| {
         with_ipam!(store, |ipam| {
             let ds = ipam.store();
             let mut cfg = ds.get_config().await?;

@@ -7,12 +7,15 @@ use ipnet::IpNet;
 
 use super::claim::Candidate;
 use super::pools::{self, Pool, Selection};
-use super::{AssignIpArgs, AutoAssignArgs, AutoAssignResult, Ipam, Request, ds};
-use crate::datastore::{Datastore, Versioned};
+use super::{
+    AssignIpArgs, AutoAssignArgs, AutoAssignResult, HandleCache, Ipam, Recheck, Request, ds,
+};
+use crate::datastore::{Datastore, DatastoreError, Versioned};
 use crate::error::{IpamError, Result};
 use crate::model::block::AssignError;
 use crate::model::{AffinityState, AffinityType, IpFamily, IpamBlock};
 use crate::retry::{DATASTORE_RETRIES, retry_on_conflict};
+use crate::selector::Selector;
 
 fn family_mut(result: &mut AutoAssignResult, family: IpFamily) -> &mut Vec<IpNet> {
     match family {
@@ -29,6 +32,22 @@ enum Step {
     NoFreeBlocks,
 }
 
+/// Outcome of the steady-state path.
+enum Fast {
+    /// The families it completed (possibly none: the rest is for the general path).
+    Done(BTreeSet<IpFamily>),
+    /// The handle was assumed absent but exists: nothing was written.
+    HandleExists,
+}
+
+/// Node and namespace labels, each read at most once per request and only when a pool
+/// selector needs them.
+#[derive(Default)]
+struct Labels {
+    node: Option<BTreeMap<String, String>>,
+    namespace: Option<BTreeMap<String, String>>,
+}
+
 /// One family's share of an auto-assign request.
 struct FamilyRequest<'a> {
     family: IpFamily,
@@ -43,6 +62,10 @@ impl<D: Datastore> Ipam<D> {
     /// IPv4 is handled completely before IPv6. Either family failing (including getting fewer
     /// addresses than asked for) releases everything this call allocated and returns the
     /// error, so a caller never holds half a dual-stack result.
+    ///
+    /// A new attachment has no handle yet, so the handle is not read first: the steady-state
+    /// path creates it, and only if it turns out to exist (a repeated ADD) is it read and the
+    /// request planned again around what it already holds.
     pub async fn auto_assign(&self, args: &AutoAssignArgs) -> Result<AutoAssignResult> {
         let all_pools = self.load_pools().await?;
         // A bad pool list is reported even for a family that was not asked for.
@@ -51,12 +74,88 @@ impl<D: Datastore> Ipam<D> {
         let mut req = self
             .new_request(&args.hostname, &args.handle_id, &args.attrs)
             .await?;
+        let mut labels = Labels::default();
+        let mut affinities_loaded = false;
+        let mut optimistic = true;
+        loop {
+            // 1. What each family still needs and from which pools. Nothing is written yet,
+            //    so a configuration error in either family needs no rollback.
+            let mut result = AutoAssignResult::default();
+            let plans = self
+                .plan_families(
+                    &mut req,
+                    args,
+                    &all_pools,
+                    &mut labels,
+                    optimistic,
+                    &mut result,
+                )
+                .await?;
+            if plans.is_empty() {
+                return Ok(result);
+            }
+            if !affinities_loaded {
+                self.load_host_affinities(&mut req).await?;
+                if let Some(node_labels) = &labels.node {
+                    for plan in &plans {
+                        self.retire_unselected_affinities(&mut req, &all_pools, plan, node_labels)
+                            .await;
+                    }
+                }
+                affinities_loaded = true;
+            }
+            if optimistic && matches!(req.handle, HandleCache::Unknown) {
+                req.handle = HandleCache::Assumed;
+            }
 
-        // 1. What each family still needs and from which pools. Nothing is written yet, so a
-        //    configuration error in either family needs no rollback.
-        let mut result = AutoAssignResult::default();
-        let mut node_labels: Option<BTreeMap<String, String>> = None;
-        let no_labels = BTreeMap::new();
+            // 2. Allocate; on any failure give back what this call took.
+            let mut fresh: Vec<IpNet> = Vec::new();
+            let outcome: Result<bool> = async {
+                let done = match self.assign_fast(&mut req, &plans, &mut fresh).await? {
+                    Fast::HandleExists => return Ok(false),
+                    Fast::Done(done) => done,
+                };
+                if args.reuse_existing && matches!(req.handle, HandleCache::Assumed) {
+                    // Nothing written, and whether the handle holds addresses is unknown.
+                    return Ok(false);
+                }
+                for plan in plans.iter().filter(|p| !done.contains(&p.family)) {
+                    self.assign_family(&mut req, plan, &mut fresh).await?;
+                }
+                Ok(true)
+            }
+            .await;
+            match outcome {
+                Ok(true) => {
+                    for n in fresh {
+                        family_mut(&mut result, IpFamily::of_net(&n)).push(n);
+                    }
+                    return Ok(result);
+                }
+                Ok(false) => {
+                    // Plan again from what the handle really holds.
+                    optimistic = false;
+                    req.handle = HandleCache::Unknown;
+                }
+                Err(e) => {
+                    self.roll_back(&fresh).await;
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Each family's remaining need and its pools. Unless `optimistic`, what the handle
+    /// already holds counts (with `reuse_existing`) and goes into `result`.
+    async fn plan_families<'p>(
+        &self,
+        req: &mut Request<'_>,
+        args: &AutoAssignArgs,
+        all_pools: &'p [Pool],
+        labels: &mut Labels,
+        optimistic: bool,
+        result: &mut AutoAssignResult,
+    ) -> Result<Vec<FamilyRequest<'p>>> {
         let mut plans = Vec::new();
         for (family, num, requested) in [
             (IpFamily::V4, args.num4, &args.ipv4_pools),
@@ -65,17 +164,17 @@ impl<D: Datastore> Ipam<D> {
             if num == 0 {
                 continue;
             }
-            let held = if args.reuse_existing {
-                self.held_by_handle(&mut req, family).await?
+            let held = if args.reuse_existing && !optimistic {
+                self.held_by_handle(req, family).await?
             } else {
                 Vec::new()
             };
-            family_mut(&mut result, family).extend(held.iter().take(num as usize));
+            family_mut(result, family).extend(held.iter().take(num as usize));
             if held.len() >= num as usize {
                 continue;
             }
-            if requested.is_empty() && node_labels.is_none() {
-                node_labels = Some(
+            if requested.is_empty() && labels.node.is_none() {
+                labels.node = Some(
                     self.store
                         .node_labels(&args.hostname)
                         .await
@@ -83,11 +182,28 @@ impl<D: Datastore> Ipam<D> {
                         .unwrap_or_default(),
                 );
             }
+            let needs_namespace = requested.is_empty()
+                && all_pools.iter().any(|p| {
+                    p.family() == family && !p.disabled && p.namespace_selector != Selector::All
+                });
+            if needs_namespace && labels.namespace.is_none() {
+                labels.namespace = Some(match (&args.namespace_labels, &args.namespace) {
+                    (Some(l), _) => l.clone(),
+                    (None, Some(ns)) => self
+                        .store
+                        .namespace_labels(ns)
+                        .await
+                        .map_err(ds(format!("read namespace {ns}")))?
+                        .unwrap_or_default(),
+                    (None, None) => BTreeMap::new(),
+                });
+            }
+            let no_labels = BTreeMap::new();
             let selection = Selection {
                 family,
                 requested,
-                node_labels: node_labels.as_ref().unwrap_or(&no_labels),
-                namespace_labels: args.namespace_labels.as_ref().unwrap_or(&no_labels),
+                node_labels: labels.node.as_ref().unwrap_or(&no_labels),
+                namespace_labels: labels.namespace.as_ref().unwrap_or(&no_labels),
                 intended_use: args.intended_use,
                 host: &args.hostname,
             };
@@ -95,55 +211,23 @@ impl<D: Datastore> Ipam<D> {
                 family,
                 num: num - held.len() as u32,
                 limit: req.config.block_limit(args.max_blocks_per_host),
-                pools: pools::determine_pools(&all_pools, &selection)?,
+                pools: pools::determine_pools(all_pools, &selection)?,
             });
         }
-        if plans.is_empty() {
-            return Ok(result);
-        }
-        self.load_host_affinities(&mut req).await?;
-        if let Some(labels) = &node_labels {
-            for plan in &plans {
-                self.retire_unselected_affinities(&mut req, &all_pools, plan, labels)
-                    .await;
-            }
-        }
-
-        // 2. Allocate; on any failure give back what this call took.
-        let mut fresh: Vec<IpNet> = Vec::new();
-        let outcome: Result<()> = async {
-            let done = if plans.len() == 2 {
-                self.assign_dual_fast(&mut req, &plans, &mut fresh).await?
-            } else {
-                BTreeSet::new()
-            };
-            for plan in plans.iter().filter(|p| !done.contains(&p.family)) {
-                self.assign_family(&mut req, plan, &mut fresh).await?;
-            }
-            Ok(())
-        }
-        .await;
-        if let Err(e) = outcome {
-            self.roll_back(&fresh).await;
-            return Err(e);
-        }
-        for n in fresh {
-            family_mut(&mut result, IpFamily::of_net(&n)).push(n);
-        }
-        Ok(result)
+        Ok(plans)
     }
 
-    /// The steady-state dual-stack path: when each family's affine blocks have room, read
-    /// both blocks, announce both allocations in one handle write, then write the two blocks.
-    /// Three durable writes instead of four. Returns the families it completed; anything it
-    /// could not do (no room, a conflict) is left to the general path.
-    async fn assign_dual_fast(
+    /// The steady-state path: when each family's affine blocks have room, take the addresses
+    /// from (possibly cached) copies of the blocks, announce them all in one handle write,
+    /// then write the blocks. A block that changed meanwhile is re-read and the allocation
+    /// redone in it; a family that cannot be served this way is left to the general path.
+    async fn assign_fast(
         &self,
         req: &mut Request<'_>,
         plans: &[FamilyRequest<'_>],
         fresh: &mut Vec<IpNet>,
-    ) -> Result<BTreeSet<IpFamily>> {
-        let mut planned: Vec<(Versioned<IpamBlock>, Vec<IpAddr>, IpFamily)> = Vec::new();
+    ) -> Result<Fast> {
+        let mut planned: Vec<(Versioned<IpamBlock>, u32, IpFamily)> = Vec::new();
         for plan in plans {
             let candidates: Vec<IpNet> = req
                 .affinities
@@ -157,39 +241,28 @@ impl<D: Datastore> Ipam<D> {
                 .collect();
             let mut found = None;
             for cidr in candidates {
-                let Some(mut block) = self
+                let Some(block) = self
                     .store
-                    .get_block(&cidr)
+                    .get_block_for_update(&cidr)
                     .await
                     .map_err(ds(format!("read block {cidr}")))?
                 else {
                     continue;
                 };
-                if !block.value.is_affine_to(req.host) {
-                    continue;
-                }
-                block.value.garbage_collect(req.cooldown());
-                let reservations = &req.reservations;
-                let ips = block
-                    .value
-                    .auto_assign(plan.num, Some(req.handle_id), req.attrs, |ip| {
-                        reservations.iter().any(|r| r.contains(&ip))
-                    });
-                if ips.len() as u32 == plan.num {
-                    found = Some((block, ips, plan.family));
+                if block.value.is_affine_to(req.host) && self.fits(req, &block, plan.num) {
+                    found = Some(block);
                     break;
                 }
             }
             match found {
-                Some(f) => planned.push(f),
-                None => return Ok(BTreeSet::new()),
+                Some(b) => planned.push((b, plan.num, plan.family)),
+                None => return Ok(Fast::Done(BTreeSet::new())),
             }
         }
 
-        let counts: Vec<(IpNet, u32)> = planned
-            .iter()
-            .map(|(b, ips, _)| (b.value.cidr, ips.len() as u32))
-            .collect();
+        let counts: Vec<(IpNet, u32)> =
+            planned.iter().map(|(b, n, _)| (b.value.cidr, *n)).collect();
+        let assumed = matches!(req.handle, HandleCache::Assumed);
         match self
             .write_handle(req, |h| {
                 for (cidr, n) in &counts {
@@ -199,25 +272,78 @@ impl<D: Datastore> Ipam<D> {
             .await
         {
             Ok(()) => {}
-            Err(e) if e.is_conflict() => return Ok(BTreeSet::new()),
+            Err(IpamError::Datastore {
+                source: DatastoreError::AlreadyExists,
+                ..
+            }) if assumed => return Ok(Fast::HandleExists),
+            Err(e) if e.is_conflict() => return Ok(Fast::Done(BTreeSet::new())),
             Err(e) => return Err(e),
         }
 
         let mut done = BTreeSet::new();
-        for (i, (mut block, ips, family)) in planned.into_iter().enumerate() {
-            if let Err(e) = self.write_block(&mut block).await {
-                for (cidr, n) in &counts[i..] {
-                    self.undo_handle_increment(req, cidr, *n).await;
+        for (i, (block, n, family)) in planned.into_iter().enumerate() {
+            let cidr = block.value.cidr;
+            let op = format!("assign {family} addresses in block {cidr}");
+            let mut current = Some(block);
+            let written = retry_on_conflict(DATASTORE_RETRIES, &op, async || {
+                let mut block = match current.take() {
+                    Some(b) => b,
+                    None => match self
+                        .store
+                        .get_block(&cidr)
+                        .await
+                        .map_err(ds(format!("read block {cidr}")))?
+                    {
+                        Some(b) if b.value.is_affine_to(req.host) => b,
+                        _ => return Ok(None),
+                    },
+                };
+                block.value.garbage_collect(req.cooldown());
+                let reservations = &req.reservations;
+                let ips = block
+                    .value
+                    .auto_assign(n, Some(req.handle_id), req.attrs, |ip| {
+                        reservations.iter().any(|r| r.contains(&ip))
+                    });
+                if ips.len() as u32 != n {
+                    return Ok(None);
                 }
-                if e.is_conflict() {
-                    return Ok(done);
+                self.write_block(&mut block).await?;
+                Ok(Some(
+                    ips.into_iter()
+                        .map(|ip| block.value.masked(ip))
+                        .collect::<Vec<_>>(),
+                ))
+            })
+            .await;
+            match written {
+                Ok(Some(ips)) => {
+                    fresh.extend(ips);
+                    done.insert(family);
                 }
-                return Err(e);
+                Ok(None) => self.undo_handle_increment(req, &cidr, n).await,
+                Err(e) => {
+                    for (cidr, n) in &counts[i..] {
+                        self.undo_handle_increment(req, cidr, *n).await;
+                    }
+                    return Err(e);
+                }
             }
-            fresh.extend(ips.into_iter().map(|ip| block.value.masked(ip)));
-            done.insert(family);
         }
-        Ok(done)
+        Ok(Fast::Done(done))
+    }
+
+    /// Whether `n` addresses can be taken from this copy of a block (the copy is not changed).
+    fn fits(&self, req: &Request<'_>, block: &Versioned<IpamBlock>, n: u32) -> bool {
+        let mut trial = block.value.clone();
+        trial.garbage_collect(req.cooldown());
+        let reservations = &req.reservations;
+        trial
+            .auto_assign(n, Some(req.handle_id), req.attrs, |ip| {
+                reservations.iter().any(|r| r.contains(&ip))
+            })
+            .len() as u32
+            == n
     }
 
     /// Releases addresses this call allocated before it failed. Errors are ignored: the
@@ -250,7 +376,7 @@ impl<D: Datastore> Ipam<D> {
 
     /// Addresses of `family` the request's handle already holds.
     async fn held_by_handle(&self, req: &mut Request<'_>, family: IpFamily) -> Result<Vec<IpNet>> {
-        let Some(handle) = self.current_handle(req).await? else {
+        let Some(handle) = self.current_handle(req, true).await? else {
             return Ok(Vec::new());
         };
         let mut held = Vec::new();
@@ -464,7 +590,7 @@ impl<D: Datastore> Ipam<D> {
                 let ips = retry_on_conflict(DATASTORE_RETRIES, &op, async || {
                     match self
                         .store
-                        .get_block(&cidr)
+                        .get_block_for_update(&cidr)
                         .await
                         .map_err(ds(format!("read block {cidr}")))?
                     {
@@ -503,7 +629,7 @@ impl<D: Datastore> Ipam<D> {
         retry_on_conflict(DATASTORE_RETRIES, &op, async || {
             let block = match self
                 .store
-                .get_block(&cidr)
+                .get_block_for_update(&cidr)
                 .await
                 .map_err(ds(format!("read block {cidr}")))?
             {
@@ -535,7 +661,13 @@ impl<D: Datastore> Ipam<D> {
         block.value.garbage_collect(req.cooldown());
         match block.value.assign(ip, Some(req.handle_id), req.attrs) {
             Ok(()) => {}
-            Err(AssignError::InUse) => return Err(IpamError::AddressInUse { ip, block: cidr }),
+            Err(AssignError::InUse) => {
+                // Only a current copy can say the address is taken.
+                return Err(match self.recheck_block(&block).await? {
+                    Recheck::Current => IpamError::AddressInUse { ip, block: cidr },
+                    _ => IpamError::conflict(format!("block {cidr} changed")),
+                });
+            }
             Err(AssignError::NotInBlock) => {
                 return Err(IpamError::Corrupt(format!(
                     "{ip} is not inside block {cidr}"

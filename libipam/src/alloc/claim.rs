@@ -118,7 +118,7 @@ impl<D: Datastore> Ipam<D> {
         };
         let block = self
             .store
-            .get_block(&cidr)
+            .get_block_for_update(&cidr)
             .await
             .map_err(ds(format!("read block {cidr}")))?;
         match block {

@@ -48,8 +48,11 @@ pub struct AutoAssignArgs {
     pub max_blocks_per_host: u32,
     /// What the addresses are for (matched against pools' allowedUses).
     pub intended_use: AllowedUse,
-    /// Labels of the pod's namespace, for pools' namespaceSelector (`None` = no labels).
+    /// Labels of the pod's namespace, for pools' namespaceSelector. `None` = read them from
+    /// the datastore for `namespace`, and only if some pool has a namespaceSelector.
     pub namespace_labels: Option<BTreeMap<String, String>>,
+    /// The pod's namespace (for its labels, see `namespace_labels`).
+    pub namespace: Option<String>,
     /// Return the addresses the handle already holds (topping up to `num4`/`num6`) instead
     /// of allocating more. Calico allocates more on a repeated ADD; we do not.
     pub reuse_existing: bool,
@@ -74,6 +77,7 @@ impl AutoAssignArgs {
             max_blocks_per_host: 0,
             intended_use: AllowedUse::Workload,
             namespace_labels: None,
+            namespace: None,
             reuse_existing: false,
         }
     }
@@ -134,11 +138,24 @@ impl<D> Ipam<D> {
     }
 }
 
+/// What a fresh read says about a (possibly cached) copy of a block.
+enum Recheck {
+    /// The copy is current: a decision taken from it stands.
+    Current,
+    /// The block changed since the copy: the fresh version.
+    Changed(Versioned<IpamBlock>),
+    /// The block no longer exists.
+    Gone,
+}
+
 /// What is known about the request's handle object.
 #[derive(Debug, Clone)]
 enum HandleCache {
     /// Must be read before it is written.
     Unknown,
+    /// Not read, assumed not to exist (a new attachment): the first write creates it, and
+    /// `AlreadyExists` tells the caller it was wrong.
+    Assumed,
     /// Known not to exist.
     Absent,
     /// Known at this revision.
@@ -228,15 +245,21 @@ impl<D: Datastore> Ipam<D> {
         Ok(stored.iter().filter_map(pools::Pool::from_stored).collect())
     }
 
-    /// The request's handle, read at most once.
-    async fn current_handle(&self, req: &mut Request<'_>) -> Result<Option<Versioned<IpamHandle>>> {
+    /// The request's handle, read at most once. `fresh` asks for a read of the datastore
+    /// rather than a copy only good as the base of a compare-and-swap write (a node cache's):
+    /// what the handle holds is an answer, not a write.
+    async fn current_handle(
+        &self,
+        req: &mut Request<'_>,
+        fresh: bool,
+    ) -> Result<Option<Versioned<IpamHandle>>> {
         if let HandleCache::Unknown = req.handle {
-            req.handle = match self
-                .store
-                .get_handle(req.handle_id)
-                .await
-                .map_err(ds(format!("read handle {}", req.handle_id)))?
-            {
+            let read = if fresh {
+                self.store.get_handle(req.handle_id).await
+            } else {
+                self.store.get_handle_for_update(req.handle_id).await
+            };
+            req.handle = match read.map_err(ds(format!("read handle {}", req.handle_id)))? {
                 Some(h) => HandleCache::Present(h),
                 None => HandleCache::Absent,
             };
@@ -255,7 +278,7 @@ impl<D: Datastore> Ipam<D> {
         change: impl Fn(&mut IpamHandle),
     ) -> Result<()> {
         let op = format!("write handle {}", req.handle_id);
-        let result = match self.current_handle(req).await? {
+        let result = match self.current_handle(req, false).await? {
             None => {
                 let mut h = IpamHandle::new(req.handle_id);
                 change(&mut h);
@@ -289,7 +312,8 @@ impl<D: Datastore> Ipam<D> {
             }
             Err(e) => {
                 req.handle = HandleCache::Unknown;
-                Err(IpamError::store(op)(e))
+                // Gone since it was read (another release): re-read and retry, like a conflict.
+                Err(IpamError::store(op)(release::gone_is_conflict(e)))
             }
         }
     }
@@ -303,16 +327,36 @@ impl<D: Datastore> Ipam<D> {
         .await;
     }
 
+    /// Re-reads a block whose copy (possibly from a node cache) led to a decision that no
+    /// write will validate: "no room", "not allocated here", "already taken".
+    async fn recheck_block(&self, copy: &Versioned<IpamBlock>) -> Result<Recheck> {
+        let cidr = copy.value.cidr;
+        Ok(
+            match self
+                .store
+                .get_block(&cidr)
+                .await
+                .map_err(ds(format!("read block {cidr}")))?
+            {
+                None => Recheck::Gone,
+                Some(b) if b.revision == copy.revision => Recheck::Current,
+                Some(b) => Recheck::Changed(b),
+            },
+        )
+    }
+
     /// Writes a changed block (sequence number +1, compare-and-swap on its revision).
     async fn write_block(&self, block: &mut Versioned<IpamBlock>) -> Result<()> {
         block.value.sequence_number += 1;
         // Deprecated field, always written false as Calico does.
         block.value.strict_affinity = false;
-        block.revision = self
-            .store
-            .update_block(block)
-            .await
-            .map_err(ds(format!("update block {}", block.value.cidr)))?;
+        block.revision = self.store.update_block(block).await.map_err(|e| {
+            // A block deleted since it was read is a lost race like any other: the retry
+            // re-reads it (and finds it gone).
+            IpamError::store(format!("update block {}", block.value.cidr))(
+                release::gone_is_conflict(e),
+            )
+        })?;
         Ok(())
     }
 
@@ -324,15 +368,34 @@ impl<D: Datastore> Ipam<D> {
         mut block: Versioned<IpamBlock>,
         want: u32,
     ) -> Result<Vec<IpNet>> {
-        block.value.garbage_collect(req.cooldown());
         let reservations = req.reservations.clone();
-        let ips = block
-            .value
-            .auto_assign(want, Some(req.handle_id), req.attrs, |ip| {
-                reservations.iter().any(|r| r.contains(&ip))
-            });
+        let take = |block: &mut Versioned<IpamBlock>| {
+            block.value.garbage_collect(req.cooldown());
+            block
+                .value
+                .auto_assign(want, Some(req.handle_id), req.attrs, |ip| {
+                    reservations.iter().any(|r| r.contains(&ip))
+                })
+        };
+        let mut ips = take(&mut block);
         if ips.is_empty() {
-            return Ok(Vec::new());
+            // "Full" is a decision: it must not rest on a stale cached copy.
+            match self.recheck_block(&block).await? {
+                Recheck::Current => return Ok(Vec::new()),
+                Recheck::Gone => {
+                    return Err(IpamError::conflict(format!(
+                        "block {} disappeared",
+                        block.value.cidr
+                    )));
+                }
+                Recheck::Changed(fresh) => {
+                    block = fresh;
+                    ips = take(&mut block);
+                    if ips.is_empty() {
+                        return Ok(Vec::new());
+                    }
+                }
+            }
         }
         let cidr = block.value.cidr;
         let n = ips.len() as u32;

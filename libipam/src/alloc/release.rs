@@ -9,8 +9,8 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use super::{Ipam, ds};
-use crate::datastore::{Datastore, Versioned};
+use super::{Ipam, Recheck, ds};
+use crate::datastore::{Datastore, DatastoreError, Versioned};
 use crate::error::{IpamError, Result};
 use crate::model::{Cooldown, IpamBlock, IpamHandle, ReleaseOutcome, time};
 use crate::retry::{DATASTORE_RETRIES, retry_on_conflict};
@@ -18,51 +18,81 @@ use crate::retry::{DATASTORE_RETRIES, retry_on_conflict};
 impl<D: Datastore> Ipam<D> {
     /// Releases every address held by `handle_id`; returns them. An unknown handle releases
     /// nothing and is not an error (DEL is idempotent).
+    ///
+    /// Blocks first, then one handle write dropping their entries. If that write finds the
+    /// handle changed (or the copy it started from was stale), the blocks the current handle
+    /// lists are released too before trying again, so nothing the handle holds is left behind.
     pub async fn release_by_handle(&self, handle_id: &str) -> Result<Vec<IpAddr>> {
-        let Some(handle) = self
-            .store
-            .get_handle(handle_id)
-            .await
-            .map_err(ds(format!("read handle {handle_id}")))?
-        else {
+        let Some(handle) = self.handle_for_update(handle_id).await? else {
             return Ok(Vec::new());
         };
         let cooldown = self.release_cooldown().await?;
         let mut released = Vec::new();
-        for cidr in handle.value.blocks() {
-            let op = format!("release handle {handle_id} in block {cidr}");
-            let ips = retry_on_conflict(DATASTORE_RETRIES, &op, async || {
-                let Some(mut block) = self.get_block(&cidr).await? else {
-                    return Ok(Vec::new());
-                };
-                block.value.garbage_collect(cooldown);
-                let ips = block.value.release_by_handle_with(handle_id, cooldown);
-                if !ips.is_empty() {
-                    self.store_released_block(block).await?;
-                }
-                Ok(ips)
-            })
-            .await?;
-            released.extend(ips);
-        }
-
-        // One handle write for all blocks: drop every entry that was there when we started.
-        let keys: BTreeSet<String> = handle.value.block.keys().cloned().collect();
+        let mut done: BTreeSet<String> = BTreeSet::new();
         let mut known = Some(handle);
         let op = format!("release handle {handle_id}");
         retry_on_conflict(DATASTORE_RETRIES, &op, async || {
-            let current = match known.take() {
-                Some(h) => Some(h),
-                None => self.get_handle(handle_id).await?,
+            let mut h = match known.take() {
+                Some(h) => h,
+                None => match self.get_handle(handle_id).await? {
+                    Some(h) => h,
+                    None => return Ok(()),
+                },
             };
-            let Some(mut h) = current else {
-                return Ok(());
-            };
-            h.value.block.retain(|k, _| !keys.contains(k));
+            let todo: Vec<String> = h
+                .value
+                .block
+                .keys()
+                .filter(|k| !done.contains(*k))
+                .cloned()
+                .collect();
+            for key in todo {
+                if let Ok(cidr) = key.parse::<IpNet>() {
+                    released.extend(self.release_in_block(handle_id, cidr, cooldown).await?);
+                }
+                done.insert(key);
+            }
+            h.value.block.retain(|k, _| !done.contains(k));
             self.put_or_delete_handle(h).await
         })
         .await?;
         Ok(released)
+    }
+
+    /// Releases `handle_id`'s addresses in one block.
+    async fn release_in_block(
+        &self,
+        handle_id: &str,
+        cidr: IpNet,
+        cooldown: Cooldown,
+    ) -> Result<Vec<IpAddr>> {
+        let op = format!("release handle {handle_id} in block {cidr}");
+        retry_on_conflict(DATASTORE_RETRIES, &op, async || {
+            let Some(mut block) = self.block_for_update(&cidr).await? else {
+                return Ok(Vec::new());
+            };
+            let release = |b: &mut Versioned<IpamBlock>| {
+                b.value.garbage_collect(cooldown);
+                b.value.release_by_handle_with(handle_id, cooldown)
+            };
+            let mut ips = release(&mut block);
+            if ips.is_empty() {
+                // "Nothing of this handle here" must come from a current copy.
+                match self.recheck_block(&block).await? {
+                    Recheck::Current | Recheck::Gone => return Ok(Vec::new()),
+                    Recheck::Changed(fresh) => {
+                        block = fresh;
+                        ips = release(&mut block);
+                        if ips.is_empty() {
+                            return Ok(Vec::new());
+                        }
+                    }
+                }
+            }
+            self.store_released_block(block).await?;
+            Ok(ips)
+        })
+        .await
     }
 
     /// Releases the given addresses wherever they are; returns those that were not allocated.
@@ -105,14 +135,24 @@ impl<D: Datastore> Ipam<D> {
         for (cidr, ips) in by_block {
             let op = format!("release addresses in block {cidr}");
             let outcome = retry_on_conflict(DATASTORE_RETRIES, &op, async || {
-                let Some(mut block) = self.get_block(&cidr).await? else {
+                let Some(mut block) = self.block_for_update(&cidr).await? else {
                     return Ok(ReleaseOutcome {
                         unallocated: ips.clone(),
                         ..ReleaseOutcome::default()
                     });
                 };
-                block.value.garbage_collect(cooldown);
-                let outcome = block.value.release_with(&ips, cooldown);
+                let release = |b: &mut Versioned<IpamBlock>| {
+                    b.value.garbage_collect(cooldown);
+                    b.value.release_with(&ips, cooldown)
+                };
+                let mut outcome = release(&mut block);
+                if !outcome.unallocated.is_empty()
+                    && let Recheck::Changed(fresh) = self.recheck_block(&block).await?
+                {
+                    // "Not allocated" must come from a current copy.
+                    block = fresh;
+                    outcome = release(&mut block);
+                }
                 if !outcome.released.is_empty() {
                     self.store_released_block(block).await?;
                 }
@@ -123,7 +163,7 @@ impl<D: Datastore> Ipam<D> {
             for (handle_id, n) in outcome.handles {
                 let op = format!("release {n} addresses of handle {handle_id} in block {cidr}");
                 retry_on_conflict(DATASTORE_RETRIES, &op, async || {
-                    let Some(mut h) = self.get_handle(&handle_id).await? else {
+                    let Some(mut h) = self.handle_for_update(&handle_id).await? else {
                         return Ok(());
                     };
                     h.value.decrement(&cidr, n);
@@ -173,6 +213,20 @@ impl<D: Datastore> Ipam<D> {
             .map_err(ds(format!("read block {cidr}")))
     }
 
+    async fn block_for_update(&self, cidr: &IpNet) -> Result<Option<Versioned<IpamBlock>>> {
+        self.store
+            .get_block_for_update(cidr)
+            .await
+            .map_err(ds(format!("read block {cidr}")))
+    }
+
+    async fn handle_for_update(&self, handle_id: &str) -> Result<Option<Versioned<IpamHandle>>> {
+        self.store
+            .get_handle_for_update(handle_id)
+            .await
+            .map_err(ds(format!("read handle {handle_id}")))
+    }
+
     async fn get_handle(&self, handle_id: &str) -> Result<Option<Versioned<IpamHandle>>> {
         self.store
             .get_handle(handle_id)
@@ -180,33 +234,37 @@ impl<D: Datastore> Ipam<D> {
             .map_err(ds(format!("read handle {handle_id}")))
     }
 
-    /// Writes a handle after a release, deleting it once it holds nothing.
+    /// Writes a handle after a release, deleting it once it holds nothing. A handle gone
+    /// since it was read counts as a conflict: the retry re-reads it and finds nothing to do.
     async fn put_or_delete_handle(&self, h: Versioned<IpamHandle>) -> Result<()> {
         let op = format!("write handle {}", h.value.handle_id);
-        if h.value.is_empty() {
-            self.store
-                .delete_handle(&h)
-                .await
-                .map_err(IpamError::store(op))
+        let written = if h.value.is_empty() {
+            self.store.delete_handle(&h).await
         } else {
-            self.store
-                .update_handle(&h)
-                .await
-                .map(|_| ())
-                .map_err(IpamError::store(op))
-        }
+            self.store.update_handle(&h).await.map(|_| ())
+        };
+        written.map_err(|e| IpamError::store(op)(gone_is_conflict(e)))
     }
 
     /// Writes a block after a release: deleted when it is empty and nobody's, else updated.
     async fn store_released_block(&self, mut block: Versioned<IpamBlock>) -> Result<()> {
         if block.value.empty() && block.value.affinity.is_none() {
             let cidr = block.value.cidr;
-            self.store
-                .delete_block(&block)
-                .await
-                .map_err(ds(format!("delete empty block {cidr}")))
+            self.store.delete_block(&block).await.map_err(|e| {
+                IpamError::store(format!("delete empty block {cidr}"))(gone_is_conflict(e))
+            })
         } else {
             self.write_block(&mut block).await
         }
+    }
+}
+
+/// `NotFound` on a compare-and-swap write means the object went away since it was read: a
+/// lost race, retried from fresh reads like a conflict.
+pub(super) fn gone_is_conflict(e: DatastoreError) -> DatastoreError {
+    if e == DatastoreError::NotFound {
+        DatastoreError::Conflict
+    } else {
+        e
     }
 }

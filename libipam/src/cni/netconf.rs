@@ -100,8 +100,14 @@ impl Default for IpamConf {
 /// The `kubernetes` section.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct KubernetesConf {
+    /// The kubeconfig the plugins use (`datastore_type: kubernetes`).
     #[serde(default)]
     pub kubeconfig: Option<PathBuf>,
+    /// Ours: how long the node-local caches serve configuration objects (pools, IPAM config,
+    /// reservations, node/namespace labels, this node's affinities, ClusterInformation)
+    /// before reading them again; 0 = always read. Default 10 s.
+    #[serde(default)]
+    pub cache_ttl_seconds: Option<u64>,
 }
 
 /// The `policy` section: `type: k8s` makes the plugin read pod and namespace annotations.

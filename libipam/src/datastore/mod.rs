@@ -12,7 +12,17 @@
 //! - Objects marked `deleted` (the first half of the Kubernetes two-step delete) are reported
 //!   as absent by every read; finishing such a delete is the backend's business.
 //! - Reads of a single object never see a half-written object.
+//!
+//! Freshness: `get_block`, `get_handle`, `get_affinity` and the full listings read the
+//! datastore. A backend with a node-local cache (the Kubernetes one) may serve
+//! [`Datastore::get_block_for_update`] and [`Datastore::get_handle_for_update`] from it —
+//! callers only use those copies as the base of a compare-and-swap write, which fails if the
+//! copy was stale — and may serve the configuration reads (`get_config`, `list_pools`,
+//! `list_reservations`, `node_labels`, `namespace_labels`) and `list_host_affinities` from a
+//! copy no older than its documented bound.
 
+#[cfg(feature = "kubernetes")]
+pub mod kube;
 pub mod local;
 #[cfg_attr(not(feature = "testing"), doc(hidden))]
 pub mod memory;
@@ -89,11 +99,24 @@ pub trait Datastore {
 
     /// The labels of a node; `None` when the node object does not exist.
     async fn node_labels(&self, node: &str) -> DsResult<Option<BTreeMap<String, String>>>;
+    /// The labels of a namespace, for pools' namespaceSelector; `None` when unknown (a store
+    /// without namespaces).
+    async fn namespace_labels(
+        &self,
+        _namespace: &str,
+    ) -> DsResult<Option<BTreeMap<String, String>>> {
+        Ok(None)
+    }
     /// All IP reservations.
     async fn list_reservations(&self) -> DsResult<Vec<IpReservation>>;
 
     /// One block.
     async fn get_block(&self, cidr: &IpNet) -> DsResult<Option<Versioned<IpamBlock>>>;
+    /// One block, possibly from a cache: only to be used as the base of a compare-and-swap
+    /// write (a stale copy makes that write fail with `Conflict` or `NotFound`).
+    async fn get_block_for_update(&self, cidr: &IpNet) -> DsResult<Option<Versioned<IpamBlock>>> {
+        self.get_block(cidr).await
+    }
     /// Creates a block; `AlreadyExists` if its CIDR is taken.
     async fn create_block(&self, block: &IpamBlock) -> DsResult<Revision>;
     /// Replaces a block if it is still at `block.revision`.
@@ -124,6 +147,14 @@ pub trait Datastore {
 
     /// One handle (looked up by its lowercase object name).
     async fn get_handle(&self, handle_id: &str) -> DsResult<Option<Versioned<IpamHandle>>>;
+    /// One handle, possibly from a cache: only to be used as the base of a compare-and-swap
+    /// write, or to find the blocks to re-read.
+    async fn get_handle_for_update(
+        &self,
+        handle_id: &str,
+    ) -> DsResult<Option<Versioned<IpamHandle>>> {
+        self.get_handle(handle_id).await
+    }
     /// Creates a handle; `AlreadyExists` if it exists.
     async fn create_handle(&self, handle: &IpamHandle) -> DsResult<Revision>;
     /// Replaces a handle if it is still at `handle.revision`.

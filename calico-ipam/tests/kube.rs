@@ -1,0 +1,975 @@
+//! calico-ipam with `datastore_type: kubernetes` against a real kube-apiserver (with etcd), as
+//! the `calico-cni` user bound to our RBAC: the seed's pools as IPPool CRs, 200 dual-stack pods
+//! on 4 nodes, Calico's object names/labels/fields, borrowing, block limits, nodeSelector,
+//! conflict storms, the cache's staleness bound, request counts and an unreachable server.
+//!
+//! Tests that change cluster-wide state (IPAMConfig, pools every node selects) hold
+//! `exclusive()`; the others use pools and nodes of their own (a nodeSelector on a per-test
+//! label) and run in parallel under `shared()`.
+
+mod common;
+mod kube_env;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{BIN, cni, seed_pools, text};
+use ipnet::IpNet;
+use kube_env::{KubeEnv, PoolGuard, exclusive, node_yaml, shared, unique};
+use serde_json::{Value, json};
+
+/// One simulated node: a name, and the directory of its host-wide lock (and node cache).
+struct Node {
+    name: String,
+    dir: tempfile::TempDir,
+}
+
+impl Node {
+    fn new(kube: &KubeEnv, prefix: &str, labels: &[(&str, &str)]) -> Node {
+        let name = format!("{prefix}-{}", unique());
+        kube.apply(&node_yaml(&name, labels));
+        Node {
+            name,
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    /// A netconf for this node in the Kubernetes datastore (`v6`: dual stack).
+    fn conf(&self, kube: &KubeEnv, v6: bool, ttl: Option<u64>) -> Value {
+        self.conf_with_lock(kube, v6, ttl, &self.dir.path().join("ipam.lock"))
+    }
+
+    fn conf_with_lock(&self, kube: &KubeEnv, v6: bool, ttl: Option<u64>, lock: &Path) -> Value {
+        let mut k = json!({"kubeconfig": kube.cni});
+        if let Some(t) = ttl {
+            k["cache_ttl_seconds"] = json!(t);
+        }
+        json!({
+            "cniVersion": "1.0.0",
+            "name": "k8s-pod-network",
+            "type": "calico",
+            "datastore_type": "kubernetes",
+            "kubernetes": k,
+            "nodename": self.name,
+            "ipam_lock_file": lock,
+            "ipam": {"type": "calico-ipam", "assign_ipv4": "true", "assign_ipv6": v6.to_string()}
+        })
+    }
+}
+
+fn pod_args(pod: &str) -> String {
+    format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod}")
+}
+
+/// Container IDs are made unique to this run (the apiserver may outlive one).
+fn run_id() -> &'static str {
+    static RUN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    RUN.get_or_init(|| {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() % 1_000_000)
+            .unwrap_or(0);
+        format!("r{}t{t}", std::process::id())
+    })
+}
+
+/// The handle calico-ipam uses for a container ID passed to [`add`].
+fn handle_of(cid: &str) -> String {
+    format!("k8s-pod-network.{}{cid}", run_id())
+}
+
+fn add(conf: &Value, cid: &str, pod: &str) -> Output {
+    cni(
+        "ADD",
+        &format!("{}{cid}", run_id()),
+        &[("CNI_ARGS", &pod_args(pod))],
+        conf.to_string().as_bytes(),
+    )
+}
+
+fn del(conf: &Value, cid: &str, pod: &str) -> Output {
+    cni(
+        "DEL",
+        &format!("{}{cid}", run_id()),
+        &[("CNI_ARGS", &pod_args(pod))],
+        conf.to_string().as_bytes(),
+    )
+}
+
+/// The addresses of a successful ADD.
+fn addresses(out: &Output) -> Vec<IpNet> {
+    assert!(out.status.success(), "ADD failed: {}", text(out));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("result");
+    v["ips"]
+        .as_array()
+        .expect("ips")
+        .iter()
+        .map(|i| {
+            i["address"]
+                .as_str()
+                .expect("address")
+                .parse()
+                .expect("cidr")
+        })
+        .collect()
+}
+
+fn error_of(out: &Output) -> Value {
+    assert!(!out.status.success(), "expected a failure: {}", text(out));
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not a CNI error ({e}): {}", text(out)))
+}
+
+/// `calico-ipam ARGS` (the operator CLI) in kubernetes mode as the calico-cni user.
+fn cli(kube: &KubeEnv, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env_remove("CNI_COMMAND")
+        .env("DATASTORE_TYPE", "kubernetes")
+        .env("KUBECONFIG", &kube.cni)
+        .output()
+        .expect("run calico-ipam")
+}
+
+fn cli_ok(kube: &KubeEnv, args: &[&str]) -> String {
+    let out = cli(kube, args);
+    assert!(out.status.success(), "calico-ipam {args:?}: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn apply_pools(kube: &KubeEnv, yaml: &str) {
+    let f = tempfile::NamedTempFile::new().expect("tmp");
+    std::fs::write(f.path(), yaml).expect("write");
+    cli_ok(
+        kube,
+        &["pool", "apply", "-f", f.path().to_str().expect("utf8")],
+    );
+}
+
+/// A v4 (and optionally v6) pool pair only nodes labelled `calico-rs-test=<tag>` select.
+fn private_pools(
+    name: &str,
+    v4: &str,
+    v4_block: u32,
+    v6: Option<(&str, u32)>,
+    tag: &str,
+) -> String {
+    let mut y = format!(
+        "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {{name: {name}-v4}}\n\
+         spec: {{cidr: '{v4}', blockSize: {v4_block}, nodeSelector: \"calico-rs-test == '{tag}'\"}}\n"
+    );
+    if let Some((cidr, bs)) = v6 {
+        y.push_str(&format!(
+            "---\napiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {{name: {name}-v6}}\n\
+             spec: {{cidr: '{cidr}', blockSize: {bs}, nodeSelector: \"calico-rs-test == '{tag}'\"}}\n"
+        ));
+    }
+    y
+}
+
+/// Runs `f(i)` for `0..n` on `parallel` threads; results in index order.
+fn fan_out<T: Send + 'static>(
+    n: usize,
+    parallel: usize,
+    f: impl Fn(usize) -> T + Send + Sync + 'static,
+) -> Vec<T> {
+    let f = Arc::new(f);
+    let next = Arc::new(Mutex::new(0usize));
+    let results = Arc::new(Mutex::new(Vec::new()));
+    let workers: Vec<_> = (0..parallel)
+        .map(|_| {
+            let (f, next, results) = (f.clone(), next.clone(), results.clone());
+            std::thread::spawn(move || {
+                loop {
+                    let i = {
+                        let mut k = next.lock().expect("counter");
+                        if *k >= n {
+                            return;
+                        }
+                        *k += 1;
+                        *k - 1
+                    };
+                    let r = f(i);
+                    results.lock().expect("results").push((i, r));
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().expect("worker");
+    }
+    let mut out = std::mem::take(&mut *results.lock().expect("results"));
+    out.sort_by_key(|(i, _)| *i);
+    out.into_iter().map(|(_, r)| r).collect()
+}
+
+fn cidr_name(cidr: &str) -> String {
+    cidr.replace(['.', ':', '/'], "-")
+}
+
+/// Blocks by CIDR.
+fn blocks(kube: &KubeEnv) -> BTreeMap<IpNet, Value> {
+    kube.calico("ipamblocks")
+        .into_iter()
+        .map(|b| {
+            let cidr: IpNet = b["spec"]["cidr"]
+                .as_str()
+                .expect("cidr")
+                .parse()
+                .expect("cidr");
+            (cidr, b)
+        })
+        .collect()
+}
+
+/// Number of allocated ordinals of a block.
+fn in_use(block: &Value) -> usize {
+    block["spec"]["allocations"]
+        .as_array()
+        .expect("allocations")
+        .iter()
+        .filter(|a| !a.is_null())
+        .count()
+}
+
+fn block_of<'a>(all: &'a BTreeMap<IpNet, Value>, ip: IpAddr) -> (&'a IpNet, &'a Value) {
+    all.iter()
+        .find(|(c, _)| c.contains(&ip))
+        .unwrap_or_else(|| panic!("no block holds {ip}"))
+}
+
+/// The allocation attribute of `ip` in its block.
+fn attribute(block: &Value, cidr: &IpNet, ip: IpAddr) -> Value {
+    let ord = match (cidr.network(), ip) {
+        (IpAddr::V4(n), IpAddr::V4(a)) => u128::from(u32::from(a) - u32::from(n)),
+        (IpAddr::V6(n), IpAddr::V6(a)) => u128::from(a) - u128::from(n),
+        _ => panic!("family mismatch"),
+    } as usize;
+    let idx = block["spec"]["allocations"][ord]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{ip} is not allocated in {cidr}"));
+    block["spec"]["attributes"][idx as usize].clone()
+}
+
+const METADATA: &str = "projectcalico.org/metadata";
+
+/// Starts a test's pools from a clean slate (no blocks left by an earlier run on the same
+/// apiserver) and deletes them when the test ends.
+fn guard<'a>(kube: &'a KubeEnv, pools: &[&str], cidrs: &[&str]) -> PoolGuard<'a> {
+    kube.purge_ipam(cidrs);
+    PoolGuard {
+        kube,
+        names: pools.iter().map(|p| p.to_string()).collect(),
+    }
+}
+
+#[test]
+fn seed_pools_then_200_dual_stack_pods_on_4_nodes() {
+    let kube = KubeEnv::get();
+    let _x = exclusive();
+    let started = Instant::now();
+
+    // The seed's pools through the CLI become crd.projectcalico.org/v1 IPPool CRs.
+    let _pools = guard(
+        &kube,
+        &["ipv4-pool", "ipv6-pool"],
+        &["10.244.0.0/16", "fd00:10:244::/48"],
+    );
+    apply_pools(&kube, &seed_pools());
+    for (name, cidr, bs) in [
+        ("ipv4-pool", "10.244.0.0/16", 26),
+        ("ipv6-pool", "fd00:10:244::/48", 122),
+    ] {
+        let p = kube
+            .get_json(&format!("/apis/crd.projectcalico.org/v1/ippools/{name}"))
+            .unwrap_or_else(|| panic!("IPPool {name} not created"));
+        assert_eq!(p["apiVersion"], "crd.projectcalico.org/v1");
+        assert_eq!(p["kind"], "IPPool");
+        assert_eq!(p["spec"]["cidr"], cidr);
+        assert_eq!(p["spec"]["blockSize"], bs);
+        assert_eq!(p["spec"]["vxlanMode"], "CrossSubnet");
+        assert_eq!(p["spec"]["ipipMode"], "Never");
+        assert_eq!(p["spec"]["natOutgoing"], true);
+        assert_eq!(p["spec"]["nodeSelector"], "all()");
+        assert!(p["metadata"]["annotations"][METADATA].is_string(), "{p}");
+    }
+    let listed = cli_ok(&kube, &["pool", "list", "-o", "wide"]);
+    assert!(
+        listed.contains("ipv4-pool") && listed.contains("fd00:10:244::/48"),
+        "{listed}"
+    );
+
+    let nodes: Vec<Arc<Node>> = (0..4)
+        .map(|i| {
+            let zone = format!("z{i}");
+            Arc::new(Node::new(
+                &kube,
+                "big",
+                &[("topology.kubernetes.io/zone", zone.as_str())],
+            ))
+        })
+        .collect();
+    let confs: Arc<Vec<Value>> =
+        Arc::new(nodes.iter().map(|n| n.conf(&kube, true, None)).collect());
+    const PODS: usize = 200;
+    let u = unique();
+    // Mixed case: the handle object is named by the lower-cased handle.
+    let cid = move |i: usize| format!("Ctr{i}Ab{u}");
+    let cid2 = cid.clone();
+    let c = confs.clone();
+    let adds = fan_out(PODS, 16, move |i| {
+        add(&c[i % 4], &cid2(i), &format!("pod-{i}"))
+    });
+    let add_time = started.elapsed();
+
+    let mut seen = HashSet::new();
+    let all_blocks = blocks(&kube);
+    let handles: HashMap<String, Value> = kube
+        .calico("ipamhandles")
+        .into_iter()
+        .filter_map(|h| Some((h["metadata"]["name"].as_str()?.to_string(), h)))
+        .collect();
+    let v4_pool: IpNet = "10.244.0.0/16".parse().expect("v4");
+    let v6_pool: IpNet = "fd00:10:244::/48".parse().expect("v6");
+    let mut used_blocks: HashSet<(IpNet, String)> = HashSet::new();
+    for (i, out) in adds.iter().enumerate() {
+        let ips = addresses(out);
+        assert_eq!(ips.len(), 2, "pod-{i}: {ips:?}");
+        assert!(v4_pool.contains(&ips[0].addr()), "{ips:?}");
+        assert!(v6_pool.contains(&ips[1].addr()), "{ips:?}");
+        assert_eq!((ips[0].prefix_len(), ips[1].prefix_len()), (26, 122));
+        let node = &nodes[i % 4].name;
+        let handle = handle_of(&cid(i));
+        for ip in &ips {
+            assert!(seen.insert(ip.addr()), "{} handed out twice", ip.addr());
+            let (bcidr, block) = block_of(&all_blocks, ip.addr());
+            assert_eq!(
+                block["spec"]["affinity"],
+                format!("host:{node}"),
+                "pod-{i} {ip} is in {bcidr}, not affine to {node}"
+            );
+            let attr = attribute(block, bcidr, ip.addr());
+            assert_eq!(attr["handle_id"], handle);
+            assert_eq!(attr["secondary"]["node"], node.as_str());
+            assert_eq!(attr["secondary"]["pod"], format!("pod-{i}"));
+            assert_eq!(attr["secondary"]["namespace"], "default");
+            used_blocks.insert((*bcidr, node.clone()));
+        }
+        // The handle: named by the lower-cased ID, original case inside, one per block.
+        let h = handles
+            .get(&handle.to_lowercase())
+            .unwrap_or_else(|| panic!("handle {handle} missing"));
+        assert_eq!(h["spec"]["handleID"], handle);
+        assert_eq!(h["spec"]["deleted"], false);
+        let counts = h["spec"]["block"].as_object().expect("block map");
+        assert_eq!(counts.len(), 2, "{h}");
+        for ip in &ips {
+            let (bcidr, _) = block_of(&all_blocks, ip.addr());
+            assert_eq!(counts[&bcidr.to_string()], 1, "{h}");
+        }
+        assert_eq!(
+            h["metadata"]["annotations"][METADATA],
+            "{\"creationTimestamp\":null}"
+        );
+    }
+    assert_eq!(seen.len(), 2 * PODS);
+
+    // Blocks and affinities exactly as Calico names, labels and fills them.
+    for (cidr, node) in &used_blocks {
+        let b = &all_blocks[cidr];
+        let name = cidr_name(&cidr.to_string());
+        assert_eq!(b["metadata"]["name"], name.as_str());
+        assert_eq!(
+            b["metadata"]["annotations"][METADATA],
+            "{\"creationTimestamp\":null}"
+        );
+        assert_eq!(b["spec"]["strictAffinity"], false);
+        assert_eq!(b["spec"]["deleted"], false);
+        let size = b["spec"]["allocations"]
+            .as_array()
+            .expect("allocations")
+            .len();
+        assert_eq!(size, 64);
+        assert_eq!(
+            b["spec"]["unallocated"]
+                .as_array()
+                .expect("unallocated")
+                .len()
+                + in_use(b),
+            size
+        );
+        assert!(
+            b["spec"]["sequenceNumber"]
+                .as_u64()
+                .is_some_and(|s| s > 1_700_000_000_000_000_000)
+        );
+        let aff_name = format!("{node}-{name}");
+        let a = kube
+            .get_json(&format!(
+                "/apis/crd.projectcalico.org/v1/blockaffinities/{aff_name}"
+            ))
+            .unwrap_or_else(|| panic!("affinity {aff_name} missing"));
+        assert_eq!(a["spec"]["state"], "confirmed");
+        assert_eq!(a["spec"]["deleted"], "false", "deleted is a string in v1");
+        assert_eq!(a["spec"]["node"], node.as_str());
+        assert_eq!(a["spec"]["type"], "host");
+        assert_eq!(a["spec"]["cidr"], cidr.to_string());
+        let labels = &a["metadata"]["labels"];
+        assert_eq!(labels["projectcalico.org/affinity-type"], "host");
+        assert_eq!(
+            labels["projectcalico.org/ip-version"],
+            if cidr.addr().is_ipv4() { "4" } else { "6" }
+        );
+        assert_eq!(
+            labels["projectcalico.org/hostname-hash"]
+                .as_str()
+                .map(str::len),
+            Some(52)
+        );
+        let meta: Value = serde_json::from_str(
+            a["metadata"]["annotations"][METADATA]
+                .as_str()
+                .expect("annotation"),
+        )
+        .expect("json");
+        assert_eq!(meta["creationTimestamp"], Value::Null);
+        assert_eq!(&meta["labels"], labels);
+    }
+    // Affinity selection by label works as Calico v3.31+ does it.
+    let n0 = &nodes[0].name;
+    let hash = kube
+        .calico("blockaffinities")
+        .into_iter()
+        .find(|a| a["spec"]["node"] == n0.as_str())
+        .and_then(|a| {
+            a["metadata"]["labels"]["projectcalico.org/hostname-hash"]
+                .as_str()
+                .map(String::from)
+        })
+        .expect("an affinity of node 0");
+    let selected = kube.list(&format!(
+        "/apis/crd.projectcalico.org/v1/blockaffinities?labelSelector=projectcalico.org%2Fhostname-hash%3D{hash}"
+    ));
+    assert!(!selected.is_empty());
+    assert!(selected.iter().all(|a| a["spec"]["node"] == n0.as_str()));
+
+    let check = cli(&kube, &["check"]);
+    assert!(check.status.success(), "check: {}", text(&check));
+
+    // DEL of all: no handles, no allocations left.
+    let c = confs.clone();
+    let cid3 = cid.clone();
+    let dels = fan_out(PODS, 16, move |i| {
+        del(&c[i % 4], &cid3(i), &format!("pod-{i}"))
+    });
+    for (i, out) in dels.iter().enumerate() {
+        assert!(out.status.success(), "DEL pod-{i}: {}", text(out));
+    }
+    let left: HashSet<String> = kube
+        .calico("ipamhandles")
+        .into_iter()
+        .filter_map(|h| h["metadata"]["name"].as_str().map(String::from))
+        .collect();
+    for i in 0..PODS {
+        let name = handle_of(&cid(i)).to_lowercase();
+        assert!(!left.contains(&name), "handle {name} left behind");
+    }
+    for (cidr, b) in blocks(&kube) {
+        if v4_pool.contains(&cidr) || v6_pool.contains(&cidr) {
+            assert_eq!(in_use(&b), 0, "{cidr} still holds addresses: {b}");
+        }
+    }
+    let check = cli(&kube, &["check"]);
+    assert!(check.status.success(), "check: {}", text(&check));
+    cli_ok(&kube, &["pool", "delete", "ipv4-pool"]);
+    cli_ok(&kube, &["pool", "delete", "ipv6-pool"]);
+    eprintln!(
+        "200 dual-stack pods on 4 nodes: ADD {:?}, total {:?}",
+        add_time,
+        started.elapsed()
+    );
+}
+
+#[test]
+fn borrowing_strict_affinity_and_configured_block_limit() {
+    let kube = KubeEnv::get();
+    let _x = exclusive();
+    let tag = format!("borrow{}", unique());
+    // Two /29 blocks in the whole pool.
+    let _pools = guard(
+        &kube,
+        &["t-borrow-v4", "t-limit-v4"],
+        &["10.81.0.0/28", "10.82.0.0/28"],
+    );
+    apply_pools(
+        &kube,
+        &private_pools("t-borrow", "10.81.0.0/28", 29, None, &tag),
+    );
+    let a = Node::new(&kube, "borrow-a", &[("calico-rs-test", &tag)]);
+    let b = Node::new(&kube, "borrow-b", &[("calico-rs-test", &tag)]);
+    // Config changes must show at once: no cached IPAMConfig.
+    let (ca, cb) = (a.conf(&kube, false, Some(0)), b.conf(&kube, false, Some(0)));
+    let a0 = addresses(&add(&ca, "a0", "a0"))[0];
+    let b0 = addresses(&add(&cb, "b0", "b0"))[0];
+    let (a_block, b_block) = (
+        IpNet::new(a0.addr(), 29).expect("net").trunc(),
+        IpNet::new(b0.addr(), 29).expect("net").trunc(),
+    );
+    assert_ne!(a_block, b_block, "each node claims its own block");
+    for i in 1..8 {
+        let ip = addresses(&add(&ca, &format!("a{i}"), &format!("a{i}")))[0];
+        assert!(a_block.contains(&ip.addr()), "{ip} not in {a_block}");
+    }
+
+    // A's block is full and no block is unclaimed. Strict affinity: no borrowing.
+    cli_ok(&kube, &["configure", "--strictaffinity", "true"]);
+    let cfg = kube
+        .get_json("/apis/crd.projectcalico.org/v1/ipamconfigs/default")
+        .expect("IPAMConfig created");
+    assert_eq!(cfg["spec"]["strictAffinity"], true);
+    assert_eq!(cfg["spec"]["autoAllocateBlocks"], true);
+    let e = error_of(&add(&ca, "a8", "a8"));
+    assert!(
+        e["details"]
+            .as_str()
+            .is_some_and(|d| d.contains("strict affinity")),
+        "{e}"
+    );
+    // Not strict: A borrows from B's block.
+    cli_ok(&kube, &["configure", "--strictaffinity", "false"]);
+    let borrowed = addresses(&add(&ca, "a8", "a8"))[0];
+    assert!(
+        b_block.contains(&borrowed.addr()),
+        "{borrowed} not borrowed from {b_block}"
+    );
+    let all = blocks(&kube);
+    let (bc, bb) = block_of(&all, borrowed.addr());
+    assert_eq!(
+        bb["spec"]["affinity"],
+        format!("host:{}", b.name),
+        "B keeps its block"
+    );
+    assert_eq!(
+        attribute(bb, bc, borrowed.addr())["secondary"]["node"],
+        a.name.as_str()
+    );
+
+    // maxBlocksPerHost from the IPAMConfig: one block, then "limit reached", no borrowing.
+    let tag2 = format!("limit{}", unique());
+    apply_pools(
+        &kube,
+        &private_pools("t-limit", "10.82.0.0/28", 30, None, &tag2),
+    );
+    let c = Node::new(&kube, "limit-c", &[("calico-rs-test", &tag2)]);
+    let cc = c.conf(&kube, false, Some(0));
+    cli_ok(&kube, &["configure", "--max-blocks-per-host", "1"]);
+    for i in 0..4 {
+        addresses(&add(&cc, &format!("c{i}"), &format!("c{i}")));
+    }
+    let e = error_of(&add(&cc, "c4", "c4"));
+    assert!(
+        e["details"]
+            .as_str()
+            .is_some_and(|d| d.contains("limit of 1 blocks")),
+        "{e}"
+    );
+    assert_eq!(e["code"], 101, "{e}");
+
+    // Back to defaults (absent IPAMConfig = Calico's defaults).
+    kube.delete("/apis/crd.projectcalico.org/v1/ipamconfigs/default");
+    for i in 0..9 {
+        assert!(
+            del(&ca, &format!("a{i}"), &format!("a{i}"))
+                .status
+                .success()
+        );
+    }
+    assert!(del(&cb, "b0", "b0").status.success());
+    for i in 0..4 {
+        assert!(
+            del(&cc, &format!("c{i}"), &format!("c{i}"))
+                .status
+                .success()
+        );
+    }
+    for (cidr, blk) in blocks(&kube) {
+        if cidr.addr().to_string().starts_with("10.81.")
+            || cidr.addr().to_string().starts_with("10.82.")
+        {
+            assert_eq!(in_use(&blk), 0, "{cidr}");
+        }
+    }
+    let check = cli(&kube, &["check"]);
+    assert!(check.status.success(), "check: {}", text(&check));
+}
+
+#[test]
+fn default_block_limit_is_20_per_host_and_family() {
+    let kube = KubeEnv::get();
+    let _s = shared();
+    let tag = format!("blk20{}", unique());
+    // /30 blocks of 4 addresses: 20 blocks = 80 addresses, the pool has 64 blocks.
+    let _pools = guard(&kube, &["t-blk20-v4"], &["10.83.0.0/24"]);
+    apply_pools(
+        &kube,
+        &private_pools("t-blk20", "10.83.0.0/24", 30, None, &tag),
+    );
+    let n = Node::new(&kube, "blk20", &[("calico-rs-test", &tag)]);
+    let conf = n.conf(&kube, false, None);
+    for i in 0..80 {
+        addresses(&add(&conf, &format!("p{i}"), &format!("p{i}")));
+    }
+    let e = error_of(&add(&conf, "p80", "p80"));
+    assert_eq!(e["code"], 101, "{e}");
+    assert!(
+        e["details"]
+            .as_str()
+            .is_some_and(|d| d.contains("limit of 20 blocks")),
+        "{e}"
+    );
+    let mine = kube
+        .calico("blockaffinities")
+        .into_iter()
+        .filter(|a| a["spec"]["node"] == n.name.as_str())
+        .count();
+    assert_eq!(mine, 20);
+    for i in 0..80 {
+        assert!(
+            del(&conf, &format!("p{i}"), &format!("p{i}"))
+                .status
+                .success()
+        );
+    }
+}
+
+#[test]
+fn pool_node_selector_excludes_a_node() {
+    let kube = KubeEnv::get();
+    let _s = shared();
+    let key = format!("calico-rs-zone-{}", unique());
+    let pools = format!(
+        "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {{name: t-sel-a}}\n\
+         spec: {{cidr: 10.84.0.0/24, nodeSelector: \"{key} == 'a'\"}}\n---\n\
+         apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {{name: t-sel-b}}\n\
+         spec: {{cidr: 10.85.0.0/24, nodeSelector: \"{key} == 'b'\"}}\n",
+    );
+    let _pools = guard(
+        &kube,
+        &["t-sel-a", "t-sel-b"],
+        &["10.84.0.0/24", "10.85.0.0/24"],
+    );
+    apply_pools(&kube, &pools);
+    let in_a = Node::new(&kube, "sel-a", &[(&key, "a")]);
+    let in_b = Node::new(&kube, "sel-b", &[(&key, "b")]);
+    let elsewhere = Node::new(&kube, "sel-c", &[(&key, "c")]);
+    let ip = addresses(&add(&in_a.conf(&kube, false, None), "sa", "sa"))[0];
+    assert!(ip.addr().to_string().starts_with("10.84."), "{ip}");
+    let ip = addresses(&add(&in_b.conf(&kube, false, None), "sb", "sb"))[0];
+    assert!(ip.addr().to_string().starts_with("10.85."), "{ip}");
+    let e = error_of(&add(&elsewhere.conf(&kube, false, None), "sc", "sc"));
+    assert!(
+        e["details"].as_str().is_some_and(|d| d.contains(&format!(
+            "no configured Calico IPv4 pools for node {}",
+            elsewhere.name
+        ))),
+        "{e}"
+    );
+    assert!(
+        del(&in_a.conf(&kube, false, None), "sa", "sa")
+            .status
+            .success()
+    );
+    assert!(
+        del(&in_b.conf(&kube, false, None), "sb", "sb")
+            .status
+            .success()
+    );
+}
+
+#[test]
+fn conflict_storm_on_one_small_pool_resolves() {
+    let kube = KubeEnv::get();
+    let _s = shared();
+    let tag = format!("storm{}", unique());
+    // 4 blocks of 16; 3 nodes x 8 writers x 2 pods = 48 addresses. No host lock between the
+    // writers of a node (each has its own lock file) but they share the node's cache, so
+    // stale copies and lost races are the normal case here.
+    let _pools = guard(
+        &kube,
+        &["t-storm-v4", "t-storm-v6"],
+        &["10.86.0.0/26", "fd00:86::/120"],
+    );
+    apply_pools(
+        &kube,
+        &private_pools(
+            "t-storm",
+            "10.86.0.0/26",
+            28,
+            Some(("fd00:86::/120", 124)),
+            &tag,
+        ),
+    );
+    let nodes: Vec<Arc<Node>> = (0..3)
+        .map(|_| Arc::new(Node::new(&kube, "storm", &[("calico-rs-test", &tag)])))
+        .collect();
+    let confs: Arc<Vec<Value>> = Arc::new(
+        (0..24)
+            .map(|w| {
+                let n = &nodes[w % 3];
+                n.conf_with_lock(
+                    &kube,
+                    true,
+                    None,
+                    &n.dir.path().join(format!("ipam-{w}.lock")),
+                )
+            })
+            .collect(),
+    );
+    let c = confs.clone();
+    let adds = fan_out(48, 24, move |i| {
+        add(&c[i % 24], &format!("s{i}"), &format!("s{i}"))
+    });
+    let mut seen = HashSet::new();
+    let mut per_family: HashMap<bool, usize> = HashMap::new();
+    for out in &adds {
+        for ip in addresses(out) {
+            assert!(seen.insert(ip.addr()), "{} handed out twice", ip.addr());
+            *per_family.entry(ip.addr().is_ipv4()).or_default() += 1;
+        }
+    }
+    assert_eq!(per_family.get(&true), Some(&48));
+    assert_eq!(per_family.get(&false), Some(&48));
+    // Every allocation is recorded exactly once, under its pod's handle.
+    let all = blocks(&kube);
+    for (i, out) in adds.iter().enumerate() {
+        for ip in addresses(out) {
+            let (c, b) = block_of(&all, ip.addr());
+            assert_eq!(
+                attribute(b, c, ip.addr())["handle_id"],
+                handle_of(&format!("s{i}"))
+            );
+        }
+    }
+    let c = confs.clone();
+    let dels = fan_out(48, 24, move |i| {
+        del(&c[i % 24], &format!("s{i}"), &format!("s{i}"))
+    });
+    for out in &dels {
+        assert!(out.status.success(), "DEL: {}", text(out));
+    }
+    let pool4: IpNet = "10.86.0.0/26".parse().expect("v4");
+    let pool6: IpNet = "fd00:86::/120".parse().expect("v6");
+    for (cidr, b) in blocks(&kube) {
+        if pool4.contains(&cidr) || pool6.contains(&cidr) {
+            assert_eq!(in_use(&b), 0, "{cidr}: {b}");
+        }
+    }
+    for i in 0..48 {
+        assert!(
+            kube.get_json(&format!(
+                "/apis/crd.projectcalico.org/v1/ipamhandles/k8s-pod-network.s{i}"
+            ))
+            .is_none()
+        );
+    }
+}
+
+#[test]
+fn disabled_pool_stops_being_used_within_the_cache_ttl() {
+    let kube = KubeEnv::get();
+    let _s = shared();
+    let u = unique();
+    let tag = format!("ttl{u}");
+    let pool = |name: &str, cidr: &str, disabled: bool| {
+        format!(
+            "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {{name: {name}}}\n\
+             spec: {{cidr: '{cidr}', disabled: {disabled}, nodeSelector: \"calico-rs-test == '{tag}'\"}}\n"
+        )
+    };
+    let (first, second) = ("t-ttl-a".to_string(), "t-ttl-b".to_string());
+    let _pools = guard(
+        &kube,
+        &["t-ttl-a", "t-ttl-b"],
+        &["10.87.0.0/24", "10.88.0.0/24"],
+    );
+    apply_pools(
+        &kube,
+        &format!(
+            "{}---\n{}",
+            pool(&first, "10.87.0.0/24", false),
+            pool(&second, "10.88.0.0/24", false)
+        ),
+    );
+    let n = Node::new(&kube, "ttl", &[("calico-rs-test", &tag)]);
+    let ttl = 2;
+    let conf = n.conf(&kube, false, Some(ttl));
+    let ip = addresses(&add(&conf, "t0", "t0"))[0];
+    assert!(
+        ip.addr().to_string().starts_with("10.87."),
+        "pools in name order: {ip}"
+    );
+    let disabled_at = Instant::now();
+    apply_pools(&kube, &pool(&first, "10.87.0.0/24", true));
+    // Within the TTL the node may still use its cached pool list; after it, never.
+    std::thread::sleep(Duration::from_secs(ttl) + Duration::from_millis(200));
+    let ip = addresses(&add(&conf, "t1", "t1"))[0];
+    assert!(
+        ip.addr().to_string().starts_with("10.88."),
+        "{ip} came from the pool disabled {:?} ago",
+        disabled_at.elapsed()
+    );
+    for c in ["t0", "t1"] {
+        assert!(del(&conf, c, c).status.success());
+    }
+}
+
+#[test]
+fn steady_state_requests_per_add_and_del() {
+    let kube = KubeEnv::get();
+    let _x = exclusive();
+    let tag = format!("count{}", unique());
+    let _pools = guard(
+        &kube,
+        &["t-count-v4", "t-count-v6"],
+        &["10.89.0.0/24", "fd00:89::/112"],
+    );
+    apply_pools(
+        &kube,
+        &private_pools(
+            "t-count",
+            "10.89.0.0/24",
+            26,
+            Some(("fd00:89::/112", 122)),
+            &tag,
+        ),
+    );
+    let n = Node::new(&kube, "count", &[("calico-rs-test", &tag)]);
+    let conf = n.conf(&kube, true, None);
+    let mark = kube.audit_mark();
+    addresses(&add(&conf, "warm", "warm"));
+    let first = kube.requests_since(mark, "calico-ipam/");
+    eprintln!(
+        "first ADD on the node: {} requests\n  {}",
+        first.len(),
+        first.join("\n  ")
+    );
+    for i in 0..5 {
+        let mark = kube.audit_mark();
+        addresses(&add(&conf, &format!("c{i}"), &format!("c{i}")));
+        let reqs = kube.requests_since(mark, "calico-ipam/");
+        assert!(
+            reqs.len() <= 3,
+            "steady-state dual-stack ADD: {} requests:\n  {}",
+            reqs.len(),
+            reqs.join("\n  ")
+        );
+    }
+    for i in 0..5 {
+        let mark = kube.audit_mark();
+        assert!(
+            del(&conf, &format!("c{i}"), &format!("c{i}"))
+                .status
+                .success()
+        );
+        let reqs = kube.requests_since(mark, "calico-ipam/");
+        assert!(
+            reqs.len() <= 4,
+            "steady-state dual-stack DEL: {} requests:\n  {}",
+            reqs.len(),
+            reqs.join("\n  ")
+        );
+    }
+    assert!(del(&conf, "warm", "warm").status.success());
+}
+
+#[test]
+fn soft_deleted_handle_is_treated_as_absent() {
+    let kube = KubeEnv::get();
+    let _s = shared();
+    let tag = format!("soft{}", unique());
+    let _pools = guard(&kube, &["t-soft-v4"], &["10.90.0.0/24"]);
+    apply_pools(
+        &kube,
+        &private_pools("t-soft", "10.90.0.0/24", 26, None, &tag),
+    );
+    let n = Node::new(&kube, "soft", &[("calico-rs-test", &tag)]);
+    let conf = n.conf(&kube, false, None);
+    // A handle left half-deleted by another client (deleted: true, DELETE not done yet).
+    let cid = format!("Soft{}", unique());
+    let name = handle_of(&cid).to_lowercase();
+    kube.apply(&format!(
+        "apiVersion: crd.projectcalico.org/v1\nkind: IPAMHandle\nmetadata: {{name: {name}}}\n\
+         spec: {{handleID: '{}', block: {{'10.99.99.0/26': 1}}, deleted: true}}\n",
+        handle_of(&cid)
+    ));
+    let ip = addresses(&add(&conf, &cid, "soft"))[0];
+    let h = kube
+        .get_json(&format!(
+            "/apis/crd.projectcalico.org/v1/ipamhandles/{name}"
+        ))
+        .expect("handle recreated");
+    assert_eq!(h["spec"]["deleted"], false);
+    let counts = h["spec"]["block"].as_object().expect("block");
+    assert_eq!(counts.len(), 1, "the deleted handle's content is gone: {h}");
+    assert!(counts.contains_key(&IpNet::new(ip.addr(), 26).expect("net").trunc().to_string()));
+    assert!(del(&conf, &cid, "soft").status.success());
+    assert!(
+        kube.get_json(&format!(
+            "/apis/crd.projectcalico.org/v1/ipamhandles/{name}"
+        ))
+        .is_none()
+    );
+}
+
+#[test]
+fn unreachable_api_server_is_code_11_naming_the_server() {
+    let kube = KubeEnv::get();
+    let _s = shared();
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port");
+    let server = format!("https://127.0.0.1:{port}");
+    let kubeconfig = kube.kubeconfig_for_server(&server, dir.path());
+    let conf = json!({
+        "cniVersion": "1.0.0", "name": "k8s-pod-network", "type": "calico",
+        "datastore_type": "kubernetes", "kubernetes": {"kubeconfig": kubeconfig},
+        "nodename": "nowhere", "ipam_lock_file": dir.path().join("ipam.lock"),
+        "ipam": {"type": "calico-ipam", "assign_ipv4": "true", "assign_ipv6": "true"}
+    });
+    for out in [add(&conf, "u1", "u1"), del(&conf, "u1", "u1")] {
+        let e = error_of(&out);
+        assert_eq!(e["code"], 11, "{e}");
+        assert!(
+            e["details"].as_str().is_some_and(|d| d.contains(&server)),
+            "the message must name {server}: {e}"
+        );
+    }
+    let out = Command::new(BIN)
+        .args(["pool", "list"])
+        .env_remove("CNI_COMMAND")
+        .env("DATASTORE_TYPE", "kubernetes")
+        .env("KUBECONFIG", &kubeconfig)
+        .output()
+        .expect("cli");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&server),
+        "{}",
+        text(&out)
+    );
+    // A missing kubeconfig is reported as such.
+    let mut bad = conf.clone();
+    bad["kubernetes"]["kubeconfig"] = json!(dir.path().join("missing"));
+    let e = error_of(&add(&bad, "u2", "u2"));
+    assert!(
+        e["details"].as_str().is_some_and(|d| d.contains("missing")),
+        "{e}"
+    );
+}

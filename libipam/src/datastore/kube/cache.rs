@@ -1,0 +1,388 @@
+//! The node-local cache of the Kubernetes datastore: what one node's IPAM requests read over
+//! and over, kept in a file between the short-lived plugin processes.
+//!
+//! Two kinds of entries, with different correctness arguments:
+//!
+//! - **Versioned copies** (this node's blocks, its handles): each is exactly what the API
+//!   server returned for one `resourceVersion`. They are only ever used as the base of a
+//!   compare-and-swap write, which the server refuses (409, or 404 if the object is gone) when
+//!   the copy is stale; the copy is then dropped and re-read. So they need no expiry and can
+//!   never make an address be handed out twice.
+//! - **Timed copies** (IPAMConfig, IPPools, IPReservations, the Node's and namespaces' labels,
+//!   this node's BlockAffinity list): served for at most the TTL after
+//!   they were read, then read again. This is the staleness bound: a pool disabled or deleted,
+//!   a changed nodeSelector, strictAffinity or block limit take effect on this node at most
+//!   TTL later. The affinity list only says which blocks to try; the block itself decides.
+//!
+//! The file is rewritten whole (temporary file + rename) and read without a lock; calico-ipam
+//! holds the host-wide IPAM lock for its whole operation, so its processes take turns. A
+//! missing, unreadable or foreign (other API server, other node) file is an empty cache.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::datastore::{Revision, Versioned};
+use crate::model::{
+    BlockAffinity, IpPool, IpReservation, IpamBlock, IpamConfig, IpamHandle, host_affinity,
+};
+
+/// Bumped when the layout changes; other versions are ignored.
+const FORMAT: u32 = 1;
+/// At most this many handles are kept (a node runs far fewer pods; entries of pods whose DEL
+/// never came are dropped oldest-name-first).
+const MAX_HANDLES: usize = 2048;
+
+/// Where a node's cache lives and how long timed entries stay valid.
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    /// The cache file.
+    pub path: PathBuf,
+    /// The node whose requests use it.
+    pub node: String,
+    /// How long timed entries are served; zero disables them (versioned entries stay).
+    pub ttl: Duration,
+}
+
+/// A value and when it was read (Unix milliseconds).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Timed<T> {
+    at: u64,
+    value: T,
+}
+
+/// A versioned copy.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Entry<T> {
+    revision: String,
+    value: T,
+}
+
+impl<T: Clone> Entry<T> {
+    fn of(v: &Versioned<T>) -> Entry<T> {
+        Entry {
+            revision: v.revision.0.clone(),
+            value: v.value.clone(),
+        }
+    }
+
+    fn versioned(&self) -> Versioned<T> {
+        Versioned {
+            value: self.value.clone(),
+            revision: Revision(self.revision.clone()),
+        }
+    }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct File {
+    format: u32,
+    server: String,
+    node: String,
+    #[serde(default)]
+    config: Option<Timed<Option<IpamConfig>>>,
+    #[serde(default)]
+    pools: Option<Timed<Vec<IpPool>>>,
+    #[serde(default)]
+    reservations: Option<Timed<Vec<IpReservation>>>,
+    #[serde(default)]
+    node_labels: Option<Timed<BTreeMap<String, String>>>,
+    #[serde(default)]
+    namespaces: BTreeMap<String, Timed<Option<BTreeMap<String, String>>>>,
+    #[serde(default)]
+    affinities: Option<Timed<Vec<Entry<BlockAffinity>>>>,
+    #[serde(default)]
+    blocks: BTreeMap<String, Entry<IpamBlock>>,
+    #[serde(default)]
+    handles: BTreeMap<String, Entry<IpamHandle>>,
+    /// This node's affinities written before Calico v3.31 have been given their labels.
+    #[serde(default)]
+    labels_upgraded: bool,
+}
+
+/// The loaded cache of one node. Changes are kept in memory until [`NodeCache::save`].
+#[derive(Debug)]
+pub struct NodeCache {
+    path: PathBuf,
+    ttl: Duration,
+    file: File,
+    dirty: bool,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl NodeCache {
+    /// Loads the cache for `cfg.node` on `server`; anything unusable starts empty.
+    pub fn load(cfg: &CacheConfig, server: &str) -> NodeCache {
+        let file = fs::read(&cfg.path)
+            .ok()
+            .and_then(|data| serde_json::from_slice::<File>(&data).ok())
+            .filter(|f| f.format == FORMAT && f.server == server && f.node == cfg.node)
+            .unwrap_or_else(|| File {
+                format: FORMAT,
+                server: server.to_owned(),
+                node: cfg.node.clone(),
+                ..File::default()
+            });
+        NodeCache {
+            path: cfg.path.clone(),
+            ttl: cfg.ttl,
+            file,
+            dirty: false,
+        }
+    }
+
+    /// The node this cache is for.
+    pub fn node(&self) -> &str {
+        &self.file.node
+    }
+
+    fn fresh<'a, T>(&self, t: &'a Option<Timed<T>>) -> Option<&'a T> {
+        let t = t.as_ref()?;
+        let age = now_ms().checked_sub(t.at)?; // a clock that went back: expired
+        (age < self.ttl.as_millis() as u64).then_some(&t.value)
+    }
+
+    fn timed<T>(&mut self, value: T) -> Option<Timed<T>> {
+        self.dirty = true;
+        (!self.ttl.is_zero()).then(|| Timed {
+            at: now_ms(),
+            value,
+        })
+    }
+
+    /// The IPAMConfig (`Some(None)`: known to be absent).
+    pub fn config(&self) -> Option<Option<IpamConfig>> {
+        self.fresh(&self.file.config).cloned()
+    }
+    pub fn set_config(&mut self, v: Option<IpamConfig>) {
+        self.file.config = self.timed(v);
+    }
+
+    pub fn pools(&self) -> Option<Vec<IpPool>> {
+        self.fresh(&self.file.pools).cloned()
+    }
+    pub fn set_pools(&mut self, v: Vec<IpPool>) {
+        self.file.pools = self.timed(v);
+    }
+
+    pub fn reservations(&self) -> Option<Vec<IpReservation>> {
+        self.fresh(&self.file.reservations).cloned()
+    }
+    pub fn set_reservations(&mut self, v: Vec<IpReservation>) {
+        self.file.reservations = self.timed(v);
+    }
+
+    /// Labels of this cache's node.
+    pub fn node_labels(&self) -> Option<BTreeMap<String, String>> {
+        self.fresh(&self.file.node_labels).cloned()
+    }
+    pub fn set_node_labels(&mut self, v: BTreeMap<String, String>) {
+        self.file.node_labels = self.timed(v);
+    }
+
+    /// Labels of a namespace (`Some(None)`: known not to exist).
+    pub fn namespace_labels(&self, ns: &str) -> Option<Option<BTreeMap<String, String>>> {
+        let t = self.file.namespaces.get(ns).cloned();
+        self.fresh(&t).cloned()
+    }
+    pub fn set_namespace_labels(&mut self, ns: &str, v: Option<BTreeMap<String, String>>) {
+        match self.timed(v) {
+            Some(t) => {
+                self.file.namespaces.insert(ns.to_owned(), t);
+            }
+            None => {
+                self.file.namespaces.remove(ns);
+            }
+        }
+    }
+
+    /// This node's affinities, if listed within the TTL.
+    pub fn affinities(&self) -> Option<Vec<Versioned<BlockAffinity>>> {
+        self.fresh(&self.file.affinities)
+            .map(|v| v.iter().map(Entry::versioned).collect())
+    }
+    pub fn set_affinities(&mut self, v: &[Versioned<BlockAffinity>]) {
+        self.file.affinities = self.timed(v.iter().map(Entry::of).collect());
+    }
+    /// Records a write of one of this node's affinities in the cached list (`None`: deleted).
+    pub fn put_affinity(&mut self, a: &BlockAffinity, written: Option<&Versioned<BlockAffinity>>) {
+        if a.node != self.file.node {
+            return;
+        }
+        if let Some(list) = self.file.affinities.as_mut() {
+            list.value.retain(|e| e.value.cidr != a.cidr);
+            if let Some(w) = written {
+                list.value.push(Entry::of(w));
+            }
+            self.dirty = true;
+        }
+    }
+
+    /// The copy of a block, if one is kept.
+    pub fn block(&self, cidr: &str) -> Option<Versioned<IpamBlock>> {
+        self.file.blocks.get(cidr).map(Entry::versioned)
+    }
+    /// Keeps (or with `None` forgets) the copy of a block.
+    pub fn put_block(&mut self, cidr: &str, v: Option<&Versioned<IpamBlock>>) {
+        match v {
+            Some(b) => {
+                self.file.blocks.insert(cidr.to_owned(), Entry::of(b));
+            }
+            None => {
+                self.file.blocks.remove(cidr);
+            }
+        }
+        self.dirty = true;
+    }
+
+    /// The copy of a handle (by object name), if one is kept.
+    pub fn handle(&self, name: &str) -> Option<Versioned<IpamHandle>> {
+        self.file.handles.get(name).map(Entry::versioned)
+    }
+    /// Keeps (or with `None` forgets) the copy of a handle.
+    pub fn put_handle(&mut self, name: &str, v: Option<&Versioned<IpamHandle>>) {
+        match v {
+            Some(h) => {
+                self.file.handles.insert(name.to_owned(), Entry::of(h));
+            }
+            None => {
+                self.file.handles.remove(name);
+            }
+        }
+        self.dirty = true;
+    }
+
+    pub fn labels_upgraded(&self) -> bool {
+        self.file.labels_upgraded
+    }
+    pub fn set_labels_upgraded(&mut self) {
+        self.file.labels_upgraded = true;
+        self.dirty = true;
+    }
+
+    /// Writes the cache back if it changed. Keeps only this node's blocks and a bounded
+    /// number of handles. Failures are ignored: the cache is an optimisation.
+    pub fn save(&mut self) {
+        if !self.dirty {
+            return;
+        }
+        let mine = host_affinity(&self.file.node);
+        self.file
+            .blocks
+            .retain(|_, b| b.value.affinity.as_deref() == Some(mine.as_str()));
+        while self.file.handles.len() > MAX_HANDLES {
+            self.file.handles.pop_first();
+        }
+        if write_atomically(&self.path, &self.file).is_ok() {
+            self.dirty = false;
+        }
+    }
+}
+
+fn write_atomically(path: &Path, file: &File) -> std::io::Result<()> {
+    let data = serde_json::to_vec(file).map_err(std::io::Error::other)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("cache"),
+        std::process::id()
+    ));
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(&data)?;
+    drop(f);
+    fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = fs::remove_file(&tmp);
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::AffinityState;
+
+    fn cfg(dir: &Path, ttl: u64) -> CacheConfig {
+        CacheConfig {
+            path: dir.join("sub").join("node-a.json"),
+            node: "node-a".into(),
+            ttl: Duration::from_secs(ttl),
+        }
+    }
+
+    #[test]
+    fn round_trip_prune_and_identity() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut c = NodeCache::load(&cfg(dir.path(), 60), "https://a:6443");
+        let mine = IpamBlock::new(
+            "10.0.0.0/26".parse().expect("cidr"),
+            Some(host_affinity("node-a")),
+            1,
+        )
+        .expect("block");
+        let other = IpamBlock::new(
+            "10.0.0.64/26".parse().expect("cidr"),
+            Some(host_affinity("node-b")),
+            1,
+        )
+        .expect("block");
+        for b in [&mine, &other] {
+            c.put_block(
+                &b.cidr.to_string(),
+                Some(&Versioned {
+                    value: b.clone(),
+                    revision: Revision("7".into()),
+                }),
+            );
+        }
+        c.set_pools(vec![IpPool::new("p", "10.0.0.0/16")]);
+        c.set_affinities(&[Versioned {
+            value: BlockAffinity::host("node-a", mine.cidr, AffinityState::Confirmed),
+            revision: Revision("3".into()),
+        }]);
+        c.save();
+
+        let c = NodeCache::load(&cfg(dir.path(), 60), "https://a:6443");
+        assert_eq!(
+            c.block("10.0.0.0/26").map(|b| b.revision),
+            Some(Revision("7".into()))
+        );
+        assert!(
+            c.block("10.0.0.64/26").is_none(),
+            "other nodes' blocks are pruned"
+        );
+        assert_eq!(c.pools().map(|p| p.len()), Some(1));
+        assert_eq!(c.affinities().map(|a| a.len()), Some(1));
+
+        let other_server = NodeCache::load(&cfg(dir.path(), 60), "https://b:6443");
+        assert!(other_server.block("10.0.0.0/26").is_none());
+        let expired = NodeCache::load(&cfg(dir.path(), 0), "https://a:6443");
+        assert!(
+            expired.pools().is_none(),
+            "TTL 0: timed entries are never served"
+        );
+        assert!(
+            expired.block("10.0.0.0/26").is_some(),
+            "versioned entries do not expire"
+        );
+    }
+}

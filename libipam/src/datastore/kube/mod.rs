@@ -1,0 +1,834 @@
+//! The Kubernetes datastore (`datastore_type: kubernetes`): Calico's `crd.projectcalico.org/v1`
+//! objects through a real API server, written exactly as libcalico-go writes them so that
+//! calicoctl, Felix and kube-controllers read them as their own.
+//!
+//! - Names: IPAMBlock `CIDRToName(cidr)` (`10-244-1-0-26`), BlockAffinity `<node>-<block
+//!   name>` (hashed at 253 characters) with its three `projectcalico.org/` labels, IPAMHandle
+//!   the lower-cased handle ID. Every IPAM object carries the `projectcalico.org/metadata`
+//!   annotation.
+//! - Compare-and-swap: updates carry the `resourceVersion` that was read; the server answers
+//!   409 Conflict when it is stale ([`DatastoreError::Conflict`]) and 409 AlreadyExists on a
+//!   create of an existing name ([`DatastoreError::AlreadyExists`]). The allocator's one
+//!   retry loop handles both.
+//! - Deletes are two-step, as Kubernetes has no compare-and-delete: a CAS update setting
+//!   `spec.deleted` (the linearisation point), then a DELETE with a UID precondition. Every
+//!   read treats `deleted: true` as absent and finishes such a delete.
+//! - Requests: writes return the stored object, so nothing just written is read back, and an
+//!   optional node-local cache ([`CacheConfig`], see `cache.rs` for why it is safe) lets a
+//!   steady-state allocation go straight to its compare-and-swap writes.
+//!
+//! This module is the only part of libipam that knows about kube.
+
+mod cache;
+mod objects;
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::{Namespace, Node};
+use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{Datastore, DatastoreError, DsResult, Revision, Versioned};
+use crate::model::{
+    AffinityType, BlockAffinity, IpPool, IpPoolSpec, IpReservation, IpReservationSpec, IpamBlock,
+    IpamConfig, IpamHandle, time,
+};
+use crate::names;
+
+pub use cache::CacheConfig;
+use cache::NodeCache;
+use objects::{
+    BLOCK_AFFINITY, CLUSTER_INFORMATION, ClusterInformationSpec, Crd, IP_POOL, IP_RESERVATION,
+    IPAM_BLOCK, IPAM_CONFIG, IPAM_HANDLE, Kind, SINGLETON, SoftDelete,
+};
+
+/// How long a TCP connection to the API server may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the API server may take to answer one request (kube's default is no limit).
+pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long timed cache entries are served by default (see `cache.rs`).
+pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(10);
+
+/// A client for one API server, and its URL for messages.
+#[derive(Clone)]
+pub struct Connection {
+    /// The kube client.
+    pub client: Client,
+    /// The API server's URL, e.g. `https://10.0.0.1:443`.
+    pub server: String,
+}
+
+impl Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("server", &self.server)
+            .finish()
+    }
+}
+
+/// A client from a kubeconfig file (the CNI netconf's `kubernetes.kubeconfig`), with the
+/// timeouts above, no automatic retries (a failing server is reported, as code 11, and the
+/// runtime retries), and `user_agent` on every request so audit logs name the plugin. Nothing
+/// is sent until the first request.
+pub async fn connect(kubeconfig: &Path, user_agent: &str) -> DsResult<Connection> {
+    let kc = Kubeconfig::read_from(kubeconfig).map_err(|e| {
+        DatastoreError::Other(format!(
+            "cannot read kubeconfig {}: {e}",
+            kubeconfig.display()
+        ))
+    })?;
+    let mut cfg = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .map_err(|e| {
+            DatastoreError::Other(format!(
+                "cannot use kubeconfig {}: {e}",
+                kubeconfig.display()
+            ))
+        })?;
+    let server = cfg.cluster_url.to_string().trim_end_matches('/').to_owned();
+    cfg.connect_timeout = Some(CONNECT_TIMEOUT);
+    cfg.read_timeout = Some(READ_TIMEOUT);
+    cfg.write_timeout = Some(READ_TIMEOUT);
+    cfg.reset_reader_on_write = true;
+    cfg.default_retry = false;
+    let agent = http::HeaderValue::from_str(user_agent)
+        .map_err(|e| DatastoreError::Other(format!("user agent {user_agent:?}: {e}")))?;
+    cfg.headers.push((http::header::USER_AGENT, agent));
+    let client = Client::try_from(cfg)
+        .map_err(|e| DatastoreError::Other(format!("cannot create a client for {server}: {e}")))?;
+    Ok(Connection { client, server })
+}
+
+impl Connection {
+    /// Maps a kube error to a datastore error naming the server. Unreachable, timed out,
+    /// overloaded or failing (5xx, 429) servers are `Unavailable`.
+    pub fn error(&self, what: &str, e: kube::Error) -> DatastoreError {
+        match e {
+            kube::Error::Api(s) if s.is_already_exists() => DatastoreError::AlreadyExists,
+            kube::Error::Api(s) if s.is_conflict() => DatastoreError::Conflict,
+            kube::Error::Api(s) if s.is_not_found() => DatastoreError::NotFound,
+            kube::Error::Api(s) if s.code >= 500 || s.code == 429 => {
+                DatastoreError::Unavailable(format!(
+                    "{what}: API server {} answered {} {}: {}",
+                    self.server, s.code, s.reason, s.message
+                ))
+            }
+            kube::Error::Api(s) => DatastoreError::Other(format!(
+                "{what}: API server {} answered {} {}: {}",
+                self.server, s.code, s.reason, s.message
+            )),
+            kube::Error::SerdeError(e) => DatastoreError::Other(format!(
+                "{what}: unexpected answer from API server {}: {e}",
+                self.server
+            )),
+            other => DatastoreError::Unavailable(format!(
+                "{what}: API server {} unreachable: {}",
+                self.server,
+                error_chain(&other)
+            )),
+        }
+    }
+
+    /// ClusterInformation `default`'s `spec.datastoreReady`: `None` when the object does not
+    /// exist, `Some(false)` when the field is false or missing.
+    pub async fn datastore_ready(&self) -> DsResult<Option<bool>> {
+        let api: Api<Crd<ClusterInformationSpec>> =
+            Api::all_with(self.client.clone(), &CLUSTER_INFORMATION.resource());
+        match api.get_opt(SINGLETON).await {
+            Ok(Some(ci)) => Ok(Some(ci.spec.datastore_ready.unwrap_or(false))),
+            Ok(None) => Ok(None),
+            Err(e) => Err(self.error("read ClusterInformation default", e)),
+        }
+    }
+}
+
+/// `e` and its sources, so "error trying to connect: tcp connect error: Connection refused"
+/// reaches the user instead of the outermost layer only.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let msg = s.to_string();
+        if !out.contains(&msg) {
+            out.push_str(": ");
+            out.push_str(&msg);
+        }
+        source = s.source();
+    }
+    out
+}
+
+/// The Kubernetes datastore. With a node cache, the cache file is written back when the store
+/// is dropped (callers drop it while still holding the host-wide IPAM lock).
+#[derive(Debug)]
+pub struct KubeStore {
+    conn: Connection,
+    cache: Option<Mutex<NodeCache>>,
+}
+
+impl Drop for KubeStore {
+    fn drop(&mut self) {
+        if let Some(c) = self.cache.as_mut() {
+            match c.get_mut() {
+                Ok(c) => c.save(),
+                Err(poisoned) => poisoned.into_inner().save(),
+            }
+        }
+    }
+}
+
+fn versioned<S: Clone>(obj: Crd<S>) -> Versioned<S> {
+    Versioned {
+        revision: Revision(obj.metadata.resource_version.unwrap_or_default()),
+        value: obj.spec,
+    }
+}
+
+impl KubeStore {
+    /// A store without a cache: every read goes to the API server (the operator CLI).
+    pub fn new(conn: Connection) -> KubeStore {
+        KubeStore { conn, cache: None }
+    }
+
+    /// A store with a node-local cache (the IPAM plugin, under the host-wide lock).
+    pub fn with_cache(conn: Connection, cache: &CacheConfig) -> KubeStore {
+        let loaded = NodeCache::load(cache, &conn.server);
+        KubeStore {
+            conn,
+            cache: Some(Mutex::new(loaded)),
+        }
+    }
+
+    /// The connection.
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    fn cache(&self) -> Option<MutexGuard<'_, NodeCache>> {
+        self.cache
+            .as_ref()
+            .map(|m| m.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn api<S: Clone + DeserializeOwned + Debug>(&self, kind: &Kind) -> Api<Crd<S>> {
+        Api::all_with(self.conn.client.clone(), &kind.resource())
+    }
+
+    fn err(&self, what: impl AsRef<str>) -> impl FnOnce(kube::Error) -> DatastoreError + '_ {
+        let what = what.as_ref().to_owned();
+        move |e| self.conn.error(&what, e)
+    }
+
+    async fn get_obj<S>(&self, kind: &Kind, name: &str) -> DsResult<Option<Crd<S>>>
+    where
+        S: Clone + Serialize + DeserializeOwned + Debug,
+    {
+        self.api::<S>(kind)
+            .get_opt(name)
+            .await
+            .map_err(self.err(format!("read {} {name}", kind.kind)))
+    }
+
+    async fn create_obj<S>(&self, kind: &Kind, obj: &Crd<S>) -> DsResult<Crd<S>>
+    where
+        S: Clone + Serialize + DeserializeOwned + Debug,
+    {
+        let name = obj.metadata.name.clone().unwrap_or_default();
+        self.api::<S>(kind)
+            .create(&PostParams::default(), obj)
+            .await
+            .map_err(self.err(format!("create {} {name}", kind.kind)))
+    }
+
+    /// PUT; carries `obj.metadata.resourceVersion`, so a stale copy fails with `Conflict`.
+    async fn replace_obj<S>(&self, kind: &Kind, obj: &Crd<S>) -> DsResult<Crd<S>>
+    where
+        S: Clone + Serialize + DeserializeOwned + Debug,
+    {
+        let name = obj.metadata.name.clone().unwrap_or_default();
+        self.api::<S>(kind)
+            .replace(&name, &PostParams::default(), obj)
+            .await
+            .map_err(self.err(format!("update {} {name}", kind.kind)))
+    }
+
+    async fn list_obj<S>(&self, kind: &Kind, lp: &ListParams) -> DsResult<Vec<Crd<S>>>
+    where
+        S: Clone + Serialize + DeserializeOwned + Debug,
+    {
+        self.api::<S>(kind)
+            .list(lp)
+            .await
+            .map(|l| l.items)
+            .map_err(self.err(format!("list {}", kind.plural)))
+    }
+
+    /// The second half of a two-step delete: DELETE guarded by the UID, so a recreated object
+    /// of the same name is never removed. Already gone (or already replaced) is fine.
+    async fn delete_uid<S>(&self, kind: &Kind, name: &str, uid: Option<String>) -> DsResult<()>
+    where
+        S: Clone + Serialize + DeserializeOwned + Debug,
+    {
+        let dp = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid,
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match self.api::<S>(kind).delete(name, &dp).await {
+            Ok(_) => Ok(()),
+            Err(e) => match self.conn.error(&format!("delete {} {name}", kind.kind), e) {
+                DatastoreError::NotFound | DatastoreError::Conflict => Ok(()),
+                other => Err(other),
+            },
+        }
+    }
+
+    /// The two-step delete of `value` as of `revision`: a compare-and-swap update setting
+    /// `deleted` (fails with `Conflict`/`NotFound` if `revision` is stale), then a DELETE
+    /// guarded by the UID that update returned.
+    async fn soft_delete<S>(
+        &self,
+        kind: &Kind,
+        name: &str,
+        value: &S,
+        revision: &Revision,
+        labels: Option<BTreeMap<String, String>>,
+    ) -> DsResult<()>
+    where
+        S: SoftDelete + Clone + Serialize + DeserializeOwned + Debug,
+    {
+        let mut value = value.clone();
+        value.mark_deleted();
+        let obj = objects::object(
+            kind,
+            objects::ipam_meta(name, Some(revision), labels),
+            value,
+        );
+        let marked = self.replace_obj(kind, &obj).await?;
+        self.delete_uid::<S>(kind, name, marked.metadata.uid).await
+    }
+
+    /// A read of an IPAM object: `deleted: true` counts as absent, and the delete it started
+    /// is finished.
+    async fn get_live<S>(&self, kind: &Kind, name: &str) -> DsResult<Option<Versioned<S>>>
+    where
+        S: SoftDelete + Clone + Serialize + DeserializeOwned + Debug,
+    {
+        match self.get_obj::<S>(kind, name).await? {
+            Some(obj) if obj.spec.is_deleted() => {
+                self.delete_uid::<S>(kind, name, obj.metadata.uid).await?;
+                Ok(None)
+            }
+            Some(obj) => Ok(Some(versioned(obj))),
+            None => Ok(None),
+        }
+    }
+
+    fn remember_block(&self, cidr: &IpNet, b: Option<&Versioned<IpamBlock>>) {
+        if let Some(mut c) = self.cache() {
+            let node = c.node().to_owned();
+            match b {
+                Some(b) if b.value.is_affine_to(&node) => c.put_block(&cidr.to_string(), Some(b)),
+                _ => c.put_block(&cidr.to_string(), None),
+            }
+        }
+    }
+
+    fn remember_handle(&self, handle_id: &str, h: Option<&Versioned<IpamHandle>>) {
+        if let Some(mut c) = self.cache() {
+            c.put_handle(&names::handle_object_name(handle_id), h);
+        }
+    }
+
+    /// Forgets a cached copy after a failed write (it was stale, or the write's outcome is
+    /// unknown), so the retry reads the object again.
+    fn forget_on_error<T>(&self, r: &DsResult<T>, forget: impl FnOnce()) {
+        if r.is_err() {
+            forget();
+        }
+    }
+
+    /// Gives this node's affinities written before Calico v3.31 (no labels) their labels, as
+    /// calico-node's `UpgradeHost` does, so that the label-selected listing sees them. Once per
+    /// cache.
+    async fn upgrade_unlabeled_affinities(&self, host: &str) -> DsResult<()> {
+        let selector = format!("!{}", names::LABEL_AFFINITY_TYPE);
+        let unlabeled: Vec<Crd<BlockAffinity>> = self
+            .list_obj(&BLOCK_AFFINITY, &ListParams::default().labels(&selector))
+            .await?;
+        for obj in unlabeled {
+            if obj.spec.node != host || obj.spec.deleted {
+                continue;
+            }
+            let mut meta = obj.metadata.clone();
+            let mut labels = meta.labels.take().unwrap_or_default();
+            labels.extend(obj.spec.labels());
+            meta.labels = Some(labels);
+            let updated = objects::object(&BLOCK_AFFINITY, meta, obj.spec.clone());
+            match self.replace_obj(&BLOCK_AFFINITY, &updated).await {
+                Ok(_) | Err(DatastoreError::Conflict | DatastoreError::NotFound) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// The pool as stored, treated as disabled when it is being deleted or its status says
+    /// it is not allocatable (Calico's `filterIPPool`).
+    fn pool_from(obj: kube::core::Object<IpPoolSpec, serde_json::Value>) -> IpPool {
+        let status = obj.status.as_ref();
+        let mut spec = obj.spec;
+        let not_allocatable = status
+            .and_then(|s| s.get("conditions"))
+            .and_then(|c| c.as_array())
+            .is_some_and(|conds| {
+                conds.iter().any(|c| {
+                    c.get("type").and_then(|t| t.as_str()) == Some("Allocatable")
+                        && c.get("status").and_then(|t| t.as_str()) == Some("False")
+                })
+            });
+        if obj.metadata.deletion_timestamp.is_some() || not_allocatable {
+            spec.disabled = true;
+        }
+        IpPool {
+            name: obj.metadata.name.unwrap_or_default(),
+            spec,
+        }
+    }
+}
+
+impl Datastore for KubeStore {
+    async fn get_config(&self) -> DsResult<IpamConfig> {
+        if let Some(cached) = self.cache().and_then(|c| c.config()) {
+            return Ok(cached.unwrap_or_default());
+        }
+        let found = self
+            .get_obj::<IpamConfig>(&IPAM_CONFIG, SINGLETON)
+            .await?
+            .map(|o| o.spec);
+        if let Some(mut c) = self.cache() {
+            c.set_config(found.clone());
+        }
+        // Absent: Calico's defaults, not persisted.
+        Ok(found.unwrap_or_default())
+    }
+
+    async fn apply_config(&self, config: &IpamConfig) -> DsResult<()> {
+        let existing = self.get_obj::<IpamConfig>(&IPAM_CONFIG, SINGLETON).await?;
+        let revision = existing
+            .as_ref()
+            .and_then(|o| o.metadata.resource_version.clone())
+            .map(Revision);
+        let obj = objects::object(
+            &IPAM_CONFIG,
+            objects::ipam_meta(SINGLETON, revision.as_ref(), None),
+            config.clone(),
+        );
+        match existing {
+            Some(_) => self.replace_obj(&IPAM_CONFIG, &obj).await?,
+            None => self.create_obj(&IPAM_CONFIG, &obj).await?,
+        };
+        if let Some(mut c) = self.cache() {
+            c.set_config(Some(config.clone()));
+        }
+        Ok(())
+    }
+
+    async fn list_pools(&self) -> DsResult<Vec<IpPool>> {
+        if let Some(cached) = self.cache().and_then(|c| c.pools()) {
+            return Ok(cached);
+        }
+        let api: Api<kube::core::Object<IpPoolSpec, serde_json::Value>> =
+            Api::all_with(self.conn.client.clone(), &IP_POOL.resource());
+        let listed = api
+            .list(&ListParams::default())
+            .await
+            .map_err(self.err("list ippools"))?;
+        let mut pools: Vec<IpPool> = listed.items.into_iter().map(Self::pool_from).collect();
+        pools.sort_by(|a, b| a.name.cmp(&b.name));
+        if let Some(mut c) = self.cache() {
+            c.set_pools(pools.clone());
+        }
+        Ok(pools)
+    }
+
+    async fn apply_pool(&self, pool: &IpPool) -> DsResult<()> {
+        let api: Api<kube::core::Object<IpPoolSpec, serde_json::Value>> =
+            Api::all_with(self.conn.client.clone(), &IP_POOL.resource());
+        let what = format!("apply IPPool {}", pool.name);
+        // Last writer wins for admin objects; a concurrent edit between our read and write is
+        // retried a few times.
+        for _ in 0..5 {
+            let existing = api.get_opt(&pool.name).await.map_err(self.err(&what))?;
+            let result = match existing {
+                Some(mut obj) => {
+                    obj.spec = pool.spec.clone();
+                    api.replace(&pool.name, &PostParams::default(), &obj).await
+                }
+                None => {
+                    let mut meta = objects::ipam_meta(&pool.name, None, None);
+                    // Written through calicoctl a pool's Calico metadata has its creation time.
+                    meta.annotations = Some(BTreeMap::from([(
+                        objects::METADATA_ANNOTATION.to_owned(),
+                        serde_json::json!({"creationTimestamp": time::rfc3339(time::now_nanos())})
+                            .to_string(),
+                    )]));
+                    let mut obj =
+                        kube::core::Object::new(&pool.name, &IP_POOL.resource(), pool.spec.clone());
+                    obj.metadata = meta;
+                    api.create(&PostParams::default(), &obj).await
+                }
+            };
+            match result.map_err(self.err(&what)) {
+                Ok(_) => return Ok(()),
+                Err(DatastoreError::Conflict | DatastoreError::AlreadyExists) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(DatastoreError::Conflict)
+    }
+
+    async fn delete_pool(&self, name: &str) -> DsResult<bool> {
+        let api: Api<Crd<IpPoolSpec>> = self.api(&IP_POOL);
+        match api.delete(name, &DeleteParams::default()).await {
+            Ok(_) => Ok(true),
+            Err(e) => match self.conn.error(&format!("delete IPPool {name}"), e) {
+                DatastoreError::NotFound => Ok(false),
+                other => Err(other),
+            },
+        }
+    }
+
+    /// The Kubernetes Node's labels. A missing Node fails the request, as in Calico: the CNI's
+    /// node name must be the Node's name.
+    async fn node_labels(&self, node: &str) -> DsResult<Option<BTreeMap<String, String>>> {
+        let cached = self
+            .cache()
+            .filter(|c| c.node() == node)
+            .and_then(|c| c.node_labels());
+        if let Some(labels) = cached {
+            return Ok(Some(labels));
+        }
+        let api: Api<Node> = Api::all(self.conn.client.clone());
+        let meta = api
+            .get_metadata_opt(node)
+            .await
+            .map_err(self.err(format!("read Node {node}")))?;
+        let Some(meta) = meta else {
+            return Err(DatastoreError::Other(format!(
+                "node {node} does not exist in the Kubernetes API at {}: the CNI node name \
+                 (nodename, /var/lib/calico/nodename) must be this node's Kubernetes Node name",
+                self.conn.server
+            )));
+        };
+        let labels = meta.metadata.labels.unwrap_or_default();
+        if let Some(mut c) = self.cache().filter(|c| c.node() == node) {
+            c.set_node_labels(labels.clone());
+        }
+        Ok(Some(labels))
+    }
+
+    async fn namespace_labels(
+        &self,
+        namespace: &str,
+    ) -> DsResult<Option<BTreeMap<String, String>>> {
+        if let Some(cached) = self.cache().and_then(|c| c.namespace_labels(namespace)) {
+            return Ok(cached);
+        }
+        let api: Api<Namespace> = Api::all(self.conn.client.clone());
+        let labels = api
+            .get_metadata_opt(namespace)
+            .await
+            .map_err(self.err(format!("read Namespace {namespace}")))?
+            .map(|m| m.metadata.labels.unwrap_or_default());
+        if let Some(mut c) = self.cache() {
+            c.set_namespace_labels(namespace, labels.clone());
+        }
+        Ok(labels)
+    }
+
+    async fn list_reservations(&self) -> DsResult<Vec<IpReservation>> {
+        if let Some(cached) = self.cache().and_then(|c| c.reservations()) {
+            return Ok(cached);
+        }
+        let listed: Vec<Crd<IpReservationSpec>> = self
+            .list_obj(&IP_RESERVATION, &ListParams::default())
+            .await?;
+        let reservations: Vec<IpReservation> = listed
+            .into_iter()
+            .map(|o| IpReservation {
+                name: o.metadata.name.unwrap_or_default(),
+                spec: o.spec,
+            })
+            .collect();
+        if let Some(mut c) = self.cache() {
+            c.set_reservations(reservations.clone());
+        }
+        Ok(reservations)
+    }
+
+    async fn get_block(&self, cidr: &IpNet) -> DsResult<Option<Versioned<IpamBlock>>> {
+        let found = self
+            .get_live::<IpamBlock>(&IPAM_BLOCK, &names::cidr_to_name(cidr))
+            .await?;
+        self.remember_block(cidr, found.as_ref());
+        Ok(found)
+    }
+
+    async fn get_block_for_update(&self, cidr: &IpNet) -> DsResult<Option<Versioned<IpamBlock>>> {
+        if let Some(b) = self.cache().and_then(|c| c.block(&cidr.to_string())) {
+            return Ok(Some(b));
+        }
+        self.get_block(cidr).await
+    }
+
+    async fn create_block(&self, block: &IpamBlock) -> DsResult<Revision> {
+        let obj = objects::object(
+            &IPAM_BLOCK,
+            objects::ipam_meta(&names::cidr_to_name(&block.cidr), None, None),
+            block.clone(),
+        );
+        let created = self.create_obj(&IPAM_BLOCK, &obj).await.map(versioned)?;
+        self.remember_block(&block.cidr, Some(&created));
+        Ok(created.revision)
+    }
+
+    async fn update_block(&self, block: &Versioned<IpamBlock>) -> DsResult<Revision> {
+        let cidr = block.value.cidr;
+        let obj = objects::object(
+            &IPAM_BLOCK,
+            objects::ipam_meta(&names::cidr_to_name(&cidr), Some(&block.revision), None),
+            block.value.clone(),
+        );
+        let written = self.replace_obj(&IPAM_BLOCK, &obj).await.map(versioned);
+        self.forget_on_error(&written, || self.remember_block(&cidr, None));
+        let written = written?;
+        self.remember_block(&cidr, Some(&written));
+        Ok(written.revision)
+    }
+
+    async fn delete_block(&self, block: &Versioned<IpamBlock>) -> DsResult<()> {
+        let cidr = block.value.cidr;
+        self.remember_block(&cidr, None);
+        self.soft_delete(
+            &IPAM_BLOCK,
+            &names::cidr_to_name(&cidr),
+            &block.value,
+            &block.revision,
+            None,
+        )
+        .await
+    }
+
+    /// Only the names are listed (metadata only): a block's name is its CIDR.
+    async fn list_block_cidrs(&self) -> DsResult<Vec<IpNet>> {
+        let api: Api<Crd<IpamBlock>> = self.api(&IPAM_BLOCK);
+        let listed = api
+            .list_metadata(&ListParams::default())
+            .await
+            .map_err(self.err("list ipamblocks"))?;
+        Ok(listed
+            .items
+            .iter()
+            .filter_map(|m| names::name_to_cidr(m.metadata.name.as_deref()?))
+            .collect())
+    }
+
+    async fn list_blocks(&self) -> DsResult<Vec<Versioned<IpamBlock>>> {
+        let listed: Vec<Crd<IpamBlock>> =
+            self.list_obj(&IPAM_BLOCK, &ListParams::default()).await?;
+        Ok(listed
+            .into_iter()
+            .filter(|o| !o.spec.deleted)
+            .map(versioned)
+            .collect())
+    }
+
+    /// One label-selected LIST (`projectcalico.org/hostname-hash`, type `host`) for both
+    /// families, as Calico v3.31+ selects them; cached for the TTL.
+    async fn list_host_affinities(&self, host: &str) -> DsResult<Vec<Versioned<BlockAffinity>>> {
+        let cache_is_for_host = self.cache().is_some_and(|c| c.node() == host);
+        if cache_is_for_host {
+            if let Some(cached) = self.cache().and_then(|c| c.affinities()) {
+                return Ok(cached);
+            }
+            if !self.cache().is_some_and(|c| c.labels_upgraded()) {
+                self.upgrade_unlabeled_affinities(host).await?;
+                if let Some(mut c) = self.cache() {
+                    c.set_labels_upgraded();
+                }
+            }
+        }
+        let selector = format!(
+            "{}={},{}={}",
+            names::LABEL_HOSTNAME_HASH,
+            names::hostname_hash(host),
+            names::LABEL_AFFINITY_TYPE,
+            AffinityType::Host.as_str()
+        );
+        let listed: Vec<Crd<BlockAffinity>> = self
+            .list_obj(&BLOCK_AFFINITY, &ListParams::default().labels(&selector))
+            .await?;
+        let mine: Vec<Versioned<BlockAffinity>> = listed
+            .into_iter()
+            .filter(|o| {
+                o.spec.node == host && o.spec.affinity_type == AffinityType::Host && !o.spec.deleted
+            })
+            .map(versioned)
+            .collect();
+        if cache_is_for_host && let Some(mut c) = self.cache() {
+            c.set_affinities(&mine);
+        }
+        Ok(mine)
+    }
+
+    async fn list_affinities(&self) -> DsResult<Vec<Versioned<BlockAffinity>>> {
+        let listed: Vec<Crd<BlockAffinity>> = self
+            .list_obj(&BLOCK_AFFINITY, &ListParams::default())
+            .await?;
+        Ok(listed
+            .into_iter()
+            .filter(|o| !o.spec.deleted)
+            .map(versioned)
+            .collect())
+    }
+
+    async fn get_affinity(
+        &self,
+        host: &str,
+        cidr: &IpNet,
+    ) -> DsResult<Option<Versioned<BlockAffinity>>> {
+        self.get_live::<BlockAffinity>(&BLOCK_AFFINITY, &names::affinity_name(host, cidr))
+            .await
+    }
+
+    async fn create_affinity(&self, affinity: &BlockAffinity) -> DsResult<Revision> {
+        let obj = objects::object(
+            &BLOCK_AFFINITY,
+            objects::ipam_meta(&affinity.name(), None, Some(affinity.labels())),
+            affinity.clone(),
+        );
+        let created = self
+            .create_obj(&BLOCK_AFFINITY, &obj)
+            .await
+            .map(versioned)?;
+        if let Some(mut c) = self.cache() {
+            c.put_affinity(affinity, Some(&created));
+        }
+        Ok(created.revision)
+    }
+
+    async fn update_affinity(&self, affinity: &Versioned<BlockAffinity>) -> DsResult<Revision> {
+        let a = &affinity.value;
+        let obj = objects::object(
+            &BLOCK_AFFINITY,
+            objects::ipam_meta(&a.name(), Some(&affinity.revision), Some(a.labels())),
+            a.clone(),
+        );
+        let written = self.replace_obj(&BLOCK_AFFINITY, &obj).await.map(versioned);
+        if let Some(mut c) = self.cache() {
+            c.put_affinity(a, written.as_ref().ok());
+        }
+        Ok(written?.revision)
+    }
+
+    async fn delete_affinity(&self, affinity: &Versioned<BlockAffinity>) -> DsResult<()> {
+        let a = &affinity.value;
+        if let Some(mut c) = self.cache() {
+            c.put_affinity(a, None);
+        }
+        self.soft_delete(
+            &BLOCK_AFFINITY,
+            &a.name(),
+            a,
+            &affinity.revision,
+            Some(a.labels()),
+        )
+        .await
+    }
+
+    async fn get_handle(&self, handle_id: &str) -> DsResult<Option<Versioned<IpamHandle>>> {
+        let found = self
+            .get_live::<IpamHandle>(&IPAM_HANDLE, &names::handle_object_name(handle_id))
+            .await?;
+        self.remember_handle(handle_id, found.as_ref());
+        Ok(found)
+    }
+
+    async fn get_handle_for_update(
+        &self,
+        handle_id: &str,
+    ) -> DsResult<Option<Versioned<IpamHandle>>> {
+        let name = names::handle_object_name(handle_id);
+        if let Some(h) = self.cache().and_then(|c| c.handle(&name)) {
+            return Ok(Some(h));
+        }
+        self.get_handle(handle_id).await
+    }
+
+    async fn create_handle(&self, handle: &IpamHandle) -> DsResult<Revision> {
+        let name = names::handle_object_name(&handle.handle_id);
+        let obj = objects::object(
+            &IPAM_HANDLE,
+            objects::ipam_meta(&name, None, None),
+            handle.clone(),
+        );
+        let created = self.create_obj(&IPAM_HANDLE, &obj).await.map(versioned);
+        self.forget_on_error(&created, || self.remember_handle(&handle.handle_id, None));
+        let created = created?;
+        self.remember_handle(&handle.handle_id, Some(&created));
+        Ok(created.revision)
+    }
+
+    async fn update_handle(&self, handle: &Versioned<IpamHandle>) -> DsResult<Revision> {
+        let id = &handle.value.handle_id;
+        let obj = objects::object(
+            &IPAM_HANDLE,
+            objects::ipam_meta(&names::handle_object_name(id), Some(&handle.revision), None),
+            handle.value.clone(),
+        );
+        let written = self.replace_obj(&IPAM_HANDLE, &obj).await.map(versioned);
+        self.forget_on_error(&written, || self.remember_handle(id, None));
+        let written = written?;
+        self.remember_handle(id, Some(&written));
+        Ok(written.revision)
+    }
+
+    async fn delete_handle(&self, handle: &Versioned<IpamHandle>) -> DsResult<()> {
+        let id = &handle.value.handle_id;
+        self.remember_handle(id, None);
+        self.soft_delete(
+            &IPAM_HANDLE,
+            &names::handle_object_name(id),
+            &handle.value,
+            &handle.revision,
+            None,
+        )
+        .await
+    }
+
+    async fn list_handles(&self) -> DsResult<Vec<Versioned<IpamHandle>>> {
+        let listed: Vec<Crd<IpamHandle>> =
+            self.list_obj(&IPAM_HANDLE, &ListParams::default()).await?;
+        Ok(listed
+            .into_iter()
+            .filter(|o| !o.spec.deleted)
+            .map(versioned)
+            .collect())
+    }
+}
+
+const _: fn() = || {
+    fn implements<T: Datastore>() {}
+    implements::<KubeStore>();
+};
