@@ -225,6 +225,17 @@ fn host_local_works_as_the_ipam() {
     assert!(left.is_empty(), "host-local still holds {left:?}");
 }
 
+/// Bounded wait for the kernel's asynchronous netns cleanup (not a timing assertion: the limit
+/// only stops a hung test).
+fn wait_for_no_cali_links(node: &Node) {
+    for _ in 0..100 {
+        if node.cali_links().is_empty() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// After a failed ADD: no address allocated, no host veth, no host route.
 fn assert_nothing_left(node: &Node) {
     assert_eq!(node.ipam_in_use(), 0, "an address is still allocated");
@@ -330,6 +341,10 @@ fn del_twice_and_del_after_the_netns_is_gone() {
         "DEL without CNI_NETNS: {}",
         text(&out)
     );
+    // The kernel destroys a deleted netns (and the veth end in it, and so its host peer) in a
+    // workqueue, a little after `ip netns del` returns; DEL leaves a host veth whose peer is
+    // still alive alone (it could be a newer sandbox's). Give the kernel its moment.
+    wait_for_no_cali_links(&node);
     assert_nothing_left(&node);
 }
 
@@ -390,4 +405,21 @@ fn version_status_and_gc_pass_through() {
         0,
         "GC released the attachment that is not valid"
     );
+}
+
+#[test]
+fn a_repeated_add_for_a_live_pod_is_refused_without_touching_its_addresses() {
+    let node = Node::new();
+    node.apply_pools(&seed_pools());
+    let conf = node.netconf("1.0.0");
+    let pod = Netns::new("again");
+    let first = node.add("a1", &pod, Some(("default", "again")), &conf);
+    let out = node.cni("ADD", "a1", &pod.path(), Some(("default", "again")), &conf);
+    assert_eq!(error_code(&out), 104, "{}", text(&out));
+    // The live attachment still holds its addresses and still answers.
+    assert_eq!(node.ipam_in_use(), 2);
+    assert!(node.ns.ping(&addr(&first, 0)) && node.ns.ping(&addr(&first, 1)));
+    let out = node.cni("DEL", "a1", &pod.path(), Some(("default", "again")), &conf);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_nothing_left(&node);
 }

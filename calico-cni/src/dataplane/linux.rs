@@ -66,6 +66,21 @@ pub(super) async fn setup(plan: &Plan) -> Result<Applied, DataplaneError> {
     .await
 }
 
+pub(super) async fn preflight(path: &Path, ifname: &str) -> Result<(), DataplaneError> {
+    let pod_ns = NetNs::open(path)?;
+    let (pod, conn) = pod_ns.run(|| Rtnl::open(netns_label(path)))??;
+    drive(vec![conn], async {
+        match pod.link(LinkKey::Name(ifname)).await? {
+            Some(_) => Err(DataplaneError::InterfaceExists {
+                name: ifname.to_owned(),
+                netns: path.to_path_buf(),
+            }),
+            None => Ok(()),
+        }
+    })
+    .await
+}
+
 pub(super) async fn teardown(
     netns: Option<&Path>,
     pod_ifname: &str,

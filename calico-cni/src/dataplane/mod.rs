@@ -95,6 +95,19 @@ pub async fn setup(plan: &Plan) -> Result<Applied, DataplaneError> {
     linux::setup(plan).await
 }
 
+/// Cheap checks before anything is allocated for ADD: the pod namespace can be entered and has
+/// no interface called `pod_ifname` yet. A runtime that repeats an ADD for a live attachment is
+/// refused here, before IPAM, so the rollback of the failed ADD cannot release the addresses the
+/// live attachment holds. [`setup`] checks again (the namespace is not ours to lock).
+///
+/// # Errors
+///
+/// Namespace errors ([`DataplaneError::is_netns_missing`]), or `InterfaceExists`.
+pub async fn preflight(netns: &Path, pod_ifname: &str) -> Result<(), DataplaneError> {
+    check_ifname(pod_ifname)?;
+    linux::preflight(netns, pod_ifname).await
+}
+
 /// Removes the pod's veth pair (CNI DEL). Idempotent.
 ///
 /// Deletes `pod_ifname` inside `netns` (its host peer and the host routes go with

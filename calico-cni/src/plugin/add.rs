@@ -16,13 +16,11 @@ pub fn add(req: &Request) -> Result<CniResult, CniError> {
         .netns
         .clone()
         .ok_or_else(|| CniError::invalid_env("CNI_NETNS is required for ADD"))?;
-    // Validate before allocating anything: a missing netns must not cost an IPAM round trip.
-    if let Err(e) = std::fs::metadata(&netns) {
-        return Err(CniError::new(
-            libipam::cni::code::NETNS,
-            "cannot enter the pod network namespace",
-            format!("{}: {e}", netns.display()),
-        ));
+    // Validate before allocating anything: a missing netns or an interface that is already
+    // there must not cost an IPAM round trip, nor release what a live attachment holds.
+    match block_on(dataplane::preflight(&netns, &req.env.ifname))? {
+        Ok(()) => {}
+        Err(e) => return Err(dataplane_error(e)),
     }
     let ipam = ipam_plugin(req)?;
     let host_ifname = host_ifname(req);
