@@ -143,7 +143,7 @@ enum Recheck {
     /// The copy is current: a decision taken from it stands.
     Current,
     /// The block changed since the copy: the fresh version.
-    Changed(Versioned<IpamBlock>),
+    Changed(Box<Versioned<IpamBlock>>),
     /// The block no longer exists.
     Gone,
 }
@@ -340,7 +340,7 @@ impl<D: Datastore> Ipam<D> {
             {
                 None => Recheck::Gone,
                 Some(b) if b.revision == copy.revision => Recheck::Current,
-                Some(b) => Recheck::Changed(b),
+                Some(b) => Recheck::Changed(Box::new(b)),
             },
         )
     }
@@ -389,7 +389,7 @@ impl<D: Datastore> Ipam<D> {
                     )));
                 }
                 Recheck::Changed(fresh) => {
-                    block = fresh;
+                    block = *fresh;
                     ips = take(&mut block);
                     if ips.is_empty() {
                         return Ok(Vec::new());

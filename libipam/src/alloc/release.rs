@@ -81,7 +81,7 @@ impl<D: Datastore> Ipam<D> {
                 match self.recheck_block(&block).await? {
                     Recheck::Current | Recheck::Gone => return Ok(Vec::new()),
                     Recheck::Changed(fresh) => {
-                        block = fresh;
+                        block = *fresh;
                         ips = release(&mut block);
                         if ips.is_empty() {
                             return Ok(Vec::new());
@@ -150,7 +150,7 @@ impl<D: Datastore> Ipam<D> {
                     && let Recheck::Changed(fresh) = self.recheck_block(&block).await?
                 {
                     // "Not allocated" must come from a current copy.
-                    block = fresh;
+                    block = *fresh;
                     outcome = release(&mut block);
                 }
                 if !outcome.released.is_empty() {
