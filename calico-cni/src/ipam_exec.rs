@@ -41,7 +41,26 @@ pub struct Running {
 /// Start `binary` for `command` and hand it `stdin`, without waiting for it to finish (DEL runs
 /// the release while the kernel tears the veth down).
 pub fn start(binary: &Path, command: Command, stdin: &[u8]) -> Result<Running, CniError> {
-    let mut child = Process::new(binary)
+    start_with_args(binary, command, stdin, None)
+}
+
+/// [`start`] with `extra` appended to `CNI_ARGS` (Calico asks calico-ipam for a specific
+/// address with `;IP=<addr>`).
+pub fn start_with_args(
+    binary: &Path,
+    command: Command,
+    stdin: &[u8],
+    extra: Option<&str>,
+) -> Result<Running, CniError> {
+    let mut process = Process::new(binary);
+    if let Some(extra) = extra {
+        let args = match std::env::var("CNI_ARGS") {
+            Ok(orig) if !orig.is_empty() => format!("{orig};{extra}"),
+            _ => extra.to_string(),
+        };
+        process.env("CNI_ARGS", args);
+    }
+    let mut child = process
         .env("CNI_COMMAND", command.as_str())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -95,7 +114,16 @@ impl Running {
 
 /// ADD through the IPAM plugin and parse its (abbreviated) result.
 pub fn add(binary: &Path, stdin: &[u8]) -> Result<CniResult, CniError> {
-    let stdout = exec(binary, Command::Add, stdin)?;
+    add_with_args(binary, stdin, None)
+}
+
+/// [`add`] with `extra` appended to `CNI_ARGS`.
+pub fn add_with_args(
+    binary: &Path,
+    stdin: &[u8],
+    extra: Option<&str>,
+) -> Result<CniResult, CniError> {
+    let stdout = start_with_args(binary, Command::Add, stdin, extra)?.finish()?;
     let value: serde_json::Value = serde_json::from_slice(&stdout).map_err(|e| {
         CniError::new(
             code::IPAM_PLUGIN,

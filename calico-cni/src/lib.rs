@@ -2,6 +2,7 @@
 
 pub mod dataplane;
 pub mod ipam_exec;
+pub mod k8s;
 #[macro_use]
 pub mod log;
 pub mod plugin;

@@ -236,7 +236,7 @@ fn in_use(block: &Value) -> usize {
         .count()
 }
 
-fn block_of<'a>(all: &'a BTreeMap<IpNet, Value>, ip: IpAddr) -> (&'a IpNet, &'a Value) {
+fn block_of(all: &BTreeMap<IpNet, Value>, ip: IpAddr) -> (&IpNet, &Value) {
     all.iter()
         .find(|(c, _)| c.contains(&ip))
         .unwrap_or_else(|| panic!("no block holds {ip}"))

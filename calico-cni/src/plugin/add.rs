@@ -1,14 +1,19 @@
-//! ADD: IPAM, then the veth, addresses and routes; on any failure undo what was done.
+//! ADD: IPAM, then the veth, addresses and routes; on any failure undo what was done. In the
+//! Kubernetes datastore, the ready check and the pod's annotations come first and the pod's
+//! address annotations last.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::Path;
 
 use ipnet::IpNet;
+use libipam::cni::netconf::DatastoreType;
 use libipam::cni::skel::Request;
 use libipam::cni::{CniError, CniResult, Command, Interface, IpConfig, Route};
 
-use super::{block_on, dataplane_error, host_ifname, ipam_plugin};
+use super::{api_call, dataplane_error, host_ifname, ipam_plugin, runtime};
 use crate::dataplane::{self, IPV4_GATEWAY, IPV6_GATEWAY, Plan};
 use crate::ipam_exec;
+use crate::k8s::{self, IpamOverrides};
 
 pub fn add(req: &Request) -> Result<CniResult, CniError> {
     let netns = req
@@ -18,17 +23,48 @@ pub fn add(req: &Request) -> Result<CniResult, CniError> {
         .ok_or_else(|| CniError::invalid_env("CNI_NETNS is required for ADD"))?;
     // Validate before allocating anything: a missing netns or an interface that is already
     // there must not cost an IPAM round trip, nor release what a live attachment holds.
-    match block_on(dataplane::preflight(&netns, &req.env.ifname))? {
-        Ok(()) => {}
-        Err(e) => return Err(dataplane_error(e)),
-    }
     let ipam = ipam_plugin(req)?;
     let host_ifname = host_ifname(req);
+    // One runtime for the whole verb: the Kubernetes client lives on it.
+    let rt = runtime()?;
+    rt.block_on(dataplane::preflight(&netns, &req.env.ifname))
+        .map_err(dataplane_error)?;
 
-    let ipam_result = ipam_exec::add(&ipam, &req.stdin)?;
+    // Kubernetes datastore: every API call that can fail before anything is made (the
+    // ready check, the pod's and namespace's annotations); only the final annotation write
+    // comes after the dataplane, and is undone with it.
+    let mut api = match req.conf.datastore_type {
+        DatastoreType::Kubernetes => Some(api_call(&rt, k8s::connect(&req.conf))?),
+        DatastoreType::Local => None,
+    };
+    let mut overrides = IpamOverrides::default();
+    if let Some(api) = api.as_mut() {
+        api_call(&rt, api.check_ready())?;
+        if req.conf.policy.policy_type == "k8s"
+            && let Some((namespace, pod)) = req.env.args.pod()
+        {
+            let annotations = api_call(&rt, api.pod(namespace, pod))?
+                .ok_or_else(|| {
+                    CniError::new(
+                        libipam::cni::code::UNKNOWN_CONTAINER,
+                        "the pod does not exist",
+                        format!("pod {namespace}/{pod} not found at {}", api.server()),
+                    )
+                })?
+                .annotations;
+            let ns_annotations = api_call(&rt, api.namespace_annotations(namespace))?;
+            overrides = IpamOverrides::from_annotations(&annotations, &ns_annotations)?;
+        }
+    }
+    let stdin = overrides.rewrite_stdin(&req.stdin)?;
+
+    let ipam_result = match &overrides.ip_addrs {
+        None => ipam_exec::add(&ipam, &stdin)?,
+        Some(addrs) => add_specific(&ipam, &stdin, addrs)?,
+    };
     // From here on, every failure releases the addresses before it is reported.
     let undo_ipam = |cause: CniError| -> CniError {
-        if let Err(e) = ipam_exec::exec(&ipam, Command::Del, &req.stdin) {
+        if let Err(e) = ipam_exec::exec(&ipam, Command::Del, &stdin) {
             log!(Error, "releasing addresses after a failed ADD: {e}");
             return CniError::new(
                 cause.code,
@@ -54,11 +90,34 @@ pub fn add(req: &Request) -> Result<CniResult, CniError> {
         ipv6,
         allow_ip_forwarding: req.conf.container_settings.allow_ip_forwarding,
     };
-    let applied = match block_on(dataplane::setup(&plan)) {
-        Ok(Ok(applied)) => applied,
-        Ok(Err(e)) => return Err(undo_ipam(dataplane_error(e))),
-        Err(e) => return Err(undo_ipam(e)),
+    let applied = match rt.block_on(dataplane::setup(&plan)) {
+        Ok(applied) => applied,
+        Err(e) => return Err(undo_ipam(dataplane_error(e))),
     };
+
+    if let (Some(api), Some((namespace, pod))) = (api.as_mut(), req.env.args.pod()) {
+        let addresses: Vec<IpNet> = ipv4
+            .map(|a| IpNet::from(IpAddr::V4(a)))
+            .into_iter()
+            .chain(ipv6.map(|a| IpNet::from(IpAddr::V6(a))))
+            .collect();
+        let published = api_call(
+            &rt,
+            api.set_pod_addresses(namespace, pod, &addresses, &req.env.container_id),
+        );
+        if let Err(e) = published {
+            // Leave nothing half-made: no interface, no addresses held.
+            if let Err(t) = rt.block_on(dataplane::teardown(
+                Some(&netns),
+                &req.env.ifname,
+                &host_ifname,
+            )) {
+                log!(Error, "removing the pod interface after a failed ADD: {t}");
+            }
+            return Err(undo_ipam(e));
+        }
+        api.save();
+    }
     log!(
         Info,
         "ADD {} {}: {} <-> {} v4={:?} v6={:?}",
@@ -70,6 +129,28 @@ pub fn add(req: &Request) -> Result<CniResult, CniError> {
         ipv6
     );
     Ok(result(&plan, &applied))
+}
+
+/// The `cni.projectcalico.org/ipAddrs` path: one IPAM ADD per address with `IP=<addr>` in
+/// `CNI_ARGS` (calico-ipam assigns exactly that address), as Calico does. If a later one
+/// fails, the earlier ones are released (same handle) before the error is returned.
+fn add_specific(ipam: &Path, stdin: &[u8], addrs: &[IpAddr]) -> Result<CniResult, CniError> {
+    let mut merged = CniResult::default();
+    for ip in addrs {
+        match ipam_exec::add_with_args(ipam, stdin, Some(&format!("IP={ip}"))) {
+            Ok(r) => {
+                merged.ips.extend(r.ips);
+                merged.routes.extend(r.routes);
+            }
+            Err(e) => {
+                if !merged.ips.is_empty() {
+                    let _ = ipam_exec::exec(ipam, Command::Del, stdin);
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(merged)
 }
 
 /// One address per family from the IPAM result. Its prefix is the IPAM's (block mask for

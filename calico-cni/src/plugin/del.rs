@@ -1,15 +1,20 @@
 //! DEL: release the addresses and remove the veth. The two are independent, so the IPAM plugin
 //! runs while the kernel tears the veth down (a veth delete waits for an RCU grace period, the
 //! longest step by far). Everything already gone counts as success; every step runs, and the
-//! release happens even when the netns is long gone.
+//! release happens even when the netns is long gone. In the Kubernetes datastore the pod's
+//! address annotations are cleared first.
 
+use libipam::cni::netconf::DatastoreType;
 use libipam::cni::skel::Request;
 use libipam::cni::{CniError, Command};
 
-use super::{block_on, dataplane_error, host_ifname, ipam_plugin};
-use crate::{dataplane, ipam_exec};
+use super::{api_call, block_on, dataplane_error, host_ifname, ipam_plugin, runtime};
+use crate::{dataplane, ipam_exec, k8s};
 
 pub fn del(req: &Request) -> Result<(), CniError> {
+    if req.conf.datastore_type == DatastoreType::Kubernetes {
+        unpublish(req)?;
+    }
     let mut errors: Vec<CniError> = Vec::new();
     let release =
         ipam_plugin(req).and_then(|ipam| ipam_exec::start(&ipam, Command::Del, &req.stdin));
@@ -39,4 +44,22 @@ pub fn del(req: &Request) -> Result<(), CniError> {
             format!("{}; also: {}", first.details, second),
         )),
     }
+}
+
+/// The Kubernetes datastore's part of DEL, as Calico orders it: the ready check, then the
+/// pod's address annotations are cleared (unless the pod has moved on to another container).
+/// Any API error stops DEL before anything is cleaned up, so a runtime retry finds everything
+/// still there ("protect the endpoint from a false DEL").
+fn unpublish(req: &Request) -> Result<(), CniError> {
+    let rt = runtime()?;
+    let mut api = api_call(&rt, k8s::connect(&req.conf))?;
+    api_call(&rt, api.check_ready())?;
+    if let Some((namespace, pod)) = req.env.args.pod() {
+        api_call(
+            &rt,
+            api.clear_pod_addresses(namespace, pod, &req.env.container_id),
+        )?;
+    }
+    api.save();
+    Ok(())
 }

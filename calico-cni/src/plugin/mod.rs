@@ -10,7 +10,7 @@ use libipam::cni::{CniError, CniResult, Command, NetConf, code};
 
 use crate::dataplane::DataplaneError;
 use crate::dataplane::{self, DEFAULT_HOST_PREFIX};
-use crate::ipam_exec;
+use crate::{ipam_exec, k8s};
 
 /// The `calico` CNI plugin.
 pub struct Calico;
@@ -69,13 +69,31 @@ fn interface_prefix(raw: Option<&str>) -> String {
         .to_string()
 }
 
-/// Run a future on a current_thread runtime (no work stealing: see the dataplane's netns rules).
-fn block_on<F: std::future::Future>(f: F) -> Result<F::Output, CniError> {
-    let rt = tokio::runtime::Builder::new_current_thread()
+/// A current_thread runtime (no work stealing: see the dataplane's netns rules).
+fn runtime() -> Result<tokio::runtime::Runtime, CniError> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| CniError::internal(format!("cannot start the async runtime: {e}")))?;
-    Ok(rt.block_on(f))
+        .map_err(|e| CniError::internal(format!("cannot start the async runtime: {e}")))
+}
+
+/// Run a future on a fresh current_thread runtime.
+fn block_on<F: std::future::Future>(f: F) -> Result<F::Output, CniError> {
+    Ok(runtime()?.block_on(f))
+}
+
+/// Run a Kubernetes API call on `rt` within [`k8s::API_TIMEOUT`].
+fn api_call<T>(
+    rt: &tokio::runtime::Runtime,
+    f: impl std::future::Future<Output = Result<T, CniError>>,
+) -> Result<T, CniError> {
+    rt.block_on(async { tokio::time::timeout(k8s::API_TIMEOUT, f).await })
+        .map_err(|_| {
+            CniError::try_again(format!(
+                "the Kubernetes API did not answer within {:?}",
+                k8s::API_TIMEOUT
+            ))
+        })?
 }
 
 /// Dataplane failures as CNI errors: the one place their codes are chosen.

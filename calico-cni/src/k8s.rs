@@ -1,0 +1,595 @@
+//! What the `calico` plugin asks of the Kubernetes API in `datastore_type: kubernetes` — the
+//! only module of this crate that talks to it:
+//!
+//! - ClusterInformation `default` must say `datastoreReady: true` before ADD or DEL does
+//!   anything (Calico's check; a positive answer is cached for the node cache's TTL);
+//! - with `policy.type: k8s`, the pod's and its namespace's annotations choose pools
+//!   (`cni.projectcalico.org/ipv4pools`, `ipv6pools`, `ipFamilies`) or addresses
+//!   (`cni.projectcalico.org/ipAddrs`);
+//! - the pod's `cni.projectcalico.org/podIP`, `podIPs` and `containerID` annotations are how
+//!   Felix and kube-controllers learn the pod's addresses: set on ADD and cleared on DEL by a
+//!   strategic-merge PATCH of `pods/status`, as Calico does (Kubernetes datastore WEPs).
+//!
+//! Every failure names the API server; an unreachable or failing server is code 11.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::net::IpAddr;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{Api, Patch, PatchParams};
+use libipam::DatastoreError;
+use libipam::cni::{CniError, NetConf, code};
+use libipam::datastore::kube::{self as kdd, Connection, DEFAULT_CACHE_TTL};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+/// What the API server's audit log shows for our requests.
+pub const USER_AGENT: &str = concat!("calico-cni/", env!("CARGO_PKG_VERSION"), " (calico-rs)");
+
+/// How long all of one verb's API calls together may take.
+pub const API_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub const ANNOTATION_IPV4_POOLS: &str = "cni.projectcalico.org/ipv4pools";
+pub const ANNOTATION_IPV6_POOLS: &str = "cni.projectcalico.org/ipv6pools";
+pub const ANNOTATION_IP_FAMILIES: &str = "cni.projectcalico.org/ipFamilies";
+pub const ANNOTATION_IP_ADDRS: &str = "cni.projectcalico.org/ipAddrs";
+pub const ANNOTATION_IP_ADDRS_NO_IPAM: &str = "cni.projectcalico.org/ipAddrsNoIpam";
+pub const ANNOTATION_POD_IP: &str = "cni.projectcalico.org/podIP";
+pub const ANNOTATION_POD_IPS: &str = "cni.projectcalico.org/podIPs";
+pub const ANNOTATION_CONTAINER_ID: &str = "cni.projectcalico.org/containerID";
+
+/// How many times DEL re-reads the pod when clearing its annotations loses a race.
+const CLEAR_ATTEMPTS: u32 = 3;
+
+/// A pod's metadata as far as the plugin cares.
+#[derive(Debug, Clone, Default)]
+pub struct PodMeta {
+    pub annotations: BTreeMap<String, String>,
+    pub resource_version: Option<String>,
+    pub uid: Option<String>,
+}
+
+/// A connection to the API server with the plugin's small cache.
+pub struct K8s {
+    conn: Connection,
+    cache: CniCache,
+}
+
+fn api_error(e: DatastoreError) -> CniError {
+    match e {
+        DatastoreError::Unavailable(msg) => CniError::new(
+            code::TRY_AGAIN_LATER,
+            "the Kubernetes API server is unavailable",
+            msg,
+        ),
+        other => CniError::new(
+            code::INTERNAL,
+            "Kubernetes API request failed",
+            other.to_string(),
+        ),
+    }
+}
+
+/// Connects with the netconf's `kubernetes.kubeconfig` (else `KUBECONFIG`). Sends nothing.
+pub async fn connect(conf: &NetConf) -> Result<K8s, CniError> {
+    let kubeconfig = conf
+        .kubernetes
+        .kubeconfig
+        .clone()
+        .or_else(|| std::env::var_os("KUBECONFIG").map(PathBuf::from))
+        .ok_or_else(|| {
+            CniError::invalid_config(
+                "datastore_type kubernetes needs kubernetes.kubeconfig in the network configuration",
+            )
+        })?;
+    let conn = kdd::connect(&kubeconfig, USER_AGENT).await.map_err(|e| {
+        // The kubeconfig may not be written yet (calico-node installs it): try again later.
+        CniError::try_again(e.to_string())
+    })?;
+    let ttl = conf
+        .kubernetes
+        .cache_ttl_seconds
+        .map(Duration::from_secs)
+        .unwrap_or(DEFAULT_CACHE_TTL);
+    let dir = conf
+        .ipam_lock_file()
+        .parent()
+        .map(|d| d.join("ipam-cache"))
+        .unwrap_or_default();
+    let cache = CniCache::load(&dir.join("calico-cni.json"), &conn.server, ttl);
+    Ok(K8s { conn, cache })
+}
+
+impl K8s {
+    /// The API server's URL.
+    pub fn server(&self) -> &str {
+        &self.conn.server
+    }
+
+    /// Calico refuses to work until ClusterInformation `default` says `datastoreReady: true`
+    /// (set by calico-node / kube-controllers; false during a datastore migration).
+    pub async fn check_ready(&mut self) -> Result<(), CniError> {
+        if self.cache.ready() {
+            return Ok(());
+        }
+        match self.conn.datastore_ready().await.map_err(api_error)? {
+            Some(true) => {
+                self.cache.set_ready();
+                Ok(())
+            }
+            Some(false) => Err(CniError::try_again(format!(
+                "Calico is currently not ready to process requests: ClusterInformation \
+                 default has datastoreReady false at {}",
+                self.conn.server
+            ))),
+            None => Err(CniError::try_again(format!(
+                "Calico is currently not ready to process requests: ClusterInformation \
+                 default does not exist at {} (calico-node creates it)",
+                self.conn.server
+            ))),
+        }
+    }
+
+    /// The pod's metadata; `None` when it does not exist.
+    pub async fn pod(&self, namespace: &str, name: &str) -> Result<Option<PodMeta>, CniError> {
+        let api: Api<Pod> = Api::namespaced(self.conn.client.clone(), namespace);
+        let meta = api
+            .get_metadata_opt(name)
+            .await
+            .map_err(|e| api_error(self.conn.error(&format!("read pod {namespace}/{name}"), e)))?;
+        Ok(meta.map(|m| PodMeta {
+            annotations: m.metadata.annotations.unwrap_or_default(),
+            resource_version: m.metadata.resource_version,
+            uid: m.metadata.uid,
+        }))
+    }
+
+    /// The namespace's annotations (cached for the TTL); empty when it does not exist.
+    pub async fn namespace_annotations(
+        &mut self,
+        namespace: &str,
+    ) -> Result<BTreeMap<String, String>, CniError> {
+        if let Some(a) = self.cache.namespace(namespace) {
+            return Ok(a);
+        }
+        let api: Api<Namespace> = Api::all(self.conn.client.clone());
+        let meta = api
+            .get_metadata_opt(namespace)
+            .await
+            .map_err(|e| api_error(self.conn.error(&format!("read namespace {namespace}"), e)))?;
+        let annotations = meta
+            .and_then(|m| m.metadata.annotations)
+            .unwrap_or_default();
+        self.cache.set_namespace(namespace, &annotations);
+        Ok(annotations)
+    }
+
+    /// ADD: publishes the pod's addresses (Calico's WEP write in the Kubernetes datastore).
+    pub async fn set_pod_addresses(
+        &self,
+        namespace: &str,
+        name: &str,
+        addresses: &[IpNet],
+        container_id: &str,
+    ) -> Result<(), CniError> {
+        let (ip, ips) = pod_ip_annotations(addresses);
+        let mut annotations = serde_json::Map::new();
+        annotations.insert(ANNOTATION_POD_IP.into(), json!(ip));
+        annotations.insert(ANNOTATION_POD_IPS.into(), json!(ips));
+        if !container_id.is_empty() {
+            annotations.insert(ANNOTATION_CONTAINER_ID.into(), json!(container_id));
+        }
+        let body = json!({"metadata": {"annotations": annotations}});
+        self.patch_status(namespace, name, &body)
+            .await
+            .map_err(|e| match e {
+                DatastoreError::NotFound => CniError::new(
+                    code::UNKNOWN_CONTAINER,
+                    "the pod does not exist",
+                    format!(
+                        "pod {namespace}/{name} not found at {} when publishing its addresses",
+                        self.conn.server
+                    ),
+                ),
+                other => api_error(other),
+            })
+    }
+
+    /// DEL: clears `podIP` and `podIPs` (keeping `containerID`), guarded by the pod's
+    /// resourceVersion and UID, unless the pod now belongs to another container (a DEL for a
+    /// stale sandbox must not unpublish the live one). A missing pod is fine.
+    pub async fn clear_pod_addresses(
+        &self,
+        namespace: &str,
+        name: &str,
+        container_id: &str,
+    ) -> Result<(), CniError> {
+        for _ in 0..CLEAR_ATTEMPTS {
+            let Some(pod) = self.pod(namespace, name).await? else {
+                return Ok(());
+            };
+            let owner = pod
+                .annotations
+                .get(ANNOTATION_CONTAINER_ID)
+                .map(String::as_str)
+                .unwrap_or("");
+            if !owner.is_empty() && owner != container_id {
+                return Ok(());
+            }
+            let body = json!({"metadata": {
+                "resourceVersion": pod.resource_version,
+                "uid": pod.uid,
+                "annotations": {ANNOTATION_POD_IP: "", ANNOTATION_POD_IPS: ""},
+            }});
+            match self.patch_status(namespace, name, &body).await {
+                Ok(()) | Err(DatastoreError::NotFound) => return Ok(()),
+                Err(DatastoreError::Conflict) => continue,
+                Err(e) => return Err(api_error(e)),
+            }
+        }
+        Err(CniError::try_again(format!(
+            "pod {namespace}/{name} kept changing while its addresses were being cleared at {}",
+            self.conn.server
+        )))
+    }
+
+    /// Strategic-merge PATCH of `pods/status` (where Calico writes its annotations).
+    async fn patch_status(
+        &self,
+        namespace: &str,
+        name: &str,
+        body: &Value,
+    ) -> Result<(), DatastoreError> {
+        let api: Api<Pod> = Api::namespaced(self.conn.client.clone(), namespace);
+        api.patch_status(name, &PatchParams::default(), &Patch::Strategic(body))
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                self.conn
+                    .error(&format!("update pod {namespace}/{name} annotations"), e)
+            })
+    }
+
+    /// Writes the cache back (errors are ignored: it is an optimisation).
+    pub fn save(&mut self) {
+        self.cache.save();
+    }
+}
+
+/// `podIP` = the first address, `podIPs` = all, comma-separated; always /32 and /128.
+pub fn pod_ip_annotations(addresses: &[IpNet]) -> (String, String) {
+    let host: Vec<String> = addresses
+        .iter()
+        .map(|n| IpNet::from(n.addr()).to_string())
+        .collect();
+    (host.first().cloned().unwrap_or_default(), host.join(","))
+}
+
+/// What the annotations ask of IPAM.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IpamOverrides {
+    pub ipv4_pools: Option<Vec<String>>,
+    pub ipv6_pools: Option<Vec<String>>,
+    /// `(assign_ipv4, assign_ipv6)` from `ipFamilies`.
+    pub families: Option<(bool, bool)>,
+    /// Specific addresses (`ipAddrs`), at most one per family.
+    pub ip_addrs: Option<Vec<IpAddr>>,
+}
+
+impl IpamOverrides {
+    /// Reads Calico's annotations: pool and family choices from the namespace, overridden by
+    /// the pod; addresses from the pod only. Malformed values are configuration errors.
+    pub fn from_annotations(
+        pod: &BTreeMap<String, String>,
+        namespace: &BTreeMap<String, String>,
+    ) -> Result<IpamOverrides, CniError> {
+        let pick = |key: &str| pod.get(key).or_else(|| namespace.get(key));
+        let list = |key: &str| -> Result<Option<Vec<String>>, CniError> {
+            pick(key)
+                .map(|raw| {
+                    serde_json::from_str::<Vec<String>>(raw).map_err(|e| {
+                        CniError::invalid_config(format!(
+                            "annotation {key} must be a JSON array of strings, not {raw:?}: {e}"
+                        ))
+                    })
+                })
+                .transpose()
+        };
+        let families = list(ANNOTATION_IP_FAMILIES)?
+            .map(|fams| {
+                let mut v4v6 = (false, false);
+                for f in &fams {
+                    match f.as_str() {
+                        "IPv4" => v4v6.0 = true,
+                        "IPv6" => v4v6.1 = true,
+                        other => {
+                            return Err(CniError::invalid_config(format!(
+                                "annotation {ANNOTATION_IP_FAMILIES}: {other:?} is not IPv4 or IPv6"
+                            )));
+                        }
+                    }
+                }
+                Ok(v4v6)
+            })
+            .transpose()?;
+        if pod.contains_key(ANNOTATION_IP_ADDRS_NO_IPAM) {
+            return Err(CniError::invalid_config(format!(
+                "annotation {ANNOTATION_IP_ADDRS_NO_IPAM} is not supported (feature_control.ip_addrs_no_ipam)"
+            )));
+        }
+        let ip_addrs = match pod.get(ANNOTATION_IP_ADDRS) {
+            None => None,
+            Some(raw) => {
+                let strs: Vec<String> = serde_json::from_str(raw).map_err(|e| {
+                    CniError::invalid_config(format!(
+                        "annotation {ANNOTATION_IP_ADDRS} must be a JSON array of addresses, not {raw:?}: {e}"
+                    ))
+                })?;
+                let mut ips = Vec::new();
+                for s in &strs {
+                    let ip = s
+                        .split('/')
+                        .next()
+                        .unwrap_or(s)
+                        .parse::<IpAddr>()
+                        .map_err(|_| {
+                            CniError::invalid_config(format!(
+                                "annotation {ANNOTATION_IP_ADDRS}: {s:?} is not an IP address"
+                            ))
+                        })?;
+                    ips.push(ip);
+                }
+                let v4 = ips.iter().filter(|i| i.is_ipv4()).count();
+                if v4 > 1 || ips.len() - v4 > 1 || ips.is_empty() {
+                    return Err(CniError::invalid_config(format!(
+                        "annotation {ANNOTATION_IP_ADDRS} must hold one or two addresses, at most one per family: {raw}"
+                    )));
+                }
+                Some(ips)
+            }
+        };
+        Ok(IpamOverrides {
+            ipv4_pools: list(ANNOTATION_IPV4_POOLS)?,
+            ipv6_pools: list(ANNOTATION_IPV6_POOLS)?,
+            families,
+            ip_addrs,
+        })
+    }
+
+    /// The IPAM plugin's stdin with the pool and family choices written into `ipam`
+    /// (`ipv4_pools`, `ipv6_pools`, `assign_ipv4`/`assign_ipv6` as Calico's strings). Unchanged
+    /// when there is nothing to override.
+    pub fn rewrite_stdin(&self, stdin: &[u8]) -> Result<Vec<u8>, CniError> {
+        if self.ipv4_pools.is_none() && self.ipv6_pools.is_none() && self.families.is_none() {
+            return Ok(stdin.to_vec());
+        }
+        let mut conf: Value =
+            serde_json::from_slice(stdin).map_err(|e| CniError::decode(e.to_string()))?;
+        let Some(ipam) = conf.get_mut("ipam").and_then(Value::as_object_mut) else {
+            return Err(CniError::invalid_config(
+                "pool annotations need an ipam section in the network configuration",
+            ));
+        };
+        if let Some(p) = &self.ipv4_pools {
+            ipam.insert("ipv4_pools".into(), json!(p));
+        }
+        if let Some(p) = &self.ipv6_pools {
+            ipam.insert("ipv6_pools".into(), json!(p));
+        }
+        if let Some((v4, v6)) = self.families {
+            ipam.insert("assign_ipv4".into(), json!(v4.to_string()));
+            ipam.insert("assign_ipv6".into(), json!(v6.to_string()));
+        }
+        serde_json::to_vec(&conf).map_err(|e| CniError::internal(e.to_string()))
+    }
+}
+
+/// The plugin's own small cache: a positive ClusterInformation check and namespace
+/// annotations, each served for the TTL. Rewritten whole (temporary file + rename), read
+/// without a lock; losing an update to a concurrent plugin only costs a request.
+struct CniCache {
+    path: PathBuf,
+    ttl: u64,
+    file: CniCacheFile,
+    dirty: bool,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CniCacheFile {
+    server: String,
+    #[serde(default)]
+    ready_at: u64,
+    #[serde(default)]
+    namespaces: BTreeMap<String, (u64, BTreeMap<String, String>)>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl CniCache {
+    fn load(path: &Path, server: &str, ttl: Duration) -> CniCache {
+        let file = fs::read(path)
+            .ok()
+            .and_then(|d| serde_json::from_slice::<CniCacheFile>(&d).ok())
+            .filter(|f| f.server == server)
+            .unwrap_or_else(|| CniCacheFile {
+                server: server.to_owned(),
+                ..CniCacheFile::default()
+            });
+        CniCache {
+            path: path.to_owned(),
+            ttl: ttl.as_millis() as u64,
+            file,
+            dirty: false,
+        }
+    }
+
+    fn fresh(&self, at: u64) -> bool {
+        now_ms().checked_sub(at).is_some_and(|age| age < self.ttl)
+    }
+
+    fn ready(&self) -> bool {
+        self.fresh(self.file.ready_at)
+    }
+
+    fn set_ready(&mut self) {
+        self.file.ready_at = now_ms();
+        self.dirty = true;
+    }
+
+    fn namespace(&self, ns: &str) -> Option<BTreeMap<String, String>> {
+        let (at, a) = self.file.namespaces.get(ns)?;
+        self.fresh(*at).then(|| a.clone())
+    }
+
+    fn set_namespace(&mut self, ns: &str, annotations: &BTreeMap<String, String>) {
+        let now = now_ms();
+        let ttl = self.ttl;
+        self.file
+            .namespaces
+            .retain(|_, (at, _)| now.saturating_sub(*at) < ttl);
+        self.file
+            .namespaces
+            .insert(ns.to_owned(), (now, annotations.clone()));
+        self.dirty = true;
+    }
+
+    fn save(&mut self) {
+        if !self.dirty || self.ttl == 0 {
+            return;
+        }
+        let Ok(data) = serde_json::to_vec(&self.file) else {
+            return;
+        };
+        let Some(dir) = self.path.parent() else {
+            return;
+        };
+        let tmp = dir.join(format!(".calico-cni.{}.tmp", std::process::id()));
+        let written = fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .and_then(|()| {
+                let mut f = fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(true)
+                    .write(true)
+                    .mode(0o600)
+                    .open(&tmp)?;
+                f.write_all(&data)
+            })
+            .and_then(|()| fs::rename(&tmp, &self.path));
+        if written.is_err() {
+            let _ = fs::remove_file(&tmp);
+        } else {
+            self.dirty = false;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn pod_annotations_win_over_namespace() {
+        let ns = map(&[
+            (ANNOTATION_IPV4_POOLS, r#"["ns-v4"]"#),
+            (ANNOTATION_IPV6_POOLS, r#"["ns-v6"]"#),
+        ]);
+        let pod = map(&[(ANNOTATION_IPV4_POOLS, r#"["10.9.0.0/16"]"#)]);
+        let o = IpamOverrides::from_annotations(&pod, &ns).expect("valid");
+        assert_eq!(o.ipv4_pools, Some(vec!["10.9.0.0/16".to_string()]));
+        assert_eq!(o.ipv6_pools, Some(vec!["ns-v6".to_string()]));
+        let stdin = br#"{"cniVersion":"1.0.0","name":"n","ipam":{"type":"calico-ipam","assign_ipv6":"true"}}"#;
+        let out: Value =
+            serde_json::from_slice(&o.rewrite_stdin(stdin).expect("rewrite")).expect("json");
+        assert_eq!(out["ipam"]["ipv4_pools"], json!(["10.9.0.0/16"]));
+        assert_eq!(out["ipam"]["ipv6_pools"], json!(["ns-v6"]));
+        assert_eq!(out["ipam"]["assign_ipv6"], "true");
+        let none = IpamOverrides::default();
+        assert_eq!(none.rewrite_stdin(stdin).expect("same"), stdin.to_vec());
+    }
+
+    #[test]
+    fn ip_addrs_and_families() {
+        let pod = map(&[
+            (ANNOTATION_IP_ADDRS, r#"["10.0.0.5","fd00::5"]"#),
+            (ANNOTATION_IP_FAMILIES, r#"["IPv6"]"#),
+        ]);
+        let o = IpamOverrides::from_annotations(&pod, &BTreeMap::new()).expect("valid");
+        assert_eq!(
+            o.ip_addrs,
+            Some(vec![
+                "10.0.0.5".parse().expect("ip"),
+                "fd00::5".parse().expect("ip")
+            ])
+        );
+        assert_eq!(o.families, Some((false, true)));
+        for bad in [
+            r#"["10.0.0.5","10.0.0.6"]"#,
+            r#"[]"#,
+            r#"["nope"]"#,
+            r#"10.0.0.5"#,
+        ] {
+            let pod = map(&[(ANNOTATION_IP_ADDRS, bad)]);
+            assert_eq!(
+                IpamOverrides::from_annotations(&pod, &BTreeMap::new())
+                    .expect_err(bad)
+                    .code,
+                7
+            );
+        }
+        let bad_pools = map(&[(ANNOTATION_IPV4_POOLS, "pool-a")]);
+        assert_eq!(
+            IpamOverrides::from_annotations(&BTreeMap::new(), &bad_pools)
+                .expect_err("not json")
+                .code,
+            7
+        );
+    }
+
+    #[test]
+    fn pod_ip_annotation_values() {
+        let (ip, ips) = pod_ip_annotations(&[
+            "10.244.104.65/26".parse().expect("v4"),
+            "fd00:10:244::1c1/122".parse().expect("v6"),
+        ]);
+        assert_eq!(ip, "10.244.104.65/32");
+        assert_eq!(ips, "10.244.104.65/32,fd00:10:244::1c1/128");
+    }
+
+    #[test]
+    fn cache_serves_within_ttl_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c").join("calico-cni.json");
+        let mut c = CniCache::load(&path, "https://s", Duration::from_secs(60));
+        assert!(!c.ready());
+        c.set_ready();
+        c.set_namespace("default", &map(&[("a", "b")]));
+        c.save();
+        let c = CniCache::load(&path, "https://s", Duration::from_secs(60));
+        assert!(c.ready());
+        assert_eq!(c.namespace("default"), Some(map(&[("a", "b")])));
+        assert!(!CniCache::load(&path, "https://other", Duration::from_secs(60)).ready());
+        assert!(!CniCache::load(&path, "https://s", Duration::ZERO).ready());
+    }
+}
