@@ -1,0 +1,220 @@
+//! `KubeStore` against the real kube-apiserver of scripts/kube-testenv.sh (KUBE_TESTENV_DIR),
+//! as the calico-cni user: the Datastore contract (CAS, AlreadyExists, NotFound, two-step
+//! deletes, soft-deleted objects read as absent) and Calico's names for long hostnames.
+
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+use libipam::datastore::kube::{KubeStore, connect};
+use libipam::datastore::{Datastore, DatastoreError, Versioned};
+use libipam::model::{AffinityState, BlockAffinity, IpamBlock, IpamHandle, host_affinity};
+use libipam::names;
+
+fn kubeconfig() -> PathBuf {
+    let dir = std::env::var_os("KUBE_TESTENV_DIR").unwrap_or_else(|| {
+        panic!(
+            "KUBE_TESTENV_DIR is not set: these tests need a real kube-apiserver \
+             (scripts/test.sh starts one; or scripts/kube-testenv.sh up DIR)"
+        )
+    });
+    PathBuf::from(dir).join("kubeconfig-cni")
+}
+
+fn run<F: Future>(f: impl FnOnce(KubeStore) -> F) -> F::Output {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let conn = connect(&kubeconfig(), "libipam-tests")
+            .await
+            .expect("connect");
+        f(KubeStore::new(conn)).await
+    })
+}
+
+fn unique() -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() % 1_000_000_000)
+        .unwrap_or(0);
+    format!("{}x{t}", std::process::id())
+}
+
+/// A block CIDR of its own for each test run.
+fn cidr(second_octet: u8) -> IpNet {
+    let n = (std::process::id() % 250) as u8;
+    format!("10.{second_octet}.{n}.0/28").parse().expect("cidr")
+}
+
+#[test]
+fn block_compare_and_swap_and_two_step_delete() {
+    run(async |store| {
+        let cidr = cidr(95);
+        if let Some(old) = store.get_block(&cidr).await.expect("get") {
+            store
+                .delete_block(&old)
+                .await
+                .expect("clean up an earlier run");
+        }
+        let block = IpamBlock::new(cidr, Some(host_affinity("n1")), 1).expect("block");
+        let r1 = store.create_block(&block).await.expect("create");
+        assert_eq!(
+            store.create_block(&block).await,
+            Err(DatastoreError::AlreadyExists)
+        );
+        let mut v = Versioned {
+            value: block.clone(),
+            revision: r1.clone(),
+        };
+        v.value.sequence_number += 1;
+        let r2 = store.update_block(&v).await.expect("update at r1");
+        assert_ne!(r1, r2);
+        // The copy at r1 is stale now: every write from it is refused.
+        assert_eq!(store.update_block(&v).await, Err(DatastoreError::Conflict));
+        assert_eq!(store.delete_block(&v).await, Err(DatastoreError::Conflict));
+        let current = store.get_block(&cidr).await.expect("get").expect("exists");
+        assert_eq!(current.revision, r2);
+        assert_eq!(current.value.sequence_number, 2);
+        store.delete_block(&current).await.expect("delete at r2");
+        assert!(store.get_block(&cidr).await.expect("get").is_none());
+        assert_eq!(
+            store.update_block(&current).await,
+            Err(DatastoreError::NotFound)
+        );
+        assert!(
+            !store
+                .list_block_cidrs()
+                .await
+                .expect("list")
+                .contains(&cidr)
+        );
+    });
+}
+
+#[test]
+fn soft_deleted_objects_read_as_absent_and_the_delete_is_finished() {
+    run(async |store| {
+        let cidr = cidr(96);
+        if let Some(old) = store.get_block(&cidr).await.expect("get") {
+            store.delete_block(&old).await.expect("clean up");
+        }
+        let block = IpamBlock::new(cidr, None, 1).expect("block");
+        let rev = store.create_block(&block).await.expect("create");
+        // Another client did the first half of a delete and stopped.
+        let mut marked = Versioned {
+            value: block,
+            revision: rev,
+        };
+        marked.value.deleted = true;
+        store.update_block(&marked).await.expect("mark deleted");
+        assert!(store.get_block(&cidr).await.expect("get").is_none());
+        assert!(
+            !store
+                .list_blocks()
+                .await
+                .expect("list")
+                .iter()
+                .any(|b| b.value.cidr == cidr)
+        );
+        // The read finished the delete: the name is free again.
+        let again = IpamBlock::new(cidr, None, 2).expect("block");
+        let rev = store.create_block(&again).await.expect("recreate");
+        store
+            .delete_block(&Versioned {
+                value: again,
+                revision: rev,
+            })
+            .await
+            .expect("delete");
+    });
+}
+
+#[test]
+fn handles_are_named_by_their_lowercase_id() {
+    run(async |store| {
+        let id = format!("K8s-Pod-Network.MixedCase{}", unique());
+        let mut h = IpamHandle::new(&id);
+        h.increment(&cidr(97), 1);
+        let rev = store.create_handle(&h).await.expect("create");
+        let got = store
+            .get_handle(&id.to_lowercase())
+            .await
+            .expect("get")
+            .expect("found by the lower-cased name");
+        assert_eq!(got.value.handle_id, id, "spec.handleID keeps its case");
+        assert_eq!(got.revision, rev);
+        assert!(
+            store
+                .list_handles()
+                .await
+                .expect("list")
+                .iter()
+                .any(|x| x.value.handle_id == id)
+        );
+        store.delete_handle(&got).await.expect("delete");
+        assert!(store.get_handle(&id).await.expect("get").is_none());
+        assert_eq!(
+            store.delete_handle(&got).await,
+            Err(DatastoreError::NotFound)
+        );
+    });
+}
+
+#[test]
+fn long_hostnames_get_calicos_hashed_affinity_names() {
+    run(async |store| {
+        let cidr = cidr(98);
+        // Two hostnames that differ only past the cut: distinct objects, both listable by
+        // the hostname-hash label.
+        let base = "n".repeat(240);
+        let hosts = [
+            format!("{base}a{}", unique()),
+            format!("{base}b{}", unique()),
+        ];
+        let mut written: Vec<Versioned<BlockAffinity>> = Vec::new();
+        for host in &hosts {
+            let a = BlockAffinity::host(host, cidr, AffinityState::Pending);
+            let name = names::affinity_name(host, &cidr);
+            assert!(name.len() < 253, "{}", name.len());
+            let rev = store.create_affinity(&a).await.expect("create");
+            written.push(Versioned {
+                value: a,
+                revision: rev,
+            });
+        }
+        assert_ne!(
+            names::affinity_name(&hosts[0], &cidr),
+            names::affinity_name(&hosts[1], &cidr)
+        );
+        for (host, w) in hosts.iter().zip(&written) {
+            let listed = store.list_host_affinities(host).await.expect("list");
+            assert_eq!(listed.len(), 1, "{host}");
+            assert_eq!(listed[0].value.node, *host);
+            let got = store
+                .get_affinity(host, &cidr)
+                .await
+                .expect("get")
+                .expect("exists");
+            assert_eq!(got.revision, w.revision);
+        }
+        let mut confirmed = written[0].clone();
+        confirmed.value.state = AffinityState::Confirmed;
+        confirmed.revision = store.update_affinity(&confirmed).await.expect("confirm");
+        assert_eq!(
+            store.update_affinity(&written[0]).await,
+            Err(DatastoreError::Conflict)
+        );
+        store.delete_affinity(&confirmed).await.expect("delete");
+        store.delete_affinity(&written[1]).await.expect("delete");
+        for host in &hosts {
+            assert!(
+                store
+                    .get_affinity(host, &cidr)
+                    .await
+                    .expect("get")
+                    .is_none()
+            );
+        }
+    });
+}
