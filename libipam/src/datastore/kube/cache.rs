@@ -216,6 +216,13 @@ impl NodeCache {
     pub fn set_affinities(&mut self, v: &[Versioned<BlockAffinity>]) {
         self.file.affinities = self.timed(v.iter().map(Entry::of).collect());
     }
+    /// Drops the cached list (a write failed: what the server holds is unknown).
+    pub fn forget_affinities(&mut self) {
+        if self.file.affinities.take().is_some() {
+            self.dirty = true;
+        }
+    }
+
     /// Records a write of one of this node's affinities in the cached list (`None`: deleted).
     pub fn put_affinity(&mut self, a: &BlockAffinity, written: Option<&Versioned<BlockAffinity>>) {
         if a.node != self.file.node {

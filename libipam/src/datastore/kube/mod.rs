@@ -350,6 +350,22 @@ impl KubeStore {
         }
     }
 
+    /// Keeps the cached affinity list in step with a write of one of its affinities: the
+    /// written version (`Ok(Some)`), gone (`Ok(None)`), or unknown after a failure (the list is
+    /// dropped and read again next time).
+    fn remember_affinity(
+        &self,
+        a: &BlockAffinity,
+        outcome: Result<Option<&Versioned<BlockAffinity>>, &DatastoreError>,
+    ) {
+        if let Some(mut c) = self.cache() {
+            match outcome {
+                Ok(written) => c.put_affinity(a, written),
+                Err(_) => c.forget_affinities(),
+            }
+        }
+    }
+
     /// Forgets a cached copy after a failed write (it was stale, or the write's outcome is
     /// unknown), so the retry reads the object again.
     fn forget_on_error<T>(&self, r: &DsResult<T>, forget: impl FnOnce()) {
@@ -718,14 +734,9 @@ impl Datastore for KubeStore {
             objects::ipam_meta(&affinity.name(), None, Some(affinity.labels())),
             affinity.clone(),
         );
-        let created = self
-            .create_obj(&BLOCK_AFFINITY, &obj)
-            .await
-            .map(versioned)?;
-        if let Some(mut c) = self.cache() {
-            c.put_affinity(affinity, Some(&created));
-        }
-        Ok(created.revision)
+        let created = self.create_obj(&BLOCK_AFFINITY, &obj).await.map(versioned);
+        self.remember_affinity(affinity, created.as_ref().map(Some));
+        Ok(created?.revision)
     }
 
     async fn update_affinity(&self, affinity: &Versioned<BlockAffinity>) -> DsResult<Revision> {
@@ -736,25 +747,23 @@ impl Datastore for KubeStore {
             a.clone(),
         );
         let written = self.replace_obj(&BLOCK_AFFINITY, &obj).await.map(versioned);
-        if let Some(mut c) = self.cache() {
-            c.put_affinity(a, written.as_ref().ok());
-        }
+        self.remember_affinity(a, written.as_ref().map(Some));
         Ok(written?.revision)
     }
 
     async fn delete_affinity(&self, affinity: &Versioned<BlockAffinity>) -> DsResult<()> {
         let a = &affinity.value;
-        if let Some(mut c) = self.cache() {
-            c.put_affinity(a, None);
-        }
-        self.soft_delete(
-            &BLOCK_AFFINITY,
-            &a.name(),
-            a,
-            &affinity.revision,
-            Some(a.labels()),
-        )
-        .await
+        let deleted = self
+            .soft_delete(
+                &BLOCK_AFFINITY,
+                &a.name(),
+                a,
+                &affinity.revision,
+                Some(a.labels()),
+            )
+            .await;
+        self.remember_affinity(a, deleted.as_ref().map(|()| None));
+        deleted
     }
 
     async fn get_handle(&self, handle_id: &str) -> DsResult<Option<Versioned<IpamHandle>>> {
