@@ -973,3 +973,89 @@ fn unreachable_api_server_is_code_11_naming_the_server() {
         "{e}"
     );
 }
+
+#[test]
+fn ip_reservations_and_namespace_selectors_are_honoured() {
+    let kube = KubeEnv::get();
+    let _s = shared();
+    let u = unique();
+    let tag = format!("resv{u}");
+    let (team, other) = (format!("team-{u}"), format!("other-{u}"));
+    let _pools = guard(
+        &kube,
+        &["t-resv-v4", "t-team-v4"],
+        &["10.94.0.0/28", "10.94.1.0/28"],
+    );
+    kube.apply(&format!(
+        "apiVersion: crd.projectcalico.org/v1\nkind: IPReservation\nmetadata: {{name: t-resv}}\n\
+         spec: {{reservedCIDRs: ['10.94.0.0/29', '10.94.0.9']}}\n---\n\
+         apiVersion: v1\nkind: Namespace\nmetadata: {{name: {team}, labels: {{team: x}}}}\n---\n\
+         apiVersion: v1\nkind: Namespace\nmetadata: {{name: {other}}}\n"
+    ));
+    // t-team only for namespaces labelled team=x; t-resv for everyone. Name order puts
+    // t-resv first, so only the namespaceSelector keeps the other namespace out of t-team.
+    apply_pools(
+        &kube,
+        &format!(
+            "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {{name: t-resv-v4}}\n\
+             spec: {{cidr: 10.94.0.0/28, blockSize: 28, nodeSelector: \"calico-rs-test == '{tag}'\", \
+             namespaceSelector: \"!has(team)\"}}\n---\n\
+             apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {{name: t-team-v4}}\n\
+             spec: {{cidr: 10.94.1.0/28, blockSize: 28, nodeSelector: \"calico-rs-test == '{tag}'\", \
+             namespaceSelector: \"team == 'x'\"}}\n"
+        ),
+    );
+    let n = Node::new(&kube, "resv", &[("calico-rs-test", &tag)]);
+    let conf = n.conf(&kube, false, None);
+    let in_ns = |cid: &str, ns: &str| {
+        cni(
+            "ADD",
+            &format!("{}{cid}", run_id()),
+            &[(
+                "CNI_ARGS",
+                &format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={cid}"),
+            )],
+            conf.to_string().as_bytes(),
+        )
+    };
+    // 16 addresses, 9 reserved (10.94.0.0-7 and .9): exactly 7 for pods, none reserved.
+    let mut got = Vec::new();
+    for i in 0..7 {
+        let ip = addresses(&in_ns(&format!("{u}r{i}"), &other))[0].addr();
+        assert!(ip.to_string().starts_with("10.94.0."), "{ip}");
+        got.push(ip.to_string());
+    }
+    got.sort();
+    for ip in &got {
+        let last: u8 = ip
+            .rsplit('.')
+            .next()
+            .and_then(|o| o.parse().ok())
+            .expect("octet");
+        assert!(last >= 8 && last != 9, "{ip} is reserved");
+    }
+    let e = error_of(&in_ns(&format!("{u}r7"), &other));
+    assert_eq!(
+        e["code"], 101,
+        "the pool is exhausted once the unreserved ones are used: {e}"
+    );
+    // The team namespace gets the pool its labels select.
+    let ip = addresses(&in_ns(&format!("{u}t0"), &team))[0];
+    assert!(ip.addr().to_string().starts_with("10.94.1."), "{ip}");
+    for (cid, ns) in (0..7)
+        .map(|i| (format!("{u}r{i}"), other.clone()))
+        .chain([(format!("{u}t0"), team.clone())])
+    {
+        let out = cni(
+            "DEL",
+            &format!("{}{cid}", run_id()),
+            &[(
+                "CNI_ARGS",
+                &format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={cid}"),
+            )],
+            conf.to_string().as_bytes(),
+        );
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    kube.delete("/apis/crd.projectcalico.org/v1/ipreservations/t-resv");
+}
