@@ -19,9 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use calico_cni::dataplane::{
-    self, Applied, DataplaneError, Plan, host_veth_name, host_veth_name_for_container,
-};
+use calico_cni::dataplane::{self, Applied, DataplaneError, Plan, host_veth_name};
 use nix::sched::{CloneFlags, setns};
 
 // ---------------------------------------------------------------------------------
@@ -252,26 +250,6 @@ fn pod_ping(pod: &Netns, addr: &str) {
 // ---------------------------------------------------------------------------------
 // Tests
 // ---------------------------------------------------------------------------------
-
-#[test]
-fn host_veth_name_vectors() {
-    assert_eq!(
-        host_veth_name("eni", "namespace", "podname"),
-        "eni82111e10a96"
-    );
-    assert_eq!(
-        host_veth_name("cali", "default", "nginx"),
-        "calic440f455693"
-    );
-    assert_eq!(
-        host_veth_name("cali", "default", "nginx-7c5ddbdf54-x2v9k"),
-        "cali8805ac045c1"
-    );
-    assert_eq!(
-        host_veth_name_for_container("8f3a1c2b4d5e6f708192a3b4"),
-        "cali8f3a1c2b4d5"
-    );
-}
 
 #[test]
 fn dual_stack_pods_reach_each_other_and_the_node() {

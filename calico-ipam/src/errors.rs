@@ -1,7 +1,7 @@
 //! IPAM and datastore failures as CNI errors: the one place their codes are chosen.
 
 use libipam::cni::{CniError, code};
-use libipam::error::{ErrorKind, IpamError};
+use libipam::error::{ErrorKind, IpamError, error_chain};
 
 /// Map an allocator error to a CNI error with a code and a message a person can act on.
 pub fn cni_error(e: &IpamError) -> CniError {
@@ -18,21 +18,5 @@ pub fn cni_error(e: &IpamError) -> CniError {
         }
         _ => code,
     };
-    CniError::new(code, msg, chain(e))
-}
-
-/// The error and its causes, `outer: inner: innermost` (a datastore error's cause names the
-/// server and what it said).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let msg = s.to_string();
-        if !out.contains(&msg) {
-            out.push_str(": ");
-            out.push_str(&msg);
-        }
-        source = s.source();
-    }
-    out
+    CniError::new(code, msg, error_chain(e))
 }

@@ -242,3 +242,20 @@ impl IpamError {
 
 /// Shorthand for results carrying an [`IpamError`].
 pub type Result<T, E = IpamError> = std::result::Result<T, E>;
+
+/// `e` and its sources, `outer: inner: innermost`, skipping a source whose text the outer message
+/// already contains. Transport errors keep the useful part ("tcp connect error: Connection
+/// refused") in their sources, which `Display` alone drops.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let msg = s.to_string();
+        if !out.contains(&msg) {
+            out.push_str(": ");
+            out.push_str(&msg);
+        }
+        source = s.source();
+    }
+    out
+}

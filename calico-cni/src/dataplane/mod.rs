@@ -404,6 +404,10 @@ mod tests {
             host_veth_name("cali", "default", "nginx-7c5ddbdf54-x2v9k"),
             "cali8805ac045c1"
         );
+        assert_eq!(
+            host_veth_name_for_container("8f3a1c2b4d5e6f708192a3b4"),
+            "cali8f3a1c2b4d5"
+        );
     }
 
     #[test]

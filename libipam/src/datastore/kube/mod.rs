@@ -33,6 +33,8 @@ use k8s_openapi::api::core::v1::{Namespace, Node};
 use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
+
+use crate::error::error_chain;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -148,22 +150,6 @@ impl Connection {
             Err(e) => Err(self.error("read ClusterInformation default", e)),
         }
     }
-}
-
-/// `e` and its sources, so "error trying to connect: tcp connect error: Connection refused"
-/// reaches the user instead of the outermost layer only.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let msg = s.to_string();
-        if !out.contains(&msg) {
-            out.push_str(": ");
-            out.push_str(&msg);
-        }
-        source = s.source();
-    }
-    out
 }
 
 /// The Kubernetes datastore. With a node cache, the cache file is written back when the store
