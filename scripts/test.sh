@@ -15,6 +15,7 @@ scripts/install-deps.sh
 
 export PATH="$HOME/.cargo/bin:$PATH:/usr/local/go/bin" CARGO_TERM_COLOR=never
 cargo fmt --all -- --check
+scripts/lint.sh
 cargo clippy --workspace --all-targets -- -D warnings
 # The integration tests of each crate run the other crate's binary too: build them all first.
 cargo build --workspace --bins
