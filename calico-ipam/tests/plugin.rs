@@ -174,3 +174,49 @@ fn status_and_version() {
     let v: Value = serde_json::from_slice(&out.stdout).expect("version json");
     assert_eq!(v["supportedVersions"], json!(VERSIONS));
 }
+
+#[test]
+fn show_ip_names_the_holder_until_it_is_released() {
+    let store = Store::new();
+    store.apply_pools(TINY_POOLS);
+    let conf = store.netconf("1.0.0", "node-a").to_string();
+    let args = "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=cart-0";
+    let out = cni("ADD", "c7", &[("CNI_ARGS", args)], conf.as_bytes());
+    assert!(out.status.success(), "{}", text(&out));
+
+    let out = store.cli(&["show", "--ip", "10.99.0.0", "-o", "json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["inUse"], true);
+    assert_eq!(v["handle"], "k8s-pod-network.c7");
+    assert_eq!(v["block"], "10.99.0.0/26");
+    assert_eq!(v["affinity"], "host:node-a");
+    assert_eq!(v["attributes"]["pod"], "cart-0");
+    assert_eq!(v["attributes"]["namespace"], "shop");
+    assert_eq!(v["attributes"]["node"], "node-a");
+    let table = store.cli(&["show", "--ip", "fd00:99::"]);
+    assert!(
+        String::from_utf8_lossy(&table.stdout).contains("in use by handle k8s-pod-network.c7"),
+        "{}",
+        text(&table)
+    );
+
+    assert!(
+        cni("DEL", "c7", &[("CNI_ARGS", args)], conf.as_bytes())
+            .status
+            .success()
+    );
+    let out = store.cli(&["show", "--ip", "10.99.0.0"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("is not assigned"),
+        "{}",
+        text(&out)
+    );
+    let outside = store.cli(&["show", "--ip", "192.0.2.1"]);
+    assert!(!outside.status.success());
+    assert!(
+        String::from_utf8_lossy(&outside.stderr).contains("not in a configured pool"),
+        "{}",
+        text(&outside)
+    );
+}

@@ -18,7 +18,8 @@ pub mod selector;
 pub mod validate;
 
 pub use alloc::{
-    AssignIpArgs, AutoAssignArgs, AutoAssignResult, BlockUsage, Ipam, PoolUsage, Problem,
+    AddressOwner, AssignIpArgs, AutoAssignArgs, AutoAssignResult, BlockUsage, Ipam, PoolUsage,
+    Problem,
 };
 pub use datastore::{Datastore, DatastoreError, Revision, Versioned};
 pub use error::{ErrorKind, IpamError};

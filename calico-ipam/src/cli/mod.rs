@@ -23,6 +23,7 @@ commands:
   pool delete NAME                delete an IPPool (its allocations stay until released)
   show [--show-blocks] [--show-configuration] [-o json]
                                   pool usage (and blocks, and the IPAM configuration)
+  show --ip IP [-o json]          who holds one address: block, handle, pod, node
   release --ip IP                 release one address
   check                           verify that allocations, handles and blocks agree (exit 1 if not)
   configure [--strictaffinity true|false] [--max-blocks-per-host N] [--autoallocateblocks true|false]
@@ -84,9 +85,13 @@ fn run(argv: Vec<String>) -> Result<i32> {
         "show" => {
             let blocks = args.flag("--show-blocks");
             let config = args.flag("--show-configuration");
+            let ip = args.value("--ip")?;
             let output = args.value("-o")?.unwrap_or_default();
             args.finish()?;
-            report::show(store, blocks, config, &output)
+            match ip {
+                Some(ip) => report::show_ip(store, &ip, &output),
+                None => report::show(store, blocks, config, &output),
+            }
         }
         "release" => {
             let Some(ip) = args.value("--ip")? else {

@@ -104,6 +104,50 @@ fn count(n: u128) -> serde_json::Value {
     }
 }
 
+/// Who holds one address.
+pub fn show_ip(store: &StoreConfig, ip: &str, output: &str) -> Result<i32> {
+    if !matches!(output, "" | "table" | "json") {
+        bail!("unknown output format {output:?}: use json");
+    }
+    let ip: IpAddr = ip
+        .parse()
+        .with_context(|| format!("{ip:?} is not an IP address"))?;
+    let owner = with_store(store, async |store| {
+        with_ipam!(store, |ipam| ipam.owner_of(ip).await)
+    })??;
+    if output == "json" {
+        let doc = match &owner {
+            None => json!({"ip": ip.to_string(), "inUse": false}),
+            Some(o) => json!({
+                "ip": ip.to_string(), "inUse": o.handle.is_some(), "block": o.block.to_string(),
+                "affinity": o.affinity, "handle": o.handle, "attributes": o.attributes,
+                "releasedAt": o.released_at,
+            }),
+        };
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(0);
+    }
+    match owner {
+        None => println!("IP {ip} is not assigned"),
+        Some(o) => {
+            match (&o.handle, &o.released_at) {
+                (Some(h), _) => println!("IP {ip} is in use by handle {h}"),
+                (None, Some(at)) => println!("IP {ip} was released at {at} and is cooling down"),
+                (None, None) => println!("IP {ip} is held without a handle"),
+            }
+            println!(
+                "  block:    {} ({})",
+                o.block,
+                o.affinity.as_deref().unwrap_or("no affinity")
+            );
+            for (k, v) in &o.attributes {
+                println!("  {:<9} {v}", format!("{k}:"));
+            }
+        }
+    }
+    Ok(0)
+}
+
 /// Release one address, whatever handle holds it.
 pub fn release(store: &StoreConfig, ip: &str) -> Result<i32> {
     let ip: IpAddr = ip

@@ -24,7 +24,7 @@ use crate::error::{IpamError, Result};
 use crate::model::{AllowedUse, BlockAffinity, Cooldown, IpamBlock, IpamConfig, IpamHandle, time};
 use crate::retry::{DATASTORE_RETRIES, retry_on_conflict};
 
-pub use report::{BlockUsage, PoolUsage, Problem};
+pub use report::{AddressOwner, BlockUsage, PoolUsage, Problem};
 
 /// Arguments of [`Ipam::auto_assign`].
 #[derive(Debug, Clone)]

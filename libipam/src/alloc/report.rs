@@ -3,12 +3,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::net::IpAddr;
 
 use ipnet::IpNet;
 
 use super::{Ipam, ds};
 use crate::datastore::Datastore;
-use crate::error::Result;
+use crate::error::{IpamError, Result};
 use crate::model::{AffinityState, AffinityType, IpPool, IpamBlock};
 use crate::{names, validate};
 
@@ -40,6 +41,21 @@ pub struct BlockUsage {
     pub in_use: u32,
     /// Addresses free.
     pub free: u32,
+}
+
+/// Who holds one address, for operators (`calico-ipam show --ip`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddressOwner {
+    /// The block holding the address.
+    pub block: IpNet,
+    /// The block's affinity (`host:<node>`), if any.
+    pub affinity: Option<String>,
+    /// The allocation handle; `None` for an address in cooldown (released, not yet reusable).
+    pub handle: Option<String>,
+    /// The allocation's attributes (`node`, `pod`, `namespace`, `timestamp`, ...).
+    pub attributes: BTreeMap<String, String>,
+    /// When it was released, for an address in cooldown.
+    pub released_at: Option<String>,
 }
 
 /// Usage of one pool.
@@ -207,6 +223,37 @@ impl<D: Datastore> Ipam<D> {
             .await
             .map_err(ds(format!("write pool {}", pool.name)))?;
         Ok(pool)
+    }
+
+    /// Who holds `ip`: `Ok(None)` when it is free (or its block does not exist yet); an error
+    /// when it is in no pool.
+    pub async fn owner_of(&self, ip: IpAddr) -> Result<Option<AddressOwner>> {
+        let pools = self.load_pools().await?;
+        let pool = pools
+            .iter()
+            .find(|p| p.cidr.contains(&ip))
+            .ok_or(IpamError::AddressNotInPool { ip })?;
+        let cidr = pool.block_for(ip);
+        let Some(block) = self
+            .store
+            .get_block(&cidr)
+            .await
+            .map_err(ds(format!("read block {cidr}")))?
+        else {
+            return Ok(None);
+        };
+        let block = block.value;
+        let attribute = block
+            .ordinal(ip)
+            .and_then(|o| block.allocations.get(o as usize).copied().flatten())
+            .and_then(|i| block.attributes.get(i as usize));
+        Ok(attribute.map(|a| AddressOwner {
+            block: block.cidr,
+            affinity: block.affinity.clone(),
+            handle: a.handle().map(str::to_string),
+            attributes: a.secondary.clone().unwrap_or_default(),
+            released_at: a.released_at().map(str::to_string),
+        }))
     }
 
     /// Every block, in CIDR order.
