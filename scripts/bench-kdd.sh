@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # API requests and latency per dual-stack pod in the Kubernetes datastore: calico-cni +
 # calico-ipam (policy k8s, as Calico's manifests configure it) ADD and DEL pods one at a time on
-# one node, against a real kube-apiserver (scripts/kube-testenv.sh) started inside the node's
+# one node, against a real kube-apiserver (scripts/kube-testenv) started inside the node's
 # netns. Requests are counted from the apiserver's audit log (user calico-cni), latency is the
 # whole plugin process. Prints a small table; Calico's own figure for a steady-state dual-stack
 # ADD is about 26 requests (reference/calico.md 4.17).
@@ -32,7 +32,7 @@ mkdir "$WORK/bin"
 cp "$REL/calico-cni" "$WORK/bin/calico"
 cp "$REL/calico-ipam" "$WORK/bin/calico-ipam"
 cleanup() {
-  scripts/kube-testenv.sh down "$KUBE" >/dev/null 2>&1 || true
+  scripts/kube-testenv down "$KUBE" >/dev/null 2>&1 || true
   for i in $(seq 0 "$COUNT"); do drop_netns "$P$i"; done
   drop_netns "$NODE"
   rm -rf "$WORK"
@@ -42,7 +42,7 @@ trap cleanup EXIT
 make_node "$NODE"
 for i in $(seq 0 "$COUNT"); do make_pod "$P$i"; done
 # The apiserver runs in the node's netns, so the plugins reach it on the node's loopback.
-ip netns exec "$NODE" scripts/kube-testenv.sh up "$KUBE" 2>"$WORK/up.log" \
+ip netns exec "$NODE" scripts/kube-testenv up "$KUBE" 2>"$WORK/up.log" \
   || { cat "$WORK/up.log" >&2; exit 1; }
 
 {
@@ -51,7 +51,7 @@ ip netns exec "$NODE" scripts/kube-testenv.sh up "$KUBE" 2>"$WORK/up.log" \
     printf 'apiVersion: v1\nkind: Pod\nmetadata: {name: %s, namespace: default}\nspec:\n  nodeName: bench-node\n  containers: [{name: c, image: pause}]\n---\n' "$P$i"
   done
 } > "$WORK/objects.yaml"
-ip netns exec "$NODE" scripts/kube-testenv.sh apply "$KUBE" "$WORK/objects.yaml" >/dev/null
+ip netns exec "$NODE" scripts/kube-testenv apply "$KUBE" "$WORK/objects.yaml" >/dev/null
 ip netns exec "$NODE" env DATASTORE_TYPE=kubernetes KUBECONFIG="$KUBE/kubeconfig-cni" \
   "$WORK/bin/calico-ipam" pool apply -f testdata/pools/seed-pools.yaml >/dev/null
 

@@ -8,7 +8,7 @@
 #   --from DIR     binaries to install (calico-cni, calico-ipam); default: stand-ins made from
 #                  Debian's ptp and host-local (the installer only copies them and asks VERSION)
 #   --apiserver    also check the generated kubeconfig and the DaemonSet against a real
-#                  kube-apiserver (scripts/kube-testenv.sh; builds it once, which takes minutes)
+#                  kube-apiserver (scripts/kube-testenv; builds it once, which takes minutes)
 set -euo pipefail
 RT_NAME=test-install-cni
 source "$(dirname "$0")/lib-runtimes.sh"
@@ -30,7 +30,7 @@ KT=
 cleanup() {
   local rc=$?
   set +e
-  [ -n "$KT" ] && "$RT_REPO/scripts/kube-testenv.sh" down "$KT" >/dev/null 2>&1
+  [ -n "$KT" ] && "$RT_REPO/scripts/kube-testenv" down "$KT" >/dev/null 2>&1
   rm -rf "$T"
   exit $rc
 }
@@ -169,7 +169,7 @@ ok "placeholders substituted (JSON-escaped)"
 if [ "$APISERVER" = 1 ]; then
   step "a real kube-apiserver: the generated kubeconfig authenticates, the DaemonSet is accepted"
   KT=$T/kube
-  "$RT_REPO/scripts/kube-testenv.sh" up "$KT" >"$T/kube-up.log" 2>&1 || { tail -20 "$T/kube-up.log" >&2; fail "kube-testenv up failed"; }
+  "$RT_REPO/scripts/kube-testenv" up "$KT" >"$T/kube-up.log" 2>&1 || { tail -20 "$T/kube-up.log" >&2; fail "kube-testenv up failed"; }
   mkdir -p "$T/sa2"
   cp "$KT/calico-cni.token" "$T/sa2/token"
   cp "$KT/ca.crt" "$T/sa2/ca.crt"
@@ -177,15 +177,15 @@ if [ "$APISERVER" = 1 ]; then
   KUBERNETES_SERVICE_HOST=127.0.0.1 KUBERNETES_SERVICE_PORT=$port NODENAME=node-c "$INSTALL" -q \
     --from "$FROM" --bin-dir "$B" --conf-dir "$C" --datastore-type kubernetes --serviceaccount-dir "$T/sa2" ||
     fail "install against kube-testenv failed"
-  LAUNCHER=$("$RT_REPO/scripts/kube-testenv.sh" build)
+  LAUNCHER=$("$RT_REPO/scripts/kube-testenv" build)
   "$LAUNCHER" get --kubeconfig "$C/calico-kubeconfig" /apis/crd.projectcalico.org/v1/clusterinformations default >/dev/null ||
     fail "the generated kubeconfig cannot read ClusterInformation default"
-  "$RT_REPO/scripts/kube-testenv.sh" apply "$KT" "$RT_REPO/calico-cni/manifests/install/daemonset.yaml" >/dev/null ||
+  "$RT_REPO/scripts/kube-testenv" apply "$KT" "$RT_REPO/calico-cni/manifests/install/daemonset.yaml" >/dev/null ||
     fail "the API server rejected calico-cni/manifests/install/daemonset.yaml"
-  "$RT_REPO/scripts/kube-testenv.sh" get "$KT" /apis/apps/v1/namespaces/kube-system/daemonsets calico-cni |
+  "$RT_REPO/scripts/kube-testenv" get "$KT" /apis/apps/v1/namespaces/kube-system/daemonsets calico-cni |
     jq -e '.spec.template.spec.hostNetwork == true and .spec.template.spec.serviceAccountName == "calico-cni"' >/dev/null ||
     fail "the stored DaemonSet is not what we applied"
-  "$RT_REPO/scripts/kube-testenv.sh" down "$KT" >/dev/null 2>&1
+  "$RT_REPO/scripts/kube-testenv" down "$KT" >/dev/null 2>&1
   KT=
   ok "kubeconfig works as user calico-cni; DaemonSet stored"
 fi

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test suite: lint, unit and property tests, the integration tests that run the real
 # binaries in throwaway network namespaces, and the Kubernetes-datastore tests against a real
-# kube-apiserver with etcd (scripts/kube-testenv.sh; built from the Go module proxy, cached in
+# kube-apiserver with etcd (scripts/kube-testenv; built from the Go module proxy, cached in
 # ~/.cache/calico-rs, cold build ~10 min on 2 cores). Needs root (network namespaces) and Go;
 # fails, never skips, without them. Installs what it needs on a fresh Debian 12 machine.
 set -euo pipefail
@@ -23,9 +23,9 @@ cargo build --workspace --bins
 scripts/test-runtimes.sh --from "${CARGO_TARGET_DIR:-target}/debug"
 # One kube-apiserver (+ etcd) for every Kubernetes-datastore test binary, removed on exit
 # whatever happens; the tests find it through KUBE_TESTENV_DIR and fail without it.
-scripts/kube-testenv.sh build >/dev/null
+scripts/kube-testenv build >/dev/null
 KUBE_TESTENV_DIR="$(mktemp -d /tmp/calico-rs-kube.XXXXXX)"
 export KUBE_TESTENV_DIR
-trap 'scripts/kube-testenv.sh down "$KUBE_TESTENV_DIR" || true' EXIT
-scripts/kube-testenv.sh up "$KUBE_TESTENV_DIR"
+trap 'scripts/kube-testenv down "$KUBE_TESTENV_DIR" || true' EXIT
+scripts/kube-testenv up "$KUBE_TESTENV_DIR"
 cargo test --workspace --no-fail-fast

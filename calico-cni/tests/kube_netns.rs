@@ -1,5 +1,5 @@
 //! calico-cni with `datastore_type: kubernetes`: the real binaries in a throwaway node netns,
-//! talking to the real kube-apiserver of scripts/kube-testenv.sh as the calico-cni user. The
+//! talking to the real kube-apiserver of scripts/kube-testenv as the calico-cni user. The
 //! pod's annotations are read (pool and address choices) and written (podIP, podIPs,
 //! containerID) through the API and checked there; an unreachable server, a failed annotation
 //! write and a not-ready datastore leave nothing behind.

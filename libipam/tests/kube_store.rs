@@ -1,4 +1,4 @@
-//! `KubeStore` against the real kube-apiserver of scripts/kube-testenv.sh (KUBE_TESTENV_DIR),
+//! `KubeStore` against the real kube-apiserver of scripts/kube-testenv (KUBE_TESTENV_DIR),
 //! as the calico-cni user: the Datastore contract (CAS, AlreadyExists, NotFound, two-step
 //! deletes, soft-deleted objects read as absent) and Calico's names for long hostnames.
 
@@ -14,7 +14,7 @@ fn kubeconfig() -> PathBuf {
     let dir = std::env::var_os("KUBE_TESTENV_DIR").unwrap_or_else(|| {
         panic!(
             "KUBE_TESTENV_DIR is not set: these tests need a real kube-apiserver \
-             (scripts/test.sh starts one; or scripts/kube-testenv.sh up DIR)"
+             (scripts/test.sh starts one; or scripts/kube-testenv up DIR)"
         )
     });
     PathBuf::from(dir).join("kubeconfig-cni")

@@ -1,6 +1,6 @@
 //! The real kube-apiserver the Kubernetes-datastore tests run against.
 //!
-//! scripts/test.sh starts one (`scripts/kube-testenv.sh up DIR`) for the whole run and passes
+//! scripts/test.sh starts one (`scripts/kube-testenv up DIR`) for the whole run and passes
 //! DIR in `KUBE_TESTENV_DIR`; every kube test binary shares it. Without it these tests fail:
 //! a datastore that was never exercised must not look like a pass. Objects are read and
 //! written as admin through the launcher's own `get`/`apply`/`delete` commands, so the
@@ -46,7 +46,7 @@ impl KubeEnv {
         let Some(dir) = std::env::var_os("KUBE_TESTENV_DIR") else {
             panic!(
                 "KUBE_TESTENV_DIR is not set: the Kubernetes-datastore tests need a real \
-                 kube-apiserver. Run scripts/test.sh, or `scripts/kube-testenv.sh up DIR` and \
+                 kube-apiserver. Run scripts/test.sh, or `scripts/kube-testenv up DIR` and \
                  KUBE_TESTENV_DIR=DIR cargo test"
             );
         };

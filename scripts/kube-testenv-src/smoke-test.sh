@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# End-to-end check of scripts/kube-testenv.sh: up, auth/RBAC, CRD schema, Pods, audit log, down.
-# Usage: scripts/kube-testenv/smoke-test.sh [DIR]   (default: a fresh mktemp dir; needs curl, python3)
+# End-to-end check of scripts/kube-testenv: up, auth/RBAC, CRD schema, Pods, audit log, down.
+# Usage: scripts/kube-testenv-src/smoke-test.sh [DIR]   (default: a fresh mktemp dir; needs curl, python3)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-KT="$ROOT/scripts/kube-testenv.sh"
+KT="$ROOT/scripts/kube-testenv"
 DIR="${1:-$(mktemp -d /tmp/kube-testenv-smoke.XXXXXX)}"
 trap '"$KT" down "$DIR"' EXIT
 
