@@ -34,9 +34,9 @@ struct Inner {
     pools: BTreeMap<String, IpPool>,
     nodes: BTreeMap<String, BTreeMap<String, String>>,
     reservations: BTreeMap<String, IpReservation>,
-    blocks: BTreeMap<IpNet, (IpamBlock, u64)>,
-    affinities: BTreeMap<(String, IpNet), (BlockAffinity, u64)>,
-    handles: BTreeMap<String, (IpamHandle, u64)>,
+    blocks: Table<IpNet, IpamBlock>,
+    affinities: Table<(String, IpNet), BlockAffinity>,
+    handles: Table<String, IpamHandle>,
     faults: Faults,
     stats: Stats,
 }
@@ -74,11 +74,6 @@ enum Write {
 }
 
 impl Inner {
-    fn next_rev(&mut self) -> u64 {
-        self.last_rev += 1;
-        self.last_rev
-    }
-
     /// Applies injected faults to a write; `Err` means the write must not happen.
     fn gate(&mut self, kind: Write) -> DsResult<()> {
         self.stats.writes += 1;
@@ -120,11 +115,92 @@ fn rev(n: u64) -> Revision {
     Revision(n.to_string())
 }
 
-fn check_rev(stored: u64, given: &Revision) -> DsResult<()> {
-    if rev(stored) == *given {
+/// The soft-delete marker of the IPAM objects (a soft-deleted object reads as absent).
+trait SoftDeleted {
+    fn is_deleted(&self) -> bool;
+}
+
+impl SoftDeleted for IpamBlock {
+    fn is_deleted(&self) -> bool {
+        self.deleted
+    }
+}
+
+impl SoftDeleted for BlockAffinity {
+    fn is_deleted(&self) -> bool {
+        self.deleted
+    }
+}
+
+impl SoftDeleted for IpamHandle {
+    fn is_deleted(&self) -> bool {
+        self.deleted
+    }
+}
+
+/// One kind of IPAM object: each value with the revision of its last write. Every write is
+/// compare-and-swap; revisions come from the store-wide counter `last`.
+#[derive(Debug)]
+struct Table<K, V>(BTreeMap<K, (V, u64)>);
+
+impl<K, V> Default for Table<K, V> {
+    fn default() -> Self {
+        Table(BTreeMap::new())
+    }
+}
+
+fn versioned<V: Clone>((value, r): &(V, u64)) -> Versioned<V> {
+    Versioned {
+        value: value.clone(),
+        revision: rev(*r),
+    }
+}
+
+impl<K: Ord, V: Clone + SoftDeleted> Table<K, V> {
+    fn get(&self, key: &K) -> Option<Versioned<V>> {
+        self.0
+            .get(key)
+            .filter(|(v, _)| !v.is_deleted())
+            .map(versioned)
+    }
+
+    fn live(&self) -> Vec<Versioned<V>> {
+        self.0
+            .values()
+            .filter(|(v, _)| !v.is_deleted())
+            .map(versioned)
+            .collect()
+    }
+
+    fn create(&mut self, key: K, value: &V, last: &mut u64) -> DsResult<Revision> {
+        if self.0.contains_key(&key) {
+            return Err(DatastoreError::AlreadyExists);
+        }
+        *last += 1;
+        self.0.insert(key, (value.clone(), *last));
+        Ok(rev(*last))
+    }
+
+    fn check(&self, key: &K, given: &Revision) -> DsResult<()> {
+        let (_, stored) = self.0.get(key).ok_or(DatastoreError::NotFound)?;
+        if rev(*stored) == *given {
+            Ok(())
+        } else {
+            Err(DatastoreError::Conflict)
+        }
+    }
+
+    fn update(&mut self, key: K, value: &Versioned<V>, last: &mut u64) -> DsResult<Revision> {
+        self.check(&key, &value.revision)?;
+        *last += 1;
+        self.0.insert(key, (value.value.clone(), *last));
+        Ok(rev(*last))
+    }
+
+    fn delete(&mut self, key: &K, given: &Revision) -> DsResult<()> {
+        self.check(key, given)?;
+        self.0.remove(key);
         Ok(())
-    } else {
-        Err(DatastoreError::Conflict)
     }
 }
 
@@ -247,102 +323,58 @@ impl Datastore for MemoryStore {
     }
 
     async fn get_block(&self, cidr: &IpNet) -> DsResult<Option<Versioned<IpamBlock>>> {
-        self.with(|s| {
-            Ok(s.blocks
-                .get(cidr)
-                .filter(|(b, _)| !b.deleted)
-                .map(|(b, r)| Versioned {
-                    value: b.clone(),
-                    revision: rev(*r),
-                }))
-        })
+        self.with(|s| Ok(s.blocks.get(cidr)))
     }
 
     async fn create_block(&self, block: &IpamBlock) -> DsResult<Revision> {
         self.with(|s| {
             s.gate(Write::Create)?;
-            if s.blocks.contains_key(&block.cidr) {
-                return Err(DatastoreError::AlreadyExists);
-            }
-            let r = s.next_rev();
-            s.blocks.insert(block.cidr, (block.clone(), r));
-            Ok(rev(r))
+            s.blocks.create(block.cidr, block, &mut s.last_rev)
         })
     }
 
     async fn update_block(&self, block: &Versioned<IpamBlock>) -> DsResult<Revision> {
         self.with(|s| {
             s.gate(Write::Cas)?;
-            let stored = s
-                .blocks
-                .get(&block.value.cidr)
-                .ok_or(DatastoreError::NotFound)?;
-            check_rev(stored.1, &block.revision)?;
-            let r = s.next_rev();
-            s.blocks.insert(block.value.cidr, (block.value.clone(), r));
-            Ok(rev(r))
+            s.blocks.update(block.value.cidr, block, &mut s.last_rev)
         })
     }
 
     async fn delete_block(&self, block: &Versioned<IpamBlock>) -> DsResult<()> {
         self.with(|s| {
             s.gate(Write::Cas)?;
-            let stored = s
-                .blocks
-                .get(&block.value.cidr)
-                .ok_or(DatastoreError::NotFound)?;
-            check_rev(stored.1, &block.revision)?;
-            s.blocks.remove(&block.value.cidr);
-            Ok(())
+            s.blocks.delete(&block.value.cidr, &block.revision)
         })
     }
 
     async fn list_block_cidrs(&self) -> DsResult<Vec<IpNet>> {
         self.with(|s| {
             s.stats.block_cidr_lists += 1;
-            Ok(s.blocks.keys().copied().collect())
+            Ok(s.blocks.0.keys().copied().collect())
         })
     }
 
     async fn list_blocks(&self) -> DsResult<Vec<Versioned<IpamBlock>>> {
         self.with(|s| {
             s.stats.full_block_lists += 1;
-            Ok(s.blocks
-                .values()
-                .filter(|(b, _)| !b.deleted)
-                .map(|(b, r)| Versioned {
-                    value: b.clone(),
-                    revision: rev(*r),
-                })
-                .collect())
+            Ok(s.blocks.live())
         })
     }
 
     async fn list_host_affinities(&self, host: &str) -> DsResult<Vec<Versioned<BlockAffinity>>> {
         self.with(|s| {
             Ok(s.affinities
+                .0
                 .range((host.to_owned(), IpNet::default())..)
                 .take_while(|((h, _), _)| h == host)
                 .filter(|(_, (a, _))| !a.deleted)
-                .map(|(_, (a, r))| Versioned {
-                    value: a.clone(),
-                    revision: rev(*r),
-                })
+                .map(|(_, entry)| versioned(entry))
                 .collect())
         })
     }
 
     async fn list_affinities(&self) -> DsResult<Vec<Versioned<BlockAffinity>>> {
-        self.with(|s| {
-            Ok(s.affinities
-                .values()
-                .filter(|(a, _)| !a.deleted)
-                .map(|(a, r)| Versioned {
-                    value: a.clone(),
-                    revision: rev(*r),
-                })
-                .collect())
-        })
+        self.with(|s| Ok(s.affinities.live()))
     }
 
     async fn get_affinity(
@@ -350,27 +382,14 @@ impl Datastore for MemoryStore {
         host: &str,
         cidr: &IpNet,
     ) -> DsResult<Option<Versioned<BlockAffinity>>> {
-        self.with(|s| {
-            Ok(s.affinities
-                .get(&(host.to_owned(), *cidr))
-                .filter(|(a, _)| !a.deleted)
-                .map(|(a, r)| Versioned {
-                    value: a.clone(),
-                    revision: rev(*r),
-                }))
-        })
+        self.with(|s| Ok(s.affinities.get(&(host.to_owned(), *cidr))))
     }
 
     async fn create_affinity(&self, affinity: &BlockAffinity) -> DsResult<Revision> {
         self.with(|s| {
             s.gate(Write::Create)?;
             let key = (affinity.node.clone(), affinity.cidr);
-            if s.affinities.contains_key(&key) {
-                return Err(DatastoreError::AlreadyExists);
-            }
-            let r = s.next_rev();
-            s.affinities.insert(key, (affinity.clone(), r));
-            Ok(rev(r))
+            s.affinities.create(key, affinity, &mut s.last_rev)
         })
     }
 
@@ -378,11 +397,7 @@ impl Datastore for MemoryStore {
         self.with(|s| {
             s.gate(Write::Cas)?;
             let key = (affinity.value.node.clone(), affinity.value.cidr);
-            let stored = s.affinities.get(&key).ok_or(DatastoreError::NotFound)?;
-            check_rev(stored.1, &affinity.revision)?;
-            let r = s.next_rev();
-            s.affinities.insert(key, (affinity.value.clone(), r));
-            Ok(rev(r))
+            s.affinities.update(key, affinity, &mut s.last_rev)
         })
     }
 
@@ -390,35 +405,19 @@ impl Datastore for MemoryStore {
         self.with(|s| {
             s.gate(Write::Cas)?;
             let key = (affinity.value.node.clone(), affinity.value.cidr);
-            let stored = s.affinities.get(&key).ok_or(DatastoreError::NotFound)?;
-            check_rev(stored.1, &affinity.revision)?;
-            s.affinities.remove(&key);
-            Ok(())
+            s.affinities.delete(&key, &affinity.revision)
         })
     }
 
     async fn get_handle(&self, handle_id: &str) -> DsResult<Option<Versioned<IpamHandle>>> {
-        self.with(|s| {
-            Ok(s.handles
-                .get(&names::handle_object_name(handle_id))
-                .filter(|(h, _)| !h.deleted)
-                .map(|(h, r)| Versioned {
-                    value: h.clone(),
-                    revision: rev(*r),
-                }))
-        })
+        self.with(|s| Ok(s.handles.get(&names::handle_object_name(handle_id))))
     }
 
     async fn create_handle(&self, handle: &IpamHandle) -> DsResult<Revision> {
         self.with(|s| {
             s.gate(Write::Create)?;
             let key = names::handle_object_name(&handle.handle_id);
-            if s.handles.contains_key(&key) {
-                return Err(DatastoreError::AlreadyExists);
-            }
-            let r = s.next_rev();
-            s.handles.insert(key, (handle.clone(), r));
-            Ok(rev(r))
+            s.handles.create(key, handle, &mut s.last_rev)
         })
     }
 
@@ -426,11 +425,7 @@ impl Datastore for MemoryStore {
         self.with(|s| {
             s.gate(Write::Cas)?;
             let key = names::handle_object_name(&handle.value.handle_id);
-            let stored = s.handles.get(&key).ok_or(DatastoreError::NotFound)?;
-            check_rev(stored.1, &handle.revision)?;
-            let r = s.next_rev();
-            s.handles.insert(key, (handle.value.clone(), r));
-            Ok(rev(r))
+            s.handles.update(key, handle, &mut s.last_rev)
         })
     }
 
@@ -438,24 +433,12 @@ impl Datastore for MemoryStore {
         self.with(|s| {
             s.gate(Write::Cas)?;
             let key = names::handle_object_name(&handle.value.handle_id);
-            let stored = s.handles.get(&key).ok_or(DatastoreError::NotFound)?;
-            check_rev(stored.1, &handle.revision)?;
-            s.handles.remove(&key);
-            Ok(())
+            s.handles.delete(&key, &handle.revision)
         })
     }
 
     async fn list_handles(&self) -> DsResult<Vec<Versioned<IpamHandle>>> {
-        self.with(|s| {
-            Ok(s.handles
-                .values()
-                .filter(|(h, _)| !h.deleted)
-                .map(|(h, r)| Versioned {
-                    value: h.clone(),
-                    revision: rev(*r),
-                })
-                .collect())
-        })
+        self.with(|s| Ok(s.handles.live()))
     }
 }
 
