@@ -227,3 +227,41 @@ iptables_cni_chains() {
   { iptables -S 2>/dev/null; iptables -t nat -S 2>/dev/null; ip6tables -S 2>/dev/null; ip6tables -t nat -S 2>/dev/null; } |
     grep -E '^-N (CNI-|cni-|CNI_)' | sort || true
 }
+
+# assert_nothing_left: after the last DEL of a client test (globals NODE, MODE, BIN, STATE,
+# CACHE, IPT_BEFORE): no pod link in the node netns (the kernel removes the host end of a dead
+# netns's veth a little later, so wait up to 2 s), the IPAM holds nothing, libcni's result cache
+# is empty and no CNI iptables chain appeared.
+assert_nothing_left() {
+  local left
+  for _ in $(seq 20); do
+    left=$(host_links "$NODE")
+    [ -z "$left" ] && break
+    sleep 0.1
+  done
+  [ -z "$left" ] || fail "links left in the node netns: $left"
+  if [ "$MODE" = ours ]; then
+    assert_ipam_clean "$BIN" "$STATE"
+  else
+    assert_reference_ipam_clean "$STATE"
+  fi
+  [ -z "$(ls -A "$CACHE/results" 2>/dev/null)" ] || fail "libcni cache not empty: $(ls "$CACHE/results")"
+  [ "$(iptables_cni_chains)" = "$IPT_BEFORE" ] || fail "CNI iptables chains appeared in the host netns"
+}
+
+# rt_client_args ARGS...: the flags every client test takes, into globals FROM (--from DIR),
+# MODE (ours, or reference with --reference) and VERSION (--cni-version, default 1.0.0);
+# -h prints the script's header comment.
+rt_client_args() {
+  FROM= MODE=ours VERSION=1.0.0
+  while [ $# -gt 0 ]; do
+    case $1 in
+      --from) FROM=$2; shift ;;
+      --cni-version) VERSION=$2; shift ;;
+      --reference) MODE=reference ;;
+      -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
+      *) echo "$RT_NAME: unknown argument $1" >&2; exit 2 ;;
+    esac
+    shift
+  done
+}

@@ -17,19 +17,7 @@ set -euo pipefail
 RT_NAME=test-cnitool
 source "$(dirname "$0")/lib-runtimes.sh"
 
-FROM=
-MODE=ours
-VERSION=1.0.0
-while [ $# -gt 0 ]; do
-  case $1 in
-    --from) FROM=$2; shift ;;
-    --cni-version) VERSION=$2; shift ;;
-    --reference) MODE=reference ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
-    *) echo "$RT_NAME: unknown argument $1" >&2; exit 2 ;;
-  esac
-  shift
-done
+rt_client_args "$@"
 
 rt_require_root
 ensure_apt containernetworking-plugins jq iproute2 iputils-ping iptables
@@ -183,19 +171,7 @@ ip netns del "$POD2"
 must_cni del "$POD2" "DEL after the netns is gone"
 
 step "nothing left"
-for _ in $(seq 20); do # the kernel removes the host end of a dead netns's veth asynchronously
-  left=$(host_links "$NODE")
-  [ -z "$left" ] && break
-  sleep 0.1
-done
-[ -z "$left" ] || fail "links left in the node netns: $left"
-if [ "$MODE" = ours ]; then
-  assert_ipam_clean "$BIN" "$STATE"
-else
-  assert_reference_ipam_clean "$STATE"
-fi
-[ -z "$(ls -A "$CACHE/results" 2>/dev/null)" ] || fail "libcni cache not empty: $(ls "$CACHE/results")"
-[ "$(iptables_cni_chains)" = "$IPT_BEFORE" ] || fail "CNI iptables chains appeared in the host netns"
+assert_nothing_left
 
 if [ "$MODE" = ours ]; then
   step "install-cni.sh --uninstall"

@@ -22,19 +22,7 @@ set -euo pipefail
 RT_NAME=test-containerd
 source "$(dirname "$0")/lib-runtimes.sh"
 
-FROM=
-MODE=ours
-VERSION=1.0.0
-while [ $# -gt 0 ]; do
-  case $1 in
-    --from) FROM=$2; shift ;;
-    --cni-version) VERSION=$2; shift ;;
-    --reference) MODE=reference ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
-    *) echo "$RT_NAME: unknown argument $1" >&2; exit 2 ;;
-  esac
-  shift
-done
+rt_client_args "$@"
 
 rt_require_root
 ensure_apt containerd runc containernetworking-plugins gcc libc6-dev python3 jq iproute2 iputils-ping iptables
@@ -273,16 +261,8 @@ if [ "$MODE" = ours ]; then
 fi
 
 step "nothing left"
-left=$(host_links "$NODE")
-[ -z "$left" ] || fail "links left in the node netns: $left"
-if [ "$MODE" = ours ]; then
-  assert_ipam_clean "$BIN" "$STATE"
-else
-  assert_reference_ipam_clean "$STATE"
-fi
-[ -z "$(ls -A "$CACHE/results" 2>/dev/null)" ] || fail "libcni cache not empty: $(ls "$CACHE/results")"
+assert_nothing_left
 [ -z "$(ls -A "$T/netns")" ] || fail "sandbox netns left: $(ls "$T/netns")"
-[ "$(iptables_cni_chains)" = "$IPT_BEFORE" ] || fail "CNI iptables chains appeared in the host netns"
 
 step "stop containerd (pid $CTRD_PID)"
 kill -TERM "$CTRD_PID"

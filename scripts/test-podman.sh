@@ -18,17 +18,7 @@ set -euo pipefail
 RT_NAME=test-podman
 source "$(dirname "$0")/lib-runtimes.sh"
 
-FROM=
-MODE=ours
-while [ $# -gt 0 ]; do
-  case $1 in
-    --from) FROM=$2; shift ;;
-    --reference) MODE=reference ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
-    *) echo "$RT_NAME: unknown argument $1" >&2; exit 2 ;;
-  esac
-  shift
-done
+rt_client_args "$@"
 
 rt_require_root
 ensure_apt podman runc conmon catatonit busybox-static containernetworking-plugins jq iproute2 iptables
@@ -165,19 +155,7 @@ has "$OUT" "== ping6 1" || fail "the container cannot ping the node 2001:db8::10
 step "nothing left"
 podman_in_node ps -a --format '{{.Names}}' >"$T/ps.out" 2>&1 || { cat "$T/ps.out" >&2; fail "podman ps failed"; }
 [ ! -s "$T/ps.out" ] || fail "containers left: $(cat "$T/ps.out")"
-for _ in $(seq 20); do
-  left=$(host_links "$NODE")
-  [ -z "$left" ] && break
-  sleep 0.1
-done
-[ -z "$left" ] || fail "links left in the node netns: $left"
-if [ "$MODE" = ours ]; then
-  assert_ipam_clean "$BIN" "$STATE"
-else
-  assert_reference_ipam_clean "$STATE"
-fi
-[ -z "$(ls -A "$CACHE/results" 2>/dev/null)" ] || fail "libcni cache not empty: $(ls "$CACHE/results")"
+assert_nothing_left
 [ -z "$(ls -A "$T/netns")" ] || fail "container netns left: $(ls "$T/netns")"
-[ "$(iptables_cni_chains)" = "$IPT_BEFORE" ] || fail "CNI iptables chains appeared in the host netns"
 
 step "PASS ($MODE) in $(rt_elapsed)s"
