@@ -610,46 +610,24 @@ fn route_to_another_interface_is_a_conflict_and_rolls_back() {
     node.assert_pristine();
 }
 
-/// Setup + teardown of one pod, 50 times; prints the timings (`--nocapture`).
+/// Setup and teardown of one pod, 50 times in a row: every round succeeds and nothing is left.
+/// (Speed is measured by scripts/bench-cni.sh, not asserted here.)
 #[test]
-fn setup_and_teardown_timing() {
+fn fifty_setup_teardown_rounds_leave_nothing() {
     const ROUNDS: usize = 50;
     let node = Node::new();
     let pod = Netns::new("pod");
-    let p = plan(&pod, "timing", Some("10.65.11.1"), Some("fd00:65:11::1"));
-    let (setup, teardown) = node.run(move || async move {
-        let (mut setup, mut teardown) = (Vec::new(), Vec::new());
-        for _ in 0..ROUNDS {
-            let t = Instant::now();
+    let p = plan(&pod, "rounds", Some("10.65.11.1"), Some("fd00:65:11::1"));
+    node.run(move || async move {
+        for round in 0..ROUNDS {
             dataplane::setup(&p)
                 .await
-                .unwrap_or_else(|e| panic!("setup: {e}"));
-            setup.push(t.elapsed());
-            let t = Instant::now();
+                .unwrap_or_else(|e| panic!("setup, round {round}: {e}"));
             dataplane::teardown(Some(&p.netns), &p.pod_ifname, &p.host_ifname)
                 .await
-                .unwrap_or_else(|e| panic!("teardown: {e}"));
-            teardown.push(t.elapsed());
+                .unwrap_or_else(|e| panic!("teardown, round {round}: {e}"));
         }
-        (setup, teardown)
     });
-    let stats = |name: &str, mut v: Vec<Duration>| {
-        v.sort();
-        let mean = v.iter().sum::<Duration>() / v.len() as u32;
-        eprintln!(
-            "{name}: mean {mean:?}, min {:?}, median {:?}, p90 {:?}, max {:?} ({} rounds)",
-            v[0],
-            v[v.len() / 2],
-            v[v.len() * 9 / 10],
-            v[v.len() - 1],
-            v.len()
-        );
-        mean
-    };
-    let s = stats("setup (dual stack)", setup);
-    let t = stats("teardown", teardown);
-    // Generous: catches sleeps or polling, not scheduler noise.
-    assert!(s < Duration::from_millis(50), "setup too slow: {s:?}");
-    assert!(t < Duration::from_millis(200), "teardown too slow: {t:?}");
     node.assert_pristine();
+    assert_eq!(pod.links(), ["lo"]);
 }

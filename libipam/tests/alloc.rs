@@ -4,7 +4,6 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
 
 use common::*;
 use ipnet::IpNet;
@@ -107,26 +106,20 @@ fn claim_walk_is_deterministic_per_host_and_lazy_on_a_huge_pool() {
         let r = assign(&ipam, &AutoAssignArgs::new("h", host, 0, 1)).expect("assign");
         r.ipv6[0].trunc()
     };
-    let started = Instant::now();
+    // A /48 of /122s holds 2^74 blocks: were the walk to enumerate them, this would never end.
     let a1 = first_block("node-a");
     let a2 = first_block("node-a");
     let b = first_block("node-b");
     assert_eq!(a1, a2, "same host, same start");
     assert_ne!(a1, b, "different hosts start apart");
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "a /48 of /122s is not enumerated"
-    );
 
-    // Filling many blocks on one host keeps claiming adjacent blocks, still instant.
+    // Filling many blocks on one host keeps claiming adjacent blocks, from CIDR listings only.
     let ipam = ipam_with(&[pool("v6", "fd00:10:244::/48", 128)]);
-    let started = Instant::now();
     let mut args = AutoAssignArgs::new("h", "node-a", 0, 15);
     args.max_blocks_per_host = 50;
     let r = assign(&ipam, &args).expect("assign");
     assert_eq!(r.ipv6.len(), 15);
     assert!(r.ipv6.iter().all(|n| n.prefix_len() == 128));
-    assert!(started.elapsed() < Duration::from_secs(2));
     assert_eq!(
         ipam.store().stats().full_block_lists,
         0,
