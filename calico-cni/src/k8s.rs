@@ -25,7 +25,7 @@ use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, Patch, PatchParams};
 use libipam::DatastoreError;
 use libipam::cni::{CniError, NetConf, code};
-use libipam::datastore::kube::{self as kdd, Connection, DEFAULT_CACHE_TTL};
+use libipam::datastore::kube::{self as kdd, Connection};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -78,31 +78,20 @@ fn api_error(e: DatastoreError) -> CniError {
 
 /// Connects with the netconf's `kubernetes.kubeconfig` (else `KUBECONFIG`). Sends nothing.
 pub async fn connect(conf: &NetConf) -> Result<K8s, CniError> {
-    let kubeconfig = conf
-        .kubernetes
-        .kubeconfig
-        .clone()
-        .or_else(|| std::env::var_os("KUBECONFIG").map(PathBuf::from))
-        .ok_or_else(|| {
-            CniError::invalid_config(
-                "datastore_type kubernetes needs kubernetes.kubeconfig in the network configuration",
-            )
-        })?;
+    let kubeconfig = conf.kubeconfig().ok_or_else(|| {
+        CniError::invalid_config(
+            "datastore_type kubernetes needs kubernetes.kubeconfig in the network configuration",
+        )
+    })?;
     let conn = kdd::connect(&kubeconfig, USER_AGENT).await.map_err(|e| {
         // The kubeconfig may not be written yet (calico-node installs it): try again later.
         CniError::try_again(e.to_string())
     })?;
-    let ttl = conf
-        .kubernetes
-        .cache_ttl_seconds
-        .map(Duration::from_secs)
-        .unwrap_or(DEFAULT_CACHE_TTL);
-    let dir = conf
-        .ipam_lock_file()
-        .parent()
-        .map(|d| d.join("ipam-cache"))
-        .unwrap_or_default();
-    let cache = CniCache::load(&dir.join("calico-cni.json"), &conn.server, ttl);
+    let cache = CniCache::load(
+        &conf.cache_dir().join("calico-cni.json"),
+        &conn.server,
+        conf.cache_ttl(),
+    );
     Ok(K8s { conn, cache })
 }
 

@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -10,12 +9,12 @@ use libipam::alloc::{AssignIpArgs, AutoAssignArgs};
 use libipam::cni::skel::{Plugin, Request};
 use libipam::cni::{CniError, CniResult, IpConfig, Route, code};
 use libipam::datastore::Datastore;
-use libipam::datastore::kube::DEFAULT_CACHE_TTL;
+use libipam::datastore::kube::CacheConfig;
 use libipam::model::AllowedUse;
 use libipam::model::time;
 
 use crate::errors::cni_error;
-use crate::store::{NodeCacheConfig, Store, StoreConfig};
+use crate::store::{Store, StoreConfig};
 use crate::{lock, with_ipam};
 
 /// How long one verb may take once it holds the host lock (Calico: 90 s).
@@ -252,33 +251,22 @@ fn parse_requested_ip(raw: &str) -> Result<IpAddr, CniError> {
         .map_err(|_| CniError::invalid_env(format!("CNI_ARGS IP=\"{raw}\" is not an IP address")))
 }
 
-/// The datastore the netconf names. With `node`, the Kubernetes datastore keeps its node cache
-/// next to the host-wide IPAM lock (it is only valid under that lock).
+/// The datastore the netconf names. With `node`, the Kubernetes datastore keeps a node cache
+/// (only valid under the host-wide IPAM lock, see [`NetConf::cache_dir`]).
+///
+/// [`NetConf::cache_dir`]: libipam::cni::NetConf::cache_dir
 fn store_config(req: &Request, node: Option<&str>) -> StoreConfig {
-    let lock_dir = req
-        .conf
-        .ipam_lock_file()
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
     StoreConfig {
         kind: req.conf.datastore_type,
         path: req.conf.datastore_path().to_path_buf(),
-        kubeconfig: req
-            .conf
-            .kubernetes
-            .kubeconfig
-            .clone()
-            .or_else(|| std::env::var_os("KUBECONFIG").map(PathBuf::from)),
-        cache: node.map(|node| NodeCacheConfig {
-            dir: lock_dir.join("ipam-cache"),
+        kubeconfig: req.conf.kubeconfig(),
+        cache: node.map(|node| CacheConfig {
+            path: req.conf.cache_dir().join(format!(
+                "calico-ipam.{}.json",
+                libipam::datastore::local::file_stem(node)
+            )),
             node: node.to_string(),
-            ttl: req
-                .conf
-                .kubernetes
-                .cache_ttl_seconds
-                .map(Duration::from_secs)
-                .unwrap_or(DEFAULT_CACHE_TTL),
+            ttl: req.conf.cache_ttl(),
         }),
     }
 }

@@ -1,7 +1,6 @@
 //! Opening the datastore a configuration names, and running allocator code on it.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use libipam::DatastoreError;
 use libipam::cni::netconf::DatastoreType;
@@ -24,15 +23,7 @@ pub struct StoreConfig {
     pub path: PathBuf,
     pub kubeconfig: Option<PathBuf>,
     /// The node-local cache of the Kubernetes datastore (the plugin's; the CLI has none).
-    pub cache: Option<NodeCacheConfig>,
-}
-
-/// The plugin's node cache: where, for which node, and how long configuration copies live.
-#[derive(Debug, Clone)]
-pub struct NodeCacheConfig {
-    pub dir: PathBuf,
-    pub node: String,
-    pub ttl: Duration,
+    pub cache: Option<CacheConfig>,
 }
 
 /// Why a datastore could not be opened.
@@ -78,17 +69,7 @@ impl Store {
                     .await
                     .map_err(OpenError::Kubernetes)?;
                 Ok(Store::Kube(Box::new(match &cfg.cache {
-                    Some(c) => KubeStore::with_cache(
-                        conn,
-                        &CacheConfig {
-                            path: c.dir.join(format!(
-                                "calico-ipam.{}.json",
-                                libipam::datastore::local::file_stem(&c.node)
-                            )),
-                            node: c.node.clone(),
-                            ttl: c.ttl,
-                        },
-                    ),
+                    Some(cache) => KubeStore::with_cache(conn, cache),
                     None => KubeStore::new(conn),
                 })))
             }

@@ -186,7 +186,7 @@ fn result(plan: &Plan, applied: &dataplane::Applied) -> CniResult {
     let mut routes = Vec::new();
     if let Some(a) = plan.ipv4 {
         ips.push(IpConfig {
-            address: IpNet::new(IpAddr::V4(a), 32).unwrap_or(IpNet::V4(a.into())),
+            address: IpNet::from(IpAddr::V4(a)),
             gateway: Some(IpAddr::V4(IPV4_GATEWAY)),
             interface: Some(1),
         });
@@ -197,7 +197,7 @@ fn result(plan: &Plan, applied: &dataplane::Applied) -> CniResult {
     }
     if let Some(a) = plan.ipv6 {
         ips.push(IpConfig {
-            address: IpNet::new(IpAddr::V6(a), 128).unwrap_or(IpNet::V6(a.into())),
+            address: IpNet::from(IpAddr::V6(a)),
             gateway: Some(IpAddr::V6(IPV6_GATEWAY)),
             interface: Some(1),
         });

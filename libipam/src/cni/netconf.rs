@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Deserializer};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use super::{CniError, SpecVersion};
 
@@ -19,6 +20,10 @@ pub enum DatastoreType {
     /// Calico's CRDs in a Kubernetes API server (crd.projectcalico.org/v1).
     Kubernetes,
 }
+
+/// How long the node-local caches of the Kubernetes datastore serve configuration objects unless
+/// `kubernetes.cache_ttl_seconds` says otherwise.
+pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(10);
 
 /// Default directory of the `local` datastore.
 pub const DEFAULT_DATASTORE_PATH: &str = "/var/lib/calico/ipam";
@@ -226,6 +231,31 @@ impl NetConf {
         self.ipam_lock_file
             .as_deref()
             .unwrap_or(Path::new(DEFAULT_IPAM_LOCK_FILE))
+    }
+
+    /// The kubeconfig of the Kubernetes datastore: `kubernetes.kubeconfig`, else KUBECONFIG.
+    pub fn kubeconfig(&self) -> Option<PathBuf> {
+        self.kubernetes
+            .kubeconfig
+            .clone()
+            .or_else(|| std::env::var_os("KUBECONFIG").map(PathBuf::from))
+    }
+
+    /// Where both plugins keep their node-local Kubernetes caches: next to the host-wide IPAM
+    /// lock, because they are only valid while it is held.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.ipam_lock_file()
+            .parent()
+            .unwrap_or(Path::new("/"))
+            .join("ipam-cache")
+    }
+
+    /// How long those caches serve configuration objects.
+    pub fn cache_ttl(&self) -> Duration {
+        self.kubernetes
+            .cache_ttl_seconds
+            .map(Duration::from_secs)
+            .unwrap_or(DEFAULT_CACHE_TTL)
     }
 
     /// `<network name>.<container id>`: Calico's IPAM handle for an attachment.

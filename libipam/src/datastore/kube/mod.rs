@@ -56,8 +56,6 @@ use objects::{
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the API server may take to answer one request (kube's default is no limit).
 pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long timed cache entries are served by default (see `cache.rs`).
-pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(10);
 
 /// A client for one API server, and its URL for messages.
 #[derive(Clone)]
