@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Netns, Node, TINY_POOLS, addr, seed_pools, text};
+use common::{Netns, Node, addr, seed_pools, text, tiny_pools};
 use serde_json::{Value, json};
 use sha1::{Digest, Sha1};
 
@@ -127,7 +127,7 @@ fn two_dual_stack_pods_reach_each_other_and_the_node() {
 fn results_match_golden_files_for_every_version() {
     for version in VERSIONS {
         let node = Node::new();
-        node.apply_pools(TINY_POOLS);
+        node.apply_pools(&tiny_pools());
         let pod = Netns::new("gpod");
         let r = node.add(
             "g1",
@@ -161,7 +161,7 @@ fn results_match_golden_files_for_every_version() {
 #[test]
 fn ipv4_only_and_ipv6_only() {
     let node = Node::new();
-    node.apply_pools(TINY_POOLS);
+    node.apply_pools(&tiny_pools());
     let mut v4 = node.netconf("1.0.0");
     v4["ipam"]["assign_ipv6"] = json!("false");
     let mut v6 = node.netconf("1.0.0");
@@ -385,7 +385,7 @@ fn check_passes_on_a_healthy_pod_and_fails_after_a_route_is_removed() {
 #[test]
 fn version_status_and_gc_pass_through() {
     let node = Node::new();
-    node.apply_pools(TINY_POOLS);
+    node.apply_pools(&tiny_pools());
     let out = node.cni("VERSION", "", "", None, &json!({"cniVersion": "1.0.0"}));
     assert!(out.status.success(), "{}", text(&out));
     let v: Value = serde_json::from_slice(&out.stdout).expect("json");

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Store, TINY_POOLS, cni, text};
+use common::{Store, cni, text, tiny_pools};
 use serde_json::{Value, json};
 
 const VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
@@ -30,7 +30,7 @@ fn in_use(store: &Store) -> u64 {
 fn add_matches_golden_result_for_every_version() {
     for version in VERSIONS {
         let store = Store::new();
-        store.apply_pools(TINY_POOLS);
+        store.apply_pools(&tiny_pools());
         let conf = store.netconf(version, "node-a").to_string();
         let out = cni("ADD", "c1", &[], conf.as_bytes());
         assert!(out.status.success(), "{version}: {}", text(&out));
@@ -43,7 +43,7 @@ fn add_matches_golden_result_for_every_version() {
 #[test]
 fn repeated_add_returns_the_same_addresses_and_del_is_idempotent() {
     let store = Store::new();
-    store.apply_pools(TINY_POOLS);
+    store.apply_pools(&tiny_pools());
     let conf = store.netconf("1.0.0", "node-a").to_string();
     let first = cni("ADD", "c1", &[], conf.as_bytes());
     let second = cni("ADD", "c1", &[], conf.as_bytes());
@@ -76,7 +76,7 @@ fn repeated_add_returns_the_same_addresses_and_del_is_idempotent() {
 #[test]
 fn del_releases_the_legacy_pod_handle_too() {
     let store = Store::new();
-    store.apply_pools(TINY_POOLS);
+    store.apply_pools(&tiny_pools());
     // An allocation made under Calico's old `<namespace>.<pod>` handle (CLI-free: an ADD whose
     // network name makes the handle equal to it).
     let mut legacy = store.netconf("1.0.0", "node-a");
@@ -94,7 +94,7 @@ fn del_releases_the_legacy_pod_handle_too() {
 #[test]
 fn check_passes_while_allocated_and_fails_after_del() {
     let store = Store::new();
-    store.apply_pools(TINY_POOLS);
+    store.apply_pools(&tiny_pools());
     let conf = store.netconf("1.0.0", "node-a").to_string();
     assert!(cni("ADD", "c1", &[], conf.as_bytes()).status.success());
     let ok = cni("CHECK", "c1", &[], conf.as_bytes());
@@ -109,7 +109,7 @@ fn check_passes_while_allocated_and_fails_after_del() {
 #[test]
 fn gc_releases_attachments_not_in_the_valid_list() {
     let store = Store::new();
-    store.apply_pools(TINY_POOLS);
+    store.apply_pools(&tiny_pools());
     let conf = store.netconf("1.1.0", "node-a");
     for id in ["keep", "drop1", "drop2"] {
         assert!(
@@ -140,7 +140,7 @@ fn gc_releases_attachments_not_in_the_valid_list() {
 #[test]
 fn status_and_version() {
     let store = Store::new();
-    store.apply_pools(TINY_POOLS);
+    store.apply_pools(&tiny_pools());
     let conf = store.netconf("1.1.0", "node-a").to_string();
     let out = cni(
         "STATUS",
@@ -178,7 +178,7 @@ fn status_and_version() {
 #[test]
 fn show_ip_names_the_holder_until_it_is_released() {
     let store = Store::new();
-    store.apply_pools(TINY_POOLS);
+    store.apply_pools(&tiny_pools());
     let conf = store.netconf("1.0.0", "node-a").to_string();
     let args = "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=cart-0";
     let out = cni("ADD", "c7", &[("CNI_ARGS", args)], conf.as_bytes());

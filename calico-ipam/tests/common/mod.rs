@@ -141,24 +141,18 @@ pub fn text(out: &Output) -> String {
     )
 }
 
-/// Small pools whose single block makes every address predictable.
-pub const TINY_POOLS: &str = "\
-apiVersion: projectcalico.org/v3
-kind: IPPool
-metadata: {name: tiny-v4}
-spec: {cidr: 10.99.0.0/26, blockSize: 26}
----
-apiVersion: projectcalico.org/v3
-kind: IPPool
-metadata: {name: tiny-v6}
-spec: {cidr: 'fd00:99::/122', blockSize: 122}
-";
+/// A pool file of testdata/pools.
+pub fn pools(file: &str) -> String {
+    let path = format!("{}/../testdata/pools/{file}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
 
 /// The seed document's two pools.
 pub fn seed_pools() -> String {
-    std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../testdata/pools/seed-pools.yaml"
-    ))
-    .expect("seed pools")
+    pools("seed-pools.yaml")
+}
+
+/// Pools with one block per family, so the first addresses are predictable.
+pub fn tiny_pools() -> String {
+    pools("tiny-pools.yaml")
 }
