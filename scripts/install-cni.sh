@@ -26,7 +26,8 @@ usage() {
 usage: $PROG [flags]
 
   --from DIR               where the built binaries are: DIR/calico-cni (or DIR/calico) and
-                           DIR/calico-ipam (default: $REPO/target/release)
+                           DIR/calico-ipam (default: where scripts/build-release.sh
+                           writes them, $REPO/target/x86_64-unknown-linux-gnu/release)
   --bin-dir DIR            CNI bin dir to install into (default /opt/cni/bin)
   --conf-dir DIR           CNI conf dir to write into (default /etc/cni/net.d)
   --host-conf-dir DIR      the conf dir as the host sees it, for paths written into the conflist
@@ -64,7 +65,7 @@ usage: $PROG [flags]
 EOF
 }
 
-FROM=$REPO/target/release
+FROM=${CARGO_TARGET_DIR:-$REPO/target}/x86_64-unknown-linux-gnu/release
 BIN_DIR=/opt/cni/bin
 CONF_DIR=/etc/cni/net.d
 HOST_CONF_DIR=
@@ -368,9 +369,9 @@ CNI_SRC=
 for c in "$FROM/calico-cni" "$FROM/calico"; do
   if [ -f "$c" ]; then CNI_SRC=$c; break; fi
 done
-[ -n "$CNI_SRC" ] || die "no CNI plugin binary: neither $FROM/calico-cni nor $FROM/calico (build with cargo build --release, or pass --from DIR)"
+[ -n "$CNI_SRC" ] || die "no CNI plugin binary: neither $FROM/calico-cni nor $FROM/calico (build them with scripts/build-release.sh, or pass --from DIR)"
 IPAM_SRC=$FROM/calico-ipam
-[ -f "$IPAM_SRC" ] || die "no IPAM plugin binary $IPAM_SRC (build with cargo build --release, or pass --from DIR)"
+[ -f "$IPAM_SRC" ] || die "no IPAM plugin binary $IPAM_SRC (build them with scripts/build-release.sh, or pass --from DIR)"
 if [ "$VERIFY" = 1 ]; then
   for b in "$CNI_SRC" "$IPAM_SRC"; do
     out=$(CNI_COMMAND=VERSION "$b" <<<"{\"cniVersion\":\"$CNI_VERSION\"}" 2>"$WORK/verify.err") ||
