@@ -1,5 +1,6 @@
 //! IPAM by delegation, the CNI way: run the plugin named in `ipam.type` from `CNI_PATH` with our
-//! environment (`CNI_COMMAND` overridden) and the exact stdin we received.
+//! environment (`CNI_COMMAND` set, `IgnoreUnknown=1` put in front of `CNI_ARGS` as Calico does)
+//! and the stdin the verb hands over.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -52,15 +53,9 @@ pub fn start_with_args(
     stdin: &[u8],
     extra: Option<&str>,
 ) -> Result<Running, CniError> {
-    let mut process = Process::new(binary);
-    if let Some(extra) = extra {
-        let args = match std::env::var("CNI_ARGS") {
-            Ok(orig) if !orig.is_empty() => format!("{orig};{extra}"),
-            _ => extra.to_string(),
-        };
-        process.env("CNI_ARGS", args);
-    }
-    let mut child = process
+    let args = delegated_args(std::env::var("CNI_ARGS").ok().as_deref(), extra);
+    let mut child = Process::new(binary)
+        .env("CNI_ARGS", args)
         .env("CNI_COMMAND", command.as_str())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -112,6 +107,21 @@ impl Running {
     }
 }
 
+/// The `CNI_ARGS` an IPAM plugin is run with: `IgnoreUnknown=1` first, as Calico always puts
+/// it, because the pod arguments the runtime sends (`K8S_POD_NAME=...`) are unknown to plugins
+/// such as host-local, which refuse unknown arguments without it; then the runtime's
+/// arguments, then `extra`.
+fn delegated_args(runtime: Option<&str>, extra: Option<&str>) -> String {
+    let mut args = String::from("IgnoreUnknown=1");
+    for part in [runtime, extra].into_iter().flatten() {
+        if !part.is_empty() {
+            args.push(';');
+            args.push_str(part);
+        }
+    }
+    args
+}
+
 /// ADD through the IPAM plugin and parse its (abbreviated) result.
 pub fn add(binary: &Path, stdin: &[u8]) -> Result<CniResult, CniError> {
     add_with_args(binary, stdin, None)
@@ -135,4 +145,26 @@ pub fn add_with_args(
         )
     })?;
     CniResult::from_value(&value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ignore_unknown_comes_first_as_calico_puts_it() {
+        assert_eq!(delegated_args(None, None), "IgnoreUnknown=1");
+        assert_eq!(delegated_args(Some(""), None), "IgnoreUnknown=1");
+        assert_eq!(
+            delegated_args(
+                Some("K8S_POD_NAME=p;K8S_POD_NAMESPACE=n"),
+                Some("IP=10.0.0.5")
+            ),
+            "IgnoreUnknown=1;K8S_POD_NAME=p;K8S_POD_NAMESPACE=n;IP=10.0.0.5"
+        );
+        assert_eq!(
+            delegated_args(None, Some("IP=fd00::5")),
+            "IgnoreUnknown=1;IP=fd00::5"
+        );
+    }
 }

@@ -6,6 +6,8 @@
 //! - with `policy.type: k8s`, the pod's and its namespace's annotations choose pools
 //!   (`cni.projectcalico.org/ipv4pools`, `ipv6pools`, `ipFamilies`) or addresses
 //!   (`cni.projectcalico.org/ipAddrs`);
+//! - with host-local IPAM, the Node's `spec.podCIDRs` stand in for `usePodCidr` and
+//!   `usePodCidrIPv6` (see `host_local`);
 //! - the pod's `cni.projectcalico.org/podIP`, `podIPs` and `containerID` annotations are how
 //!   Felix and kube-controllers learn the pod's addresses: set on ADD and cleared on DEL by a
 //!   strategic-merge PATCH of `pods/status`, as Calico does (Kubernetes datastore WEPs).
@@ -21,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::api::{Api, Patch, PatchParams};
 use libipam::DatastoreError;
 use libipam::cni::{CniError, NetConf, code};
@@ -157,6 +159,28 @@ impl K8s {
             .unwrap_or_default();
         self.cache.set_namespace(namespace, &annotations);
         Ok(annotations)
+    }
+
+    /// The pod CIDRs of Node `name`: `spec.podCIDRs`, else the older single `spec.podCIDR`.
+    pub async fn node_pod_cidrs(&self, name: &str) -> Result<Vec<String>, CniError> {
+        let api: Api<Node> = Api::all(self.conn.client.clone());
+        let node = api
+            .get_opt(name)
+            .await
+            .map_err(|e| api_error(self.conn.error(&format!("read node {name}"), e)))?
+            .ok_or_else(|| {
+                CniError::invalid_config(format!(
+                    "nodes \"{name}\" not found at {}: host-local's usePodCidr takes the pod \
+                     CIDRs of the Kubernetes Node named by kubernetes.node_name or nodename",
+                    self.conn.server
+                ))
+            })?;
+        let spec = node.spec.unwrap_or_default();
+        Ok(spec
+            .pod_cidrs
+            .filter(|c| !c.is_empty())
+            .or_else(|| spec.pod_cidr.map(|c| vec![c]))
+            .unwrap_or_default())
     }
 
     /// ADD: publishes the pod's addresses (Calico's WEP write in the Kubernetes datastore).

@@ -1,6 +1,7 @@
 //! `calico-cni`: Calico's dual-stack veth dataplane as a CNI plugin.
 
 pub mod dataplane;
+pub mod host_local;
 pub mod ipam_exec;
 pub mod k8s;
 #[macro_use]

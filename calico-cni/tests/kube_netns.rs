@@ -2,102 +2,19 @@
 //! talking to the real kube-apiserver of scripts/kube-testenv as the calico-cni user. The
 //! pod's annotations are read (pool and address choices) and written (podIP, podIPs,
 //! containerID) through the API and checked there; an unreachable server, a failed annotation
-//! write and a not-ready datastore leave nothing behind.
-//!
-//! The apiserver listens on the host's loopback, which a node netns cannot reach; a small
-//! forwarder listens on the same port on the node netns' loopback (its socket is bound inside
-//! that netns, its connections go out from the test's own netns), so the kubeconfig works
-//! unchanged. Nothing is added to the host's network.
+//! write and a not-ready datastore leave nothing behind. The node netns reaches the apiserver
+//! through `common::kube::Forwarder`.
 
 mod common;
 #[path = "../../calico-ipam/tests/kube_env/mod.rs"]
 mod kube_env;
 
-use std::fs::File;
-use std::io::ErrorKind;
-use std::net::{Shutdown, TcpListener, TcpStream};
 use std::process::Output;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
-use std::time::Duration;
 
+use common::kube::{Forwarder, namespace_yaml, pod_yaml, server_port};
 use common::{Netns, Node, text};
 use kube_env::{KubeEnv, PoolGuard, exclusive, node_yaml, unique};
-use nix::sched::CloneFlags;
 use serde_json::{Value, json};
-
-/// Forwards `127.0.0.1:port` inside a netns to `127.0.0.1:port` of the test's netns.
-struct Forwarder {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Forwarder {
-    fn new(netns: &Netns, port: u16) -> Forwarder {
-        let path = netns.path();
-        // setns on a throwaway thread: the socket stays in the node netns after it exits.
-        let listener = std::thread::spawn(move || {
-            let ns = File::open(&path).expect("open node netns");
-            nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET).expect("setns");
-            TcpListener::bind(("127.0.0.1", port)).expect("bind in the node netns")
-        })
-        .join()
-        .expect("bind thread");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        let thread = std::thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((down, _)) => {
-                        let _ = down.set_nonblocking(false);
-                        if let Ok(up) = TcpStream::connect(("127.0.0.1", port)) {
-                            pipe(down, up);
-                        }
-                    }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(2));
-                    }
-                    Err(_) => return,
-                }
-            }
-        });
-        Forwarder {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-fn pipe(a: TcpStream, b: TcpStream) {
-    let (a2, b2) = (a.try_clone().expect("clone"), b.try_clone().expect("clone"));
-    let copy = |mut from: TcpStream, mut to: TcpStream| {
-        std::thread::spawn(move || {
-            let _ = std::io::copy(&mut from, &mut to);
-            let _ = to.shutdown(Shutdown::Write);
-        });
-    };
-    copy(a, b2);
-    copy(b, a2);
-}
-
-impl Drop for Forwarder {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn server_port(kube: &KubeEnv) -> u16 {
-    kube.server
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("port in server URL")
-}
 
 /// A Kubernetes-datastore netconf for `node` (Kubernetes Node `name`).
 fn conf(node: &Node, name: &str, kubeconfig: &std::path::Path) -> Value {
@@ -113,35 +30,6 @@ fn conf(node: &Node, name: &str, kubeconfig: &std::path::Path) -> Value {
         "ipam_lock_file": node.dir.path().join("ipam.lock"),
         "ipam": {"type": "calico-ipam", "assign_ipv4": "true", "assign_ipv6": "true"},
     })
-}
-
-fn pod_yaml(ns: &str, name: &str, node: &str, annotations: &[(&str, &str)]) -> String {
-    let ann: String = annotations
-        .iter()
-        .map(|(k, v)| format!("    {k}: '{v}'\n"))
-        .collect();
-    let ann = if ann.is_empty() {
-        String::new()
-    } else {
-        format!("  annotations:\n{ann}")
-    };
-    format!(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {ns}\n{ann}\
-         spec:\n  nodeName: {node}\n  containers: [{{name: c, image: pause}}]\n---\n"
-    )
-}
-
-fn namespace_yaml(name: &str, annotations: &[(&str, &str)]) -> String {
-    let ann: String = annotations
-        .iter()
-        .map(|(k, v)| format!("    {k}: '{v}'\n"))
-        .collect();
-    let ann = if ann.is_empty() {
-        String::new()
-    } else {
-        format!("  annotations:\n{ann}")
-    };
-    format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n{ann}---\n")
 }
 
 fn pod_annotations(kube: &KubeEnv, ns: &str, pod: &str) -> Value {
@@ -175,7 +63,7 @@ fn dual_stack_pods_in_the_kubernetes_datastore() {
     let u = unique();
     let tag = format!("cni{u}");
     let node = Node::new();
-    let _fwd = Forwarder::new(&node.ns, server_port(&kube));
+    let _fwd = Forwarder::new(&node.ns, server_port(&kube.server));
     let name = format!("cni-node-{u}");
     kube.purge_ipam(&[
         "10.91.0.0/24",
@@ -373,7 +261,7 @@ fn failed_annotation_write_rolls_everything_back() {
     let u = unique();
     let tag = format!("cnirb{u}");
     let node = Node::new();
-    let _fwd = Forwarder::new(&node.ns, server_port(&kube));
+    let _fwd = Forwarder::new(&node.ns, server_port(&kube.server));
     let name = format!("cni-rb-{u}");
     kube.purge_ipam(&["10.93.0.0/24", "fd00:93::/112"]);
     let _pools = PoolGuard {
@@ -424,7 +312,7 @@ fn datastore_not_ready_refuses_add_and_del() {
     let kube = KubeEnv::get();
     let _x = exclusive();
     let node = Node::new();
-    let _fwd = Forwarder::new(&node.ns, server_port(&kube));
+    let _fwd = Forwarder::new(&node.ns, server_port(&kube.server));
     let ci = kube
         .get_json("/apis/crd.projectcalico.org/v1/clusterinformations/default")
         .expect("ClusterInformation");

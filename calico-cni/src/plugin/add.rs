@@ -12,8 +12,8 @@ use libipam::cni::{CniError, CniResult, Command, Interface, IpConfig, Route};
 
 use super::{api_call, dataplane_error, host_ifname, ipam_plugin, runtime};
 use crate::dataplane::{self, IPV4_GATEWAY, IPV6_GATEWAY, Plan};
-use crate::ipam_exec;
 use crate::k8s::{self, IpamOverrides};
+use crate::{host_local, ipam_exec};
 
 pub fn add(req: &Request) -> Result<CniResult, CniError> {
     let netns = req
@@ -56,7 +56,11 @@ pub fn add(req: &Request) -> Result<CniResult, CniError> {
             overrides = IpamOverrides::from_annotations(&annotations, &ns_annotations)?;
         }
     }
-    let stdin = overrides.rewrite_stdin(&req.stdin)?;
+    let mut stdin = overrides.rewrite_stdin(&req.stdin)?;
+    if req.conf.ipam.ipam_type == host_local::HOST_LOCAL && host_local::wants_pod_cidrs(&stdin)? {
+        let cidrs = node_pod_cidrs(req, &rt, api.as_ref())?;
+        stdin = host_local::replace_pod_cidrs(&stdin, &cidrs)?;
+    }
 
     let ipam_result = match &overrides.ip_addrs {
         None => ipam_exec::add(&ipam, &stdin)?,
@@ -129,6 +133,35 @@ pub fn add(req: &Request) -> Result<CniResult, CniError> {
         ipv6
     );
     Ok(result(&plan, &applied))
+}
+
+/// The Node's pod CIDRs for host-local's `usePodCidr`: the Node is `kubernetes.node_name`, else
+/// the node name. Read through the datastore's connection, or one made for it.
+fn node_pod_cidrs(
+    req: &Request,
+    rt: &tokio::runtime::Runtime,
+    api: Option<&k8s::K8s>,
+) -> Result<host_local::PodCidrs, CniError> {
+    let node = match &req.conf.kubernetes.node_name {
+        Some(n) => n.clone(),
+        None => req.conf.node_name()?,
+    };
+    let own;
+    let api = match api {
+        Some(api) => api,
+        None => {
+            if req.conf.kubeconfig().is_none() {
+                return Err(CniError::invalid_config(
+                    "host-local's usePodCidr needs kubernetes.kubeconfig: the pod CIDRs are read \
+                     from the Kubernetes Node",
+                ));
+            }
+            own = api_call(rt, k8s::connect(&req.conf))?;
+            &own
+        }
+    };
+    let cidrs = api_call(rt, api.node_pod_cidrs(&node))?;
+    host_local::PodCidrs::from_node(&node, &cidrs)
 }
 
 /// The `cni.projectcalico.org/ipAddrs` path: one IPAM ADD per address with `IP=<addr>` in

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use libipam::cni::skel::Request;
 use libipam::cni::{CniError, CniResult, Command, code};
 
-use super::{block_on, dataplane_error, host_ifname, ipam_plugin};
+use super::{block_on, dataplane_error, host_ifname, ipam_plugin, ipam_stdin};
 use crate::dataplane::{self, Plan};
 use crate::ipam_exec;
 
@@ -20,7 +20,7 @@ pub fn check(req: &Request) -> Result<(), CniError> {
         .clone()
         .ok_or_else(|| CniError::invalid_env("CNI_NETNS is required for CHECK"))?;
     let ipam = ipam_plugin(req)?;
-    ipam_exec::exec(&ipam, Command::Check, &req.stdin)?;
+    ipam_exec::exec(&ipam, Command::Check, &ipam_stdin(req)?)?;
 
     let pod_index = prev
         .interfaces

@@ -8,7 +8,7 @@ use libipam::cni::netconf::DatastoreType;
 use libipam::cni::skel::Request;
 use libipam::cni::{CniError, Command};
 
-use super::{api_call, block_on, dataplane_error, host_ifname, ipam_plugin, runtime};
+use super::{api_call, block_on, dataplane_error, host_ifname, ipam_plugin, ipam_stdin, runtime};
 use crate::{dataplane, ipam_exec, k8s};
 
 pub fn del(req: &Request) -> Result<(), CniError> {
@@ -16,8 +16,10 @@ pub fn del(req: &Request) -> Result<(), CniError> {
         unpublish(req)?;
     }
     let mut errors: Vec<CniError> = Vec::new();
-    let release =
-        ipam_plugin(req).and_then(|ipam| ipam_exec::start(&ipam, Command::Del, &req.stdin));
+    let release = ipam_plugin(req).and_then(|ipam| {
+        let stdin = ipam_stdin(req)?;
+        ipam_exec::start(&ipam, Command::Del, &stdin)
+    });
     let host_ifname = host_ifname(req);
     let teardown = dataplane::teardown(req.env.netns.as_deref(), &req.env.ifname, &host_ifname);
     match block_on(teardown) {

@@ -10,7 +10,7 @@ use libipam::cni::{CniError, CniResult, Command, NetConf, code};
 
 use crate::dataplane::DataplaneError;
 use crate::dataplane::{self, DEFAULT_HOST_PREFIX};
-use crate::{ipam_exec, k8s};
+use crate::{host_local, ipam_exec, k8s};
 
 /// The `calico` CNI plugin.
 pub struct Calico;
@@ -30,11 +30,11 @@ impl Plugin for Calico {
     }
     fn status(&self, req: &Request) -> Result<(), CniError> {
         let ipam = ipam_plugin(req)?;
-        ipam_exec::exec(&ipam, Command::Status, &req.stdin).map(|_| ())
+        ipam_exec::exec(&ipam, Command::Status, &ipam_stdin(req)?).map(|_| ())
     }
     fn gc(&self, req: &Request) -> Result<(), CniError> {
         let ipam = ipam_plugin(req)?;
-        ipam_exec::exec(&ipam, Command::Gc, &req.stdin).map(|_| ())
+        ipam_exec::exec(&ipam, Command::Gc, &ipam_stdin(req)?).map(|_| ())
     }
 }
 
@@ -46,6 +46,16 @@ fn ipam_plugin(req: &Request) -> Result<std::path::PathBuf, CniError> {
         ));
     }
     ipam_exec::find_plugin(&req.conf.ipam.ipam_type, &req.env.path)
+}
+
+/// The IPAM plugin's stdin for every verb but ADD: host-local's `usePodCidr` pseudo-subnets
+/// become placeholders it can parse (it releases and checks by container ID), so these verbs
+/// never need the API server.
+fn ipam_stdin(req: &Request) -> Result<Vec<u8>, CniError> {
+    if req.conf.ipam.ipam_type != host_local::HOST_LOCAL {
+        return Ok(req.stdin.clone());
+    }
+    host_local::replace_pod_cidrs(&req.stdin, &host_local::PodCidrs::placeholder())
 }
 
 /// The host-side veth name for this attachment (Calico's rule: Felix computes the same name from

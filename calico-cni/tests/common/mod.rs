@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod kube;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -258,6 +260,18 @@ impl Node {
             Some((ns, pod)) => format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={pod}"),
             None => String::new(),
         };
+        self.cni_with_args(command, container, netns, &args, conf)
+    }
+
+    /// [`Node::cni`] with `CNI_ARGS` exactly as given.
+    pub fn cni_with_args(
+        &self,
+        command: &str,
+        container: &str,
+        netns: &str,
+        args: &str,
+        conf: &Value,
+    ) -> Output {
         let mut child = Command::new("ip")
             .args(["netns", "exec", &self.ns.name, CNI])
             .env_clear()

@@ -33,38 +33,46 @@ pub const DEFAULT_NODENAME_FILE: &str = "/var/lib/calico/nodename";
 pub const DEFAULT_IPAM_LOCK_FILE: &str = "/var/run/calico/ipam.lock";
 
 /// The plugin configuration received on stdin.
+///
+/// Calico's own tooling marshals its Go `NetConf` type, which writes every unset field: `null`
+/// for pointers and lists (`"assign_ipv4": null`, `"ipv4_pools": null`, `"readiness_gates":
+/// null`), `""` for strings and `0` for numbers. All three mean "not set" here, for every
+/// optional field of every section; anything else of the wrong type is still refused.
 #[derive(Debug, Clone, Deserialize)]
 pub struct NetConf {
-    #[serde(rename = "cniVersion", default)]
+    #[serde(rename = "cniVersion", default, deserialize_with = "null_as_default")]
     pub cni_version: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub name: String,
-    #[serde(rename = "type", default)]
+    #[serde(rename = "type", default, deserialize_with = "null_as_default")]
     pub plugin_type: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "datastore_type")]
     pub datastore_type: DatastoreType,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unset_as_none")]
     pub datastore_path: Option<PathBuf>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unset_as_none")]
     pub nodename: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unset_as_none")]
     pub nodename_file: Option<PathBuf>,
     #[serde(default)]
     pub mtu: Option<u32>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub ipam: IpamConf,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub kubernetes: KubernetesConf,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub policy: PolicyConf,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unset_as_none")]
     pub log_level: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unset_as_none")]
     pub log_file_path: Option<PathBuf>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub container_settings: ContainerSettings,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unset_as_none")]
     pub ipam_lock_file: Option<PathBuf>,
+    /// URLs that must answer 2xx/3xx before ADD goes ahead (Calico's `readiness_gates`).
+    #[serde(default, deserialize_with = "readiness_gates")]
+    pub readiness_gates: Vec<String>,
     #[serde(rename = "prevResult", default)]
     pub prev_result: Option<serde_json::Value>,
     #[serde(
@@ -78,7 +86,7 @@ pub struct NetConf {
 /// The `ipam` section. Fields other plugins (host-local) read are left in the raw stdin.
 #[derive(Debug, Clone, Deserialize)]
 pub struct IpamConf {
-    #[serde(rename = "type", default)]
+    #[serde(rename = "type", default, deserialize_with = "null_as_default")]
     pub ipam_type: String,
     #[serde(default = "yes", deserialize_with = "assign_ipv4")]
     pub assign_ipv4: bool,
@@ -106,8 +114,12 @@ impl Default for IpamConf {
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct KubernetesConf {
     /// The kubeconfig the plugins use (`datastore_type: kubernetes`).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unset_as_none")]
     pub kubeconfig: Option<PathBuf>,
+    /// The Kubernetes Node whose `spec.podCIDRs` replace host-local's `usePodCidr` (Calico's
+    /// `kubernetes.node_name`); the node name otherwise.
+    #[serde(default, deserialize_with = "unset_as_none")]
+    pub node_name: Option<String>,
     /// Ours: how long the node-local caches serve configuration objects (pools, IPAM config,
     /// reservations, node/namespace labels, this node's affinities, ClusterInformation)
     /// before reading them again; 0 = always read. Default 10 s.
@@ -118,7 +130,7 @@ pub struct KubernetesConf {
 /// The `policy` section: `type: k8s` makes the plugin read pod and namespace annotations.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct PolicyConf {
-    #[serde(rename = "type", default)]
+    #[serde(rename = "type", default, deserialize_with = "null_as_default")]
     pub policy_type: String,
 }
 
@@ -143,22 +155,27 @@ fn yes() -> bool {
 }
 
 fn assign_ipv4<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
-    bool_or_string(d, "ipam.assign_ipv4")
+    bool_or_string(d, "ipam.assign_ipv4", true)
 }
 
 fn assign_ipv6<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
-    bool_or_string(d, "ipam.assign_ipv6")
+    bool_or_string(d, "ipam.assign_ipv6", false)
 }
 
 fn allow_ip_forwarding<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
-    bool_or_string(d, "container_settings.allow_ip_forwarding")
+    bool_or_string(d, "container_settings.allow_ip_forwarding", false)
 }
 
-/// Calico writes booleans as strings (`"true"`); accept both forms, nothing else. Errors name
-/// the field, since serde's own messages only give a line and column.
-fn bool_or_string<'de, D: Deserializer<'de>>(d: D, field: &str) -> Result<bool, D::Error> {
+/// Calico writes booleans as strings (`"true"`); accept both forms, and `null` as `unset`,
+/// nothing else. Errors name the field, since serde's own messages only give a line and column.
+fn bool_or_string<'de, D: Deserializer<'de>>(
+    d: D,
+    field: &str,
+    unset: bool,
+) -> Result<bool, D::Error> {
     let raw = serde_json::Value::deserialize(d)?;
     match &raw {
+        serde_json::Value::Null => return Ok(unset),
         serde_json::Value::Bool(b) => return Ok(*b),
         serde_json::Value::String(s) if s.eq_ignore_ascii_case("true") => return Ok(true),
         serde_json::Value::String(s) if s.eq_ignore_ascii_case("false") => return Ok(false),
@@ -169,13 +186,67 @@ fn bool_or_string<'de, D: Deserializer<'de>>(d: D, field: &str) -> Result<bool, 
     )))
 }
 
-/// JSON `null` lists appear in the wild; treat them as empty.
+/// `null` lists are Go's unset slices; treat them as empty.
 fn null_as_empty<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
 where
     D: Deserializer<'de>,
     T: Deserialize<'de>,
 {
     Ok(Option::<Vec<T>>::deserialize(d)?.unwrap_or_default())
+}
+
+/// `null` strings and sections are unset: the field's default.
+fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+/// An optional string or path: `null` and `""` (Go's unset string) are both absent.
+fn unset_as_none<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: From<String>,
+{
+    Ok(Option::<String>::deserialize(d)?
+        .filter(|s| !s.is_empty())
+        .map(T::from))
+}
+
+/// `datastore_type`: `null` and `""` are the default.
+fn datastore_type<'de, D: Deserializer<'de>>(d: D) -> Result<DatastoreType, D::Error> {
+    let raw = Option::<String>::deserialize(d)?.unwrap_or_default();
+    match raw.as_str() {
+        "" => Ok(DatastoreType::default()),
+        "local" => Ok(DatastoreType::Local),
+        "kubernetes" => Ok(DatastoreType::Kubernetes),
+        other => Err(serde::de::Error::custom(format!(
+            "datastore_type \"{other}\" is not supported: use \"kubernetes\" (Calico's CRDs through the API server) or \"local\""
+        ))),
+    }
+}
+
+/// `readiness_gates`: a list of URLs (`null` = none). Named in the error, because Calico's
+/// own test passes a bare string here and expects the ADD to fail on it.
+fn readiness_gates<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let raw = serde_json::Value::deserialize(d)?;
+    match raw {
+        serde_json::Value::Null => Ok(Vec::new()),
+        serde_json::Value::Array(items) => items
+            .into_iter()
+            .map(|item| match item {
+                serde_json::Value::String(s) => Ok(s),
+                other => Err(serde::de::Error::custom(format!(
+                    "readiness_gates must be a list of URL strings; {other} is not a string"
+                ))),
+            })
+            .collect(),
+        other => Err(serde::de::Error::custom(format!(
+            "readiness_gates must be a list of URLs, not {other}"
+        ))),
+    }
 }
 
 impl NetConf {
@@ -334,6 +405,70 @@ mod tests {
         )
         .expect("tolerant");
         assert!(c.ipam.ipv4_pools.is_empty());
+    }
+
+    /// What Calico's test suite feeds the plugins: its Go `NetConf` passed through
+    /// `json.Marshal`, so every unset field is written as `null`, `""` or `0`.
+    const GO_MARSHALLED: &str = r#"{"cniVersion":"1.0.0","name":"calico-uts","type":"calico","mode":"","vxlan_mac_prefix":"","vxlan_vni":0,"ipam":{"Name":"","type":"calico-ipam","subnet":"","assign_ipv4":null,"assign_ipv6":null},"args":{"org.apache.mesos":{"network_info":{"name":"","labels":{}}}},"mtu":0,"num_queues":0,"nodename":"node-a","nodename_file":"","ipam_lock_file":"","nodename_file_optional":true,"datastore_type":"kubernetes","etcd_endpoints":"http://127.0.0.1:2379","etcd_discovery_srv":"","log_level":"debug","log_file_path":"","log_file_max_size":0,"log_file_max_age":0,"log_file_max_count":0,"policy":{"type":"k8s","k8s_api_root":"","k8s_auth_token":"","k8s_client_certificate":"","k8s_client_key":"","k8s_certificate_authority":""},"kubernetes":{"k8s_api_root":"","kubeconfig":"/etc/kubeconfig","node_name":""},"feature_control":{"ip_addrs_no_ipam":false,"floating_ips":false},"etcd_scheme":"","etcd_key_file":"","etcd_cert_file":"","etcd_ca_cert_file":"","container_settings":{"allow_ip_forwarding":false},"windows_disable_default_deny_all_policy":false,"RuntimeConfig":{"DNS":{}},"readiness_gates":null,"etcd_authority":"","hostname":""}"#;
+
+    #[test]
+    fn calicos_go_marshalled_netconf_means_the_defaults() {
+        let c = NetConf::parse(GO_MARSHALLED.as_bytes()).expect("Calico's own netconf");
+        assert!(c.ipam.assign_ipv4 && !c.ipam.assign_ipv6);
+        assert!(c.ipam.ipv4_pools.is_empty() && c.readiness_gates.is_empty());
+        assert_eq!(c.datastore_type, DatastoreType::Kubernetes);
+        assert_eq!(c.node_name().expect("node"), "node-a");
+        assert_eq!(c.ipam_lock_file(), Path::new(DEFAULT_IPAM_LOCK_FILE));
+        assert_eq!(c.kubeconfig(), Some(PathBuf::from("/etc/kubeconfig")));
+        assert_eq!(c.kubernetes.node_name, None);
+        assert_eq!((c.log_file_path, c.nodename_file), (None, None));
+        assert_eq!(c.mtu, Some(0));
+        assert_eq!(c.policy.policy_type, "k8s");
+    }
+
+    #[test]
+    fn null_is_unset_in_every_section() {
+        let c = NetConf::parse(
+            br#"{"cniVersion":null,"name":null,"type":null,"datastore_type":null,
+            "datastore_path":null,"nodename":null,"nodename_file":null,"mtu":null,
+            "log_level":null,"log_file_path":null,"ipam_lock_file":null,"prevResult":null,
+            "readiness_gates":null,"cni.dev/valid-attachments":null,
+            "ipam":{"type":null,"assign_ipv4":null,"assign_ipv6":null,"ipv4_pools":null,"ipv6_pools":null},
+            "kubernetes":{"kubeconfig":null,"node_name":null,"cache_ttl_seconds":null},
+            "policy":{"type":null},"container_settings":{"allow_ip_forwarding":null}}"#,
+        )
+        .expect("nulls");
+        assert!(c.ipam.assign_ipv4 && !c.ipam.assign_ipv6);
+        assert_eq!(c.datastore_type, DatastoreType::Local);
+        assert_eq!(c.datastore_path(), Path::new(DEFAULT_DATASTORE_PATH));
+        assert_eq!(c.cache_ttl(), DEFAULT_CACHE_TTL);
+        assert!(!c.container_settings.allow_ip_forwarding);
+        let sections = NetConf::parse(
+            br#"{"cniVersion":"1.0.0","name":"n","ipam":null,"kubernetes":null,"policy":null,"container_settings":null}"#,
+        )
+        .expect("null sections");
+        assert!(sections.ipam.assign_ipv4 && sections.policy.policy_type.is_empty());
+    }
+
+    #[test]
+    fn wrong_types_are_still_refused() {
+        for (bad, says) in [
+            (r#"{"ipam":{"assign_ipv4":1}}"#, "ipam.assign_ipv4"),
+            (r#"{"ipam":{"ipv4_pools":"10.0.0.0/8"}}"#, "sequence"),
+            (r#"{"mtu":"1500"}"#, "u32"),
+            (r#"{"nodename":7}"#, "string"),
+            (r#"{"ipam":7}"#, "IpamConf"),
+            (r#"{"datastore_type":"etcdv3"}"#, "etcdv3"),
+            (
+                r#"{"readiness_gates":"http://localhost:9099/x"}"#,
+                "readiness_gates must be a list of URLs",
+            ),
+            (r#"{"readiness_gates":[9099]}"#, "readiness_gates"),
+        ] {
+            let e = NetConf::parse(bad.as_bytes()).expect_err(bad);
+            assert_eq!(e.code, 7, "{bad}: {e:?}");
+            assert!(e.details.contains(says), "{bad}: {}", e.details);
+        }
     }
 
     #[test]

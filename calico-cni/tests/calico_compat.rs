@@ -1,0 +1,511 @@
+//! Scenarios of Calico's own suite (`cni-plugin/tests/calico_cni_k8s_test.go`, v3.31.7) that
+//! calico-cni must pass, reproduced with the real binaries in a throwaway node netns against the
+//! real kube-apiserver of scripts/kube-testenv: the configuration and `CNI_ARGS` exactly as
+//! Calico's test utilities send them, and Calico's behaviour asserted on the result, in the
+//! pod netns and through the API. The spec each test stands for is named on it.
+//!
+//! Two things differ from Calico's runs, on purpose and only to keep the host clean: the IPAM
+//! lock (and with it the node cache) lives in the test's directory instead of /var/run/calico,
+//! and host-local keeps its allocations in the test's directory instead of /var/lib/cni.
+
+mod common;
+#[path = "../../calico-ipam/tests/kube_env/mod.rs"]
+mod kube_env;
+
+use std::process::{Command, Output, Stdio};
+
+use common::kube::{Forwarder, namespace_yaml, pod_yaml, server_port};
+use common::{Netns, Node, text};
+use kube_env::{KubeEnv, PoolGuard, node_yaml, shared, unique};
+use serde_json::{Value, json};
+use sha1::{Digest, Sha1};
+
+/// `json.Marshal` of Calico's Go `types.NetConf` as its tests build it (name `calico-uts`,
+/// calico-ipam, policy k8s, kubeconfig, nodename): every unset field is written, as `null`,
+/// `""` or `0`. Generated from Calico v3.31.7's types; NODE, KUBECONFIG and LOCK are filled in.
+const GO_MARSHALLED_NETCONF: &str = r#"{"cniVersion":"1.0.0","name":"calico-uts","type":"calico","mode":"","vxlan_mac_prefix":"","vxlan_vni":0,"ipam":{"Name":"","type":"calico-ipam","subnet":"","assign_ipv4":null,"assign_ipv6":null},"args":{"org.apache.mesos":{"network_info":{"name":"","labels":{}}}},"mtu":0,"num_queues":0,"nodename":"NODE","nodename_file":"","ipam_lock_file":"LOCK","nodename_file_optional":true,"datastore_type":"kubernetes","etcd_endpoints":"http://127.0.0.1:2379","etcd_discovery_srv":"","log_level":"debug","log_file_path":"","log_file_max_size":0,"log_file_max_age":0,"log_file_max_count":0,"policy":{"type":"k8s","k8s_api_root":"","k8s_auth_token":"","k8s_client_certificate":"","k8s_client_key":"","k8s_certificate_authority":""},"kubernetes":{"k8s_api_root":"","kubeconfig":"KUBECONFIG","node_name":""},"feature_control":{"ip_addrs_no_ipam":false,"floating_ips":false},"etcd_scheme":"","etcd_key_file":"","etcd_cert_file":"","etcd_ca_cert_file":"","container_settings":{"allow_ip_forwarding":false},"windows_disable_default_deny_all_policy":false,"RuntimeConfig":{"DNS":{}},"readiness_gates":null,"etcd_authority":"","hostname":""}"#;
+
+fn go_netconf(node: &Node, node_name: &str, kube: &KubeEnv) -> Value {
+    let text = GO_MARSHALLED_NETCONF
+        .replace("NODE", node_name)
+        .replace("KUBECONFIG", &kube.cni.display().to_string())
+        .replace(
+            "LOCK",
+            &node.dir.path().join("ipam.lock").display().to_string(),
+        );
+    serde_json::from_str(&text).expect("netconf")
+}
+
+/// Calico's test utilities' `CNI_ARGS` (no `IgnoreUnknown`), plus `;IP=<ip>` when asked.
+fn calico_args(namespace: &str, pod: &str, ip: Option<&str>) -> String {
+    let mut args = format!(
+        "K8S_POD_NAME={pod};K8S_POD_NAMESPACE={namespace};K8S_POD_INFRA_CONTAINER_ID=whatever"
+    );
+    if let Some(ip) = ip {
+        args.push_str(&format!(";IP={ip}"));
+    }
+    args
+}
+
+/// A Kubernetes cluster view of one simulated node: the node netns reaching the apiserver.
+struct Cluster {
+    kube: KubeEnv,
+    node: Node,
+    _fwd: Forwarder,
+    /// The Kubernetes Node's name.
+    name: String,
+    u: String,
+}
+
+impl Cluster {
+    fn new(node_spec: &str) -> Cluster {
+        let kube = KubeEnv::get();
+        let node = Node::new();
+        let fwd = Forwarder::new(&node.ns, server_port(&kube.server));
+        let u = unique();
+        let name = format!("compat-node-{u}");
+        let mut yaml = node_yaml(&name, &[("calico-rs-test", &format!("compat{u}"))]);
+        if !node_spec.is_empty() {
+            yaml = yaml.replace("---\n", &format!("spec: {node_spec}\n---\n"));
+        }
+        kube.apply(&yaml);
+        Cluster {
+            kube,
+            node,
+            _fwd: fwd,
+            name,
+            u,
+        }
+    }
+
+    fn add(&self, cid: &str, pod: &Netns, args: &str, conf: &Value) -> Output {
+        self.node.cni_with_args("ADD", cid, &pod.path(), args, conf)
+    }
+
+    fn del(&self, cid: &str, pod: &Netns, args: &str, conf: &Value) {
+        let out = self.node.cni_with_args("DEL", cid, &pod.path(), args, conf);
+        assert!(out.status.success(), "DEL {cid}: {}", text(&out));
+    }
+
+    fn annotations(&self, namespace: &str, pod: &str) -> Value {
+        self.kube
+            .get_json(&format!("/api/v1/namespaces/{namespace}/pods/{pod}"))
+            .expect("pod")["metadata"]["annotations"]
+            .clone()
+    }
+
+    /// Nothing of the attachment is left: no link in the pod netns, no cali link on the node.
+    fn assert_nothing_left(&self, pod: &Netns) {
+        let links: Vec<String> = pod.links().into_iter().filter(|l| l != "lo").collect();
+        assert!(links.is_empty(), "left in the pod netns: {links:?}");
+        assert!(
+            self.node.cali_links().is_empty(),
+            "left on the node: {:?}",
+            self.node.cali_links()
+        );
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.kube.delete(&format!("/api/v1/nodes/{}", self.name));
+    }
+}
+
+fn ok(out: &Output) -> Value {
+    assert!(out.status.success(), "expected success: {}", text(out));
+    serde_json::from_slice(&out.stdout).expect("result JSON")
+}
+
+fn err(out: &Output) -> Value {
+    assert!(!out.status.success(), "expected failure: {}", text(out));
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not a CNI error ({e}): {}", text(out)))
+}
+
+/// The pod's global addresses of one family (`-4`/`-6`), as `addr/prefix`.
+fn global_addresses(pod: &Netns, family: &str) -> Vec<String> {
+    pod.ip(&[family, "-o", "addr", "show", "scope", "global"])
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(3).map(str::to_string))
+        .collect()
+}
+
+fn in_net(addr: &str, net: &str) -> bool {
+    let a: ipnet::IpNet = addr.parse().expect("address");
+    let n: ipnet::IpNet = net.parse().expect("net");
+    n.contains(&a.addr())
+}
+
+/// Calico's result shape: every address /32 or /128 on interface 1, the pod's `eth0` with a MAC
+/// and its sandbox; the host veth first.
+fn assert_calico_result(r: &Value, pod: &Netns, count: usize) {
+    let ips = r["ips"].as_array().expect("ips");
+    assert_eq!(ips.len(), count, "{r}");
+    let interfaces = r["interfaces"].as_array().expect("interfaces");
+    assert_eq!(interfaces.len(), 2, "{r}");
+    for ip in ips {
+        let i = ip["interface"].as_u64().expect("interface index") as usize;
+        assert_eq!(interfaces[i]["name"], "eth0", "{r}");
+        assert!(
+            interfaces[i]["mac"].as_str().is_some_and(|m| !m.is_empty()),
+            "{r}"
+        );
+        assert_eq!(interfaces[i]["sandbox"], pod.path().as_str(), "{r}");
+        let a = ip["address"].as_str().expect("address");
+        assert!(a.ends_with("/32") || a.ends_with("/128"), "{r}");
+    }
+}
+
+/// k8s spec 3461 "When CNI ADD success, return all interfaces should allocate IPv4 only" and
+/// 3514 "...should allocate IPv4 and IPv6 addresses and handle dual stack": the netconf is
+/// Calico's Go type marshalled as is, so `assign_ipv4`, `assign_ipv6` and `readiness_gates` are
+/// `null` and every unset string is `""` — all of which mean "not set".
+#[test]
+fn calicos_marshalled_netconf_with_nulls_networks_ipv4_only_and_dual_stack_pods() {
+    let _g = shared();
+    let c = Cluster::new("");
+    let u = &c.u;
+    let (v4_pool, v6_pool) = ("50.80.0.0/16", "fd80:50::/96");
+    c.kube.purge_ipam(&[v4_pool, v6_pool]);
+    let _pools = PoolGuard {
+        kube: &c.kube,
+        names: vec![format!("t-compat-v4-{u}"), format!("t-compat-v6-{u}")],
+    };
+    let ns = format!("compat-{u}");
+    c.kube.apply(&format!(
+        "apiVersion: crd.projectcalico.org/v1\nkind: IPPool\nmetadata: {{name: t-compat-v4-{u}}}\n\
+         spec: {{cidr: '{v4_pool}', nodeSelector: \"calico-rs-test == 'nobody'\"}}\n---\n\
+         apiVersion: crd.projectcalico.org/v1\nkind: IPPool\nmetadata: {{name: t-compat-v6-{u}}}\n\
+         spec: {{cidr: '{v6_pool}', nodeSelector: \"calico-rs-test == 'nobody'\"}}\n---\n\
+         {}{}{}",
+        namespace_yaml(&ns, &[]),
+        pod_yaml(
+            &ns,
+            "test-pod-v4",
+            &c.name,
+            &[("cni.projectcalico.org/ipv4pools", "[\"50.80.0.0/16\"]")]
+        ),
+        pod_yaml(
+            &ns,
+            "test-pod-ds",
+            &c.name,
+            &[
+                ("cni.projectcalico.org/ipv4pools", "[\"50.80.0.0/16\"]"),
+                ("cni.projectcalico.org/ipv6pools", "[\"fd80:50::/96\"]"),
+            ]
+        ),
+    ));
+    let conf = go_netconf(&c.node, &c.name, &c.kube);
+    assert_eq!(conf["ipam"]["assign_ipv4"], Value::Null);
+    assert_eq!(conf["readiness_gates"], Value::Null);
+
+    // IPv4 only: assign_ipv4 null means "true", assign_ipv6 null means "false".
+    let pod = Netns::new("cmpv4");
+    let cid = format!("v4{u}");
+    let args = calico_args(&ns, "test-pod-v4", None);
+    let r = ok(&c.add(&cid, &pod, &args, &conf));
+    assert_calico_result(&r, &pod, 1);
+    let v4 = r["ips"][0]["address"]
+        .as_str()
+        .expect("address")
+        .to_string();
+    assert!(in_net(&v4, v4_pool), "{r}");
+    assert_eq!(global_addresses(&pod, "-4"), [v4.as_str()]);
+    assert!(global_addresses(&pod, "-6").is_empty());
+    assert_eq!(
+        c.annotations(&ns, "test-pod-v4")["cni.projectcalico.org/podIPs"],
+        v4.as_str()
+    );
+    c.del(&cid, &pod, &args, &conf);
+    c.assert_nothing_left(&pod);
+    assert!(
+        c.kube
+            .get_json(&format!(
+                "/apis/crd.projectcalico.org/v1/ipamhandles/calico-uts.{cid}"
+            ))
+            .is_none(),
+        "the handle must be released"
+    );
+
+    // Dual stack: the same bytes with assign_ipv6 "true", as Calico's test sets it.
+    let mut conf = conf;
+    conf["ipam"]["assign_ipv6"] = json!("true");
+    let pod = Netns::new("cmpds");
+    let cid = format!("ds{u}");
+    let args = calico_args(&ns, "test-pod-ds", None);
+    let r = ok(&c.add(&cid, &pod, &args, &conf));
+    assert_calico_result(&r, &pod, 2);
+    let (v4, v6) = (
+        r["ips"][0]["address"].as_str().expect("v4").to_string(),
+        r["ips"][1]["address"].as_str().expect("v6").to_string(),
+    );
+    assert!(in_net(&v4, v4_pool) && in_net(&v6, v6_pool), "{r}");
+    assert_eq!(global_addresses(&pod, "-4"), [v4]);
+    assert_eq!(global_addresses(&pod, "-6"), [v6]);
+    c.del(&cid, &pod, &args, &conf);
+    c.assert_nothing_left(&pod);
+}
+
+/// Calico's host veth rule, computed here independently of the plugin.
+fn expected_host_veth(namespace: &str, pod: &str) -> String {
+    let digest = Sha1::digest(format!("{namespace}.{pod}"));
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("cali{}", &hex[..11])
+}
+
+/// What host-local holds in `data_dir` for network `net` (its allocation files).
+fn host_local_holds(data_dir: &std::path::Path, net: &str) -> Vec<String> {
+    std::fs::read_dir(data_dir.join(net))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.contains('.') || n.contains(':'))
+                .filter(|n| !n.starts_with("last_reserved_ip"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// k8s spec 219 "using host-local IPAM successfully networks the namespace": the runtime's
+/// `CNI_ARGS` carry `K8S_POD_NAME=...` without `IgnoreUnknown`, which host-local refuses on its
+/// own (shown first); calico-cni puts `IgnoreUnknown=1` in front before delegating, as Calico does.
+#[test]
+fn host_local_gets_ignore_unknown_and_networks_the_pod() {
+    let _g = shared();
+    let c = Cluster::new("");
+    let u = &c.u;
+    let ns = format!("compat-hl-{u}");
+    c.kube.apply(&format!(
+        "{}{}",
+        namespace_yaml(&ns, &[]),
+        pod_yaml(&ns, "test-pod-1", &c.name, &[])
+    ));
+    let data_dir = c.node.dir.path().join("host-local");
+    let conf = json!({
+        "cniVersion": "1.0.0",
+        "name": "net1",
+        "type": "calico",
+        "etcd_endpoints": "http://127.0.0.1:2379",
+        "datastore_type": "kubernetes",
+        "ipam": {"type": "host-local", "subnet": "10.0.0.0/8", "dataDir": data_dir},
+        "kubernetes": {"kubeconfig": c.kube.cni},
+        "policy": {"type": "k8s"},
+        "nodename_file_optional": true,
+        "log_level": "debug",
+        "nodename": c.name,
+        "ipam_lock_file": c.node.dir.path().join("ipam.lock"),
+    });
+    let args = calico_args(&ns, "test-pod-1", None);
+
+    // The control: host-local alone refuses these arguments.
+    let mut direct = Command::new("/usr/lib/cni/host-local")
+        .env_clear()
+        .env("CNI_COMMAND", "ADD")
+        .env("CNI_CONTAINERID", "direct")
+        .env("CNI_NETNS", "/proc/self/ns/net")
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/usr/lib/cni")
+        .env("CNI_ARGS", &args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("host-local");
+    std::io::Write::write_all(
+        &mut direct.stdin.take().expect("stdin"),
+        conf.to_string().as_bytes(),
+    )
+    .expect("stdin");
+    let direct = direct.wait_with_output().expect("host-local");
+    assert!(
+        String::from_utf8_lossy(&direct.stdout).contains("unknown args"),
+        "host-local must refuse pod arguments without IgnoreUnknown: {}",
+        text(&direct)
+    );
+
+    let pod = Netns::new("cmphl");
+    let cid = format!("hl{u}");
+    let r = ok(&c.add(&cid, &pod, &args, &conf));
+    assert_calico_result(&r, &pod, 1);
+    let ip = r["ips"][0]["address"]
+        .as_str()
+        .expect("address")
+        .to_string();
+    assert!(in_net(&ip, "10.0.0.0/8") && ip.ends_with("/32"), "{r}");
+    let veth = expected_host_veth(&ns, "test-pod-1");
+    assert_eq!(r["interfaces"][0]["name"], veth.as_str(), "{r}");
+    assert_eq!(global_addresses(&pod, "-4"), [ip.as_str()]);
+    let routes = pod.ip(&["-4", "route"]);
+    assert!(
+        routes.contains("default via 169.254.1.1 dev eth0")
+            && routes.contains("169.254.1.1 dev eth0 scope link"),
+        "{routes}"
+    );
+    let host_routes = c.node.ns.ip(&["-4", "route", "show", "dev", &veth]);
+    let bare = ip.trim_end_matches("/32");
+    assert!(
+        host_routes.contains(&format!("{bare} scope link")),
+        "{host_routes}"
+    );
+    let link = c.node.ns.ip(&["link", "show", &veth]);
+    assert!(link.contains("mtu 1500") && link.contains(",UP"), "{link}");
+    for (sysctl, want) in [
+        (format!("net/ipv4/conf/{veth}/proxy_arp"), "1"),
+        (format!("net/ipv4/neigh/{veth}/proxy_delay"), "0"),
+        (format!("net/ipv4/conf/{veth}/forwarding"), "1"),
+    ] {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &c.node.ns.name, "cat"])
+            .arg(format!("/proc/sys/{sysctl}"))
+            .output()
+            .expect("cat");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            want,
+            "{sysctl}"
+        );
+    }
+    assert_eq!(
+        c.annotations(&ns, "test-pod-1")["cni.projectcalico.org/podIP"],
+        ip.as_str()
+    );
+    assert_eq!(host_local_holds(&data_dir, "net1").len(), 1);
+
+    c.del(&cid, &pod, &args, &conf);
+    c.assert_nothing_left(&pod);
+    assert!(
+        host_local_holds(&data_dir, "net1").is_empty(),
+        "host-local still holds {:?}",
+        host_local_holds(&data_dir, "net1")
+    );
+}
+
+/// host-local `usePodCidr`, old style (`ipam.subnet`), with the Node's single `spec.podCIDR`:
+/// k8s spec 923 "Using host-local IPAM with one PodCIDR (old-style inline subnet): request an
+/// IP then release it, and then request it again".
+#[test]
+fn host_local_use_pod_cidr_takes_the_nodes_pod_cidr() {
+    let _g = shared();
+    let c = Cluster::new("{podCIDR: 10.0.0.0/24}");
+    let u = &c.u;
+    let ns = format!("compat-pc-{u}");
+    c.kube.apply(&format!(
+        "{}{}{}",
+        namespace_yaml(&ns, &[]),
+        pod_yaml(&ns, "test-pod", &c.name, &[]),
+        pod_yaml(&ns, "run2", &c.name, &[])
+    ));
+    let data_dir = c.node.dir.path().join("host-local");
+    let conf = json!({
+        "cniVersion": "1.0.0",
+        "name": "net6",
+        "nodename_file_optional": true,
+        "type": "calico",
+        "etcd_endpoints": "http://127.0.0.1:2379",
+        "datastore_type": "kubernetes",
+        "ipam": {"type": "host-local", "subnet": "usePodCidr", "dataDir": data_dir},
+        "kubernetes": {"kubeconfig": c.kube.cni},
+        "policy": {"type": "k8s"},
+        "log_level": "debug",
+        "nodename": c.name,
+        "ipam_lock_file": c.node.dir.path().join("ipam.lock"),
+    });
+    // Twice the same address: the DEL in between must have released it in host-local.
+    for (round, pod_name) in ["test-pod", "run2"].into_iter().enumerate() {
+        let pod = Netns::new("cmppc");
+        let cid = format!("pc{round}{u}");
+        let args = calico_args(&ns, pod_name, Some("10.0.0.42"));
+        let r = ok(&c.add(&cid, &pod, &args, &conf));
+        assert_eq!(r["ips"][0]["address"], "10.0.0.42/32", "{r}");
+        assert_eq!(global_addresses(&pod, "-4"), ["10.0.0.42/32"]);
+        let routes = pod.ip(&["-4", "route"]);
+        assert!(
+            routes.contains("default via 169.254.1.1 dev eth0") && !routes.contains("10."),
+            "{routes}"
+        );
+        c.del(&cid, &pod, &args, &conf);
+        c.assert_nothing_left(&pod);
+        assert!(host_local_holds(&data_dir, "net6").is_empty());
+    }
+}
+
+/// host-local `usePodCidr` and `usePodCidrIPv6` in `ranges`, with the Node's dual-stack
+/// `spec.podCIDRs`: k8s spec 1034 "Using host-local IPAM with two PodCIDRs (new-style with
+/// IPv4 and IPv6 both using usePodCidr, no routes)"; then Calico's errors for a Node without
+/// pod CIDRs and for `usePodCidrIPv6` on an IPv4-only Node, each leaving nothing behind.
+#[test]
+fn host_local_use_pod_cidr_ranges_take_the_nodes_dual_stack_pod_cidrs() {
+    let _g = shared();
+    let c = Cluster::new("{podCIDRs: [10.10.0.0/24, 'dead:beef::/96']}");
+    let u = &c.u;
+    let ns = format!("compat-pcs-{u}");
+    c.kube.apply(&format!(
+        "{}{}",
+        namespace_yaml(&ns, &[]),
+        pod_yaml(&ns, "test-pod", &c.name, &[])
+    ));
+    let data_dir = c.node.dir.path().join("host-local");
+    let conf_for = |node: &str| {
+        json!({
+            "cniVersion": "0.3.1",
+            "name": "net6",
+            "nodename_file_optional": true,
+            "type": "calico",
+            "datastore_type": "kubernetes",
+            "ipam": {"type": "host-local", "dataDir": data_dir, "ranges": [
+                [{"subnet": "usePodCidr"}],
+                [{"subnet": "usePodCidrIPv6"}]
+            ]},
+            "kubernetes": {"kubeconfig": c.kube.cni},
+            "policy": {"type": "k8s"},
+            "nodename": node,
+            "ipam_lock_file": c.node.dir.path().join("ipam.lock"),
+        })
+    };
+    let conf = conf_for(&c.name);
+    let pod = Netns::new("cmppcs");
+    let cid = format!("pcs{u}");
+    let args = calico_args(&ns, "test-pod", Some("10.10.0.42"));
+    let r = ok(&c.add(&cid, &pod, &args, &conf));
+    assert_eq!(r["ips"][0]["address"], "10.10.0.42/32", "{r}");
+    let v6 = r["ips"][1]["address"].as_str().expect("v6").to_string();
+    assert!(in_net(&v6, "dead:beef::/96") && v6.ends_with("/128"), "{r}");
+    assert_eq!(global_addresses(&pod, "-4"), ["10.10.0.42/32"]);
+    assert_eq!(global_addresses(&pod, "-6"), [v6]);
+    // DEL needs no API server: the pseudo-subnets become placeholders host-local can parse.
+    c.del(&cid, &pod, &args, &conf);
+    c.assert_nothing_left(&pod);
+    assert!(host_local_holds(&data_dir, "net6").is_empty());
+
+    // A Node without pod CIDRs, and an IPv4-only Node asked for usePodCidrIPv6.
+    let bare = format!("compat-bare-{u}");
+    let v4_only = format!("compat-v4only-{u}");
+    c.kube.apply(&format!(
+        "{}{}",
+        node_yaml(&bare, &[("calico-rs-test", "nobody")]),
+        node_yaml(&v4_only, &[("calico-rs-test", "nobody")])
+            .replace("---\n", "spec: {podCIDR: 10.11.0.0/24}\n---\n")
+    ));
+    for (node, code, msg) in [
+        (&bare, 11, format!("no podCidr for node {bare}")),
+        (
+            &v4_only,
+            7,
+            "usePodCidrIPv6 found but there is no IPv6 CIDR configured".to_string(),
+        ),
+    ] {
+        let pod = Netns::new("cmppce");
+        let e = err(&c.add(&format!("pce{u}"), &pod, &args, &conf_for(node)));
+        assert_eq!(
+            (e["code"].as_u64(), e["msg"].as_str()),
+            (Some(code), Some(msg.as_str())),
+            "{e}"
+        );
+        c.assert_nothing_left(&pod);
+        assert!(host_local_holds(&data_dir, "net6").is_empty());
+    }
+    for node in [&bare, &v4_only] {
+        c.kube.delete(&format!("/api/v1/nodes/{node}"));
+    }
+}
