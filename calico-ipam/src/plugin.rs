@@ -185,6 +185,8 @@ impl Plugin for CalicoIpam {
                     .await
                     .map_err(|e| CniError::try_again(e.to_string()))?;
                 let mut failures = Vec::new();
+                // All the releases in one commit (one sync on the local store).
+                ipam.store().begin();
                 for h in handles {
                     let id = &h.value.handle_id;
                     if !id.starts_with(&prefix) || valid.contains(id) {
@@ -193,6 +195,9 @@ impl Plugin for CalicoIpam {
                     if let Err(e) = ipam.release_by_handle(id).await {
                         failures.push(format!("{id}: {e}"));
                     }
+                }
+                if let Err(e) = ipam.store().commit().await {
+                    failures.push(format!("commit: {e}"));
                 }
                 if failures.is_empty() {
                     Ok(())

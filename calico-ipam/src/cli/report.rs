@@ -4,11 +4,12 @@ use std::net::IpAddr;
 
 use anyhow::{Context, Result, bail};
 use libipam::datastore::Datastore;
+use libipam::datastore::local::Temporaries;
 use serde_json::json;
 
 use super::pool::print_table;
 use super::with_store;
-use crate::store::StoreConfig;
+use crate::store::{Store, StoreConfig};
 use crate::with_ipam;
 
 /// Pool usage, optionally with blocks and the IPAM configuration.
@@ -165,9 +166,15 @@ pub fn release(store: &StoreConfig, ip: &str) -> Result<i32> {
 
 /// Allocations, handles and blocks must agree; print what does not and exit 1.
 pub fn check(store: &StoreConfig) -> Result<i32> {
-    let problems = with_store(store, async |store| {
-        with_ipam!(store, |ipam| ipam.check().await)
+    let (problems, temporaries) = with_store(store, async |store| {
+        let temporaries = match &store {
+            Store::Local(local) => local.temporaries()?,
+            Store::Kube(_) => Temporaries::default(),
+        };
+        let problems = with_ipam!(store, |ipam| ipam.check().await)?;
+        Ok::<_, anyhow::Error>((problems, temporaries))
     })??;
+    report_temporaries(&temporaries);
     if problems.is_empty() {
         println!(
             "IPAM is consistent: every allocation has its handle and every handle its allocations."
@@ -179,6 +186,28 @@ pub fn check(store: &StoreConfig) -> Result<i32> {
         println!("- {p}");
     }
     Ok(1)
+}
+
+/// Temporary files are not IPAM state: stale ones are removed (and said so), live ones named.
+fn report_temporaries(t: &Temporaries) {
+    if !t.removed.is_empty() {
+        println!(
+            "Removed {} stale temporary file(s) left by killed writers:",
+            t.removed.len()
+        );
+        for p in &t.removed {
+            println!("- {}", p.display());
+        }
+    }
+    if !t.in_use.is_empty() {
+        println!(
+            "{} temporary file(s) being written by a live writer (left alone):",
+            t.in_use.len()
+        );
+        for p in &t.in_use {
+            println!("- {}", p.display());
+        }
+    }
 }
 
 /// Change the IPAM configuration.

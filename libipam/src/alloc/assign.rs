@@ -67,6 +67,10 @@ impl<D: Datastore> Ipam<D> {
     /// path creates it, and only if it turns out to exist (a repeated ADD) is it read and the
     /// request planned again around what it already holds.
     pub async fn auto_assign(&self, args: &AutoAssignArgs) -> Result<AutoAssignResult> {
+        self.grouped(self.auto_assign_in_group(args)).await
+    }
+
+    async fn auto_assign_in_group(&self, args: &AutoAssignArgs) -> Result<AutoAssignResult> {
         let all_pools = self.load_pools().await?;
         // A bad pool list is reported even for a family that was not asked for.
         pools::resolve_requested(&all_pools, &args.ipv4_pools, IpFamily::V4)?;
@@ -609,6 +613,10 @@ impl<D: Datastore> Ipam<D> {
     /// a missing block is claimed for `hostname` (ignoring nodeSelector and the block limit,
     /// as Calico does). Returns the address with its block's mask.
     pub async fn assign_ip(&self, args: &AssignIpArgs) -> Result<IpNet> {
+        self.grouped(self.assign_ip_in_group(args)).await
+    }
+
+    async fn assign_ip_in_group(&self, args: &AssignIpArgs) -> Result<IpNet> {
         let all_pools = self.load_pools().await?;
         let pool = all_pools
             .iter()

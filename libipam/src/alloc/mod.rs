@@ -202,6 +202,18 @@ fn ds(op: impl Into<String>) -> impl FnOnce(DatastoreError) -> IpamError {
 }
 
 impl<D: Datastore> Ipam<D> {
+    /// Runs one operation with its writes grouped into one commit ([`Datastore::begin`]).
+    /// Whatever the operation wrote is committed, whether it succeeded or not (its own
+    /// rollbacks included), exactly as if each write had been committed on its own.
+    async fn grouped<T>(&self, op: impl Future<Output = Result<T>>) -> Result<T> {
+        self.store.begin();
+        let out = op.await;
+        let committed = self.store.commit().await.map_err(ds("commit"));
+        let value = out?;
+        committed?;
+        Ok(value)
+    }
+
     async fn new_request<'a>(
         &self,
         host: &'a str,

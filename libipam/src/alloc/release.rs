@@ -23,6 +23,11 @@ impl<D: Datastore> Ipam<D> {
     /// handle changed (or the copy it started from was stale), the blocks the current handle
     /// lists are released too before trying again, so nothing the handle holds is left behind.
     pub async fn release_by_handle(&self, handle_id: &str) -> Result<Vec<IpAddr>> {
+        self.grouped(self.release_by_handle_in_group(handle_id))
+            .await
+    }
+
+    async fn release_by_handle_in_group(&self, handle_id: &str) -> Result<Vec<IpAddr>> {
         let Some(handle) = self.handle_for_update(handle_id).await? else {
             return Ok(Vec::new());
         };
@@ -97,6 +102,10 @@ impl<D: Datastore> Ipam<D> {
 
     /// Releases the given addresses wherever they are; returns those that were not allocated.
     pub async fn release_ips(&self, ips: &[IpAddr]) -> Result<Vec<IpAddr>> {
+        self.grouped(self.release_ips_in_group(ips)).await
+    }
+
+    async fn release_ips_in_group(&self, ips: &[IpAddr]) -> Result<Vec<IpAddr>> {
         let pools = self.load_pools().await?;
         let mut by_block: BTreeMap<IpNet, Vec<IpAddr>> = BTreeMap::new();
         let mut unallocated = Vec::new();

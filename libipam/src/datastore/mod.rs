@@ -85,6 +85,18 @@ pub type DsResult<T> = Result<T, DatastoreError>;
 // The plugins run a current_thread runtime, so the returned futures need not be Send.
 #[allow(async_fn_in_trait)]
 pub trait Datastore {
+    /// Starts a group of writes: until the matching [`Datastore::commit`], the writes made
+    /// through this handle may be held back and made durable together, in one commit, or not
+    /// at all if the process dies first. Reads through this handle see them at once; other
+    /// handles see them once committed. Groups nest; the outermost `commit` commits. A
+    /// backend whose writes are durable one by one (Kubernetes, memory) does nothing.
+    fn begin(&self) {}
+    /// Ends the group [`Datastore::begin`] started; the outermost one makes its writes
+    /// durable before it returns. An error means they may or may not have been kept.
+    async fn commit(&self) -> DsResult<()> {
+        Ok(())
+    }
+
     /// The `default` IPAMConfig; Calico's defaults when absent (not persisted).
     async fn get_config(&self) -> DsResult<IpamConfig>;
     /// Creates or replaces the `default` IPAMConfig.
