@@ -1,5 +1,8 @@
 //! IPAM and datastore failures as CNI errors: the one place their codes are chosen.
 
+use std::path::Path;
+
+use libipam::DatastoreError;
 use libipam::cni::{CniError, code};
 use libipam::error::{ErrorKind, IpamError, error_chain};
 
@@ -19,4 +22,29 @@ pub fn cni_error(e: &IpamError) -> CniError {
         _ => code,
     };
     CniError::new(code, msg, error_chain(e))
+}
+
+/// Calico's wording for a failed once-per-node upgrade (`maybeUpgradeIPAM`).
+const UPGRADE_FAILED: &str = "failed to upgrade IPAM database";
+
+/// The upgrade of this node's BlockAffinities failed; a busy or unreachable server is worth a
+/// retry.
+pub fn upgrade_failed(e: &DatastoreError) -> CniError {
+    let code = match e {
+        DatastoreError::Unavailable(_) | DatastoreError::Conflict => code::TRY_AGAIN_LATER,
+        _ => code::INTERNAL,
+    };
+    CniError::new(code, UPGRADE_FAILED, e.to_string())
+}
+
+/// The upgrade worked but its marker file could not be written.
+pub fn upgrade_marker_failed(marker: &Path, e: &std::io::Error) -> CniError {
+    CniError::new(
+        code::IO,
+        UPGRADE_FAILED,
+        format!(
+            "failed to create IPAM upgrade marker file {}: {e}",
+            marker.display()
+        ),
+    )
 }

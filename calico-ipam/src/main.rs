@@ -7,6 +7,7 @@ mod errors;
 mod lock;
 mod plugin;
 mod store;
+mod upgrade;
 
 fn main() {
     if std::env::var_os("CNI_COMMAND").is_none() {

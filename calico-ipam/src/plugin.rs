@@ -15,7 +15,7 @@ use libipam::model::time;
 
 use crate::errors::cni_error;
 use crate::store::{Store, StoreConfig};
-use crate::{lock, with_ipam};
+use crate::{lock, upgrade, with_ipam};
 
 /// How long one verb may take once it holds the host lock (Calico: 90 s).
 const VERB_TIMEOUT: Duration = Duration::from_secs(90);
@@ -45,9 +45,13 @@ impl Plugin for CalicoIpam {
         let attrs = attributes(req, &node);
         let namespace = req.env.args.pod().map(|(ns, _)| ns.to_string());
         let cfg = store_config(req, Some(&node));
+        let marker = upgrade::marker_path(req.conf.ipam_lock_file());
         let _lock = lock::acquire(req.conf.ipam_lock_file());
         let assigned: Result<Vec<IpNet>, CniError> = run(async {
             let store = open(&cfg).await?;
+            if let Store::Kube(kube) = &store {
+                upgrade::maybe_upgrade(kube, &node, &marker).await?;
+            }
             with_ipam!(store, |ipam| {
                 match requested_ip {
                     Some(ip) => ipam

@@ -15,7 +15,7 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use common::{BIN, cni, seed_pools, text};
 use ipnet::IpNet;
@@ -778,52 +778,282 @@ fn conflict_storm_on_one_small_pool_resolves() {
     }
 }
 
+/// An IPPool (projectcalico.org/v3 YAML for `calico-ipam pool apply`) that only nodes labelled
+/// `calico-rs-test=<tag>` select.
+fn tagged_pool(name: &str, cidr: &str, block: u32, disabled: bool, tag: &str) -> String {
+    format!(
+        "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {{name: {name}}}\n\
+         spec: {{cidr: '{cidr}', blockSize: {block}, disabled: {disabled}, \
+         nodeSelector: \"calico-rs-test == '{tag}'\"}}\n"
+    )
+}
+
+fn delete_pool(kube: &KubeEnv, name: &str) {
+    kube.delete(&format!("/apis/crd.projectcalico.org/v1/ippools/{name}"));
+}
+
+fn inside(ip: &IpNet, cidr: &str) -> bool {
+    cidr.parse::<IpNet>().expect("cidr").contains(&ip.addr())
+}
+
+/// Issue 15, item 5 (Calico's ipam specs "No partial assignments in dual stack" 159/195): with
+/// one family's pool deleted a dual-stack ADD fails, twice in a row, and allocates nothing in
+/// the other family, although the node's cache (default TTL) still remembers the pool.
 #[test]
-fn disabled_pool_stops_being_used_within_the_cache_ttl() {
+fn dual_stack_add_fails_whole_right_after_a_pool_is_deleted() {
     let kube = KubeEnv::get();
     let _s = shared();
-    let u = unique();
-    let tag = format!("ttl{u}");
-    let pool = |name: &str, cidr: &str, disabled: bool| {
+    let tag = format!("part{}", unique());
+    let (v4, v6) = ("10.101.0.0/24", "fd00:101::/112");
+    let _pools = guard(&kube, &["t-part-v4", "t-part-v6"], &[v4, v6]);
+    let both = || {
         format!(
-            "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {{name: {name}}}\n\
-             spec: {{cidr: '{cidr}', disabled: {disabled}, nodeSelector: \"calico-rs-test == '{tag}'\"}}\n"
+            "{}---\n{}",
+            tagged_pool("t-part-v4", v4, 26, false, &tag),
+            tagged_pool("t-part-v6", v6, 122, false, &tag)
         )
     };
-    let (first, second) = ("t-ttl-a".to_string(), "t-ttl-b".to_string());
-    let _pools = guard(
-        &kube,
-        &["t-ttl-a", "t-ttl-b"],
-        &["10.87.0.0/24", "10.88.0.0/24"],
+    apply_pools(&kube, &both());
+    let n = Node::new(&kube, "part", &[("calico-rs-test", &tag)]);
+    let conf = n.conf(&kube, true, None);
+    // Warm the node: its cache now holds the pools, affinities and blocks.
+    let warm = addresses(&add(&conf, "pw", "pw"));
+    assert_eq!(warm.len(), 2);
+    let held = |kube: &KubeEnv| -> usize {
+        blocks(kube)
+            .iter()
+            .filter(|(c, _)| inside(c, v4) || inside(c, v6))
+            .map(|(_, b)| in_use(b))
+            .sum()
+    };
+    for gone in ["t-part-v6", "t-part-v4"] {
+        delete_pool(&kube, gone);
+        for attempt in 0..2 {
+            let e = error_of(&add(&conf, "px", "px"));
+            assert!(
+                e["details"].as_str().is_some_and(|d| d.contains("pool")),
+                "{gone} deleted, attempt {attempt}: {e}"
+            );
+            assert_eq!(held(&kube), 2, "only the warm pod's two addresses are held");
+            assert!(
+                kube.get_json(&format!(
+                    "/apis/crd.projectcalico.org/v1/ipamhandles/{}",
+                    handle_of("px").to_lowercase()
+                ))
+                .is_none(),
+                "a failed ADD leaves no handle"
+            );
+        }
+        apply_pools(&kube, &both());
+    }
+    assert!(del(&conf, "px", "px").status.success());
+    assert!(del(&conf, "pw", "pw").status.success());
+    assert_eq!(held(&kube), 0);
+}
+
+/// Issue 15, item 5 (ipam spec "Pass more than one pool" 257): a pool created a moment ago can
+/// be named in `ipv4_pools` at once, although the node's cache is warm. As in Calico, a block
+/// already affine to the node in any listed pool is used before a new block is claimed.
+#[test]
+fn a_pool_created_just_now_can_be_requested_at_once() {
+    let kube = KubeEnv::get();
+    let _s = shared();
+    let tag = format!("new{}", unique());
+    let (old, new) = ("10.102.0.0/24", "10.102.1.0/24");
+    let _pools = guard(&kube, &["t-new-a", "t-new-b"], &[old, new]);
+    apply_pools(&kube, &tagged_pool("t-new-a", old, 26, false, &tag));
+    let n = Node::new(&kube, "new", &[("calico-rs-test", &tag)]);
+    let mut conf = n.conf(&kube, false, None);
+    assert!(inside(&addresses(&add(&conf, "nw", "nw"))[0], old));
+    apply_pools(&kube, &tagged_pool("t-new-b", new, 26, false, &tag));
+    conf["ipam"]["ipv4_pools"] = json!([new, old]);
+    let ip = addresses(&add(&conf, "nx", "nx"))[0];
+    assert!(
+        inside(&ip, old),
+        "the node's affine block comes first: {ip}"
     );
+    conf["ipam"]["ipv4_pools"] = json!(["t-new-b"]);
+    let ip = addresses(&add(&conf, "ny", "ny"))[0];
+    assert!(inside(&ip, new), "by name: {ip}");
+    for c in ["nw", "nx", "ny"] {
+        assert!(del(&conf, c, c).status.success());
+    }
+}
+
+/// Issue 15, item 5 (ipam spec "Disabled IP pool" 281): once a pool is disabled, or deleted,
+/// the next ADD never allocates from it, not even from the block of it that is affine to the
+/// node and has room, and not even when it repeats the ADD of a container that holds an
+/// address from it (that address stays with the handle; a new one is allocated, as Calico
+/// does).
+#[test]
+fn disabled_or_deleted_pool_is_never_used_by_the_next_add() {
+    let kube = KubeEnv::get();
+    let _s = shared();
+    let tag = format!("dis{}", unique());
+    let (a, b, c) = ("10.103.0.0/24", "10.103.1.0/24", "10.103.2.0/24");
+    let _pools = guard(&kube, &["t-dis-a", "t-dis-b", "t-dis-c"], &[a, b, c]);
+    apply_pools(&kube, &tagged_pool("t-dis-a", a, 26, false, &tag));
+    let n = Node::new(&kube, "dis", &[("calico-rs-test", &tag)]);
+    let conf = n.conf(&kube, false, None);
+    let first = addresses(&add(&conf, "d0", "d0"))[0];
+    assert!(inside(&first, a), "{first}");
+
+    // Disable a, create b; the same container is ADDed again (Calico's spec reuses its ID).
     apply_pools(
         &kube,
         &format!(
             "{}---\n{}",
-            pool(&first, "10.87.0.0/24", false),
-            pool(&second, "10.88.0.0/24", false)
+            tagged_pool("t-dis-a", a, 26, true, &tag),
+            tagged_pool("t-dis-b", b, 26, false, &tag)
         ),
     );
-    let n = Node::new(&kube, "ttl", &[("calico-rs-test", &tag)]);
-    let ttl = 2;
-    let conf = n.conf(&kube, false, Some(ttl));
-    let ip = addresses(&add(&conf, "t0", "t0"))[0];
-    assert!(
-        ip.addr().to_string().starts_with("10.87."),
-        "pools in name order: {ip}"
+    let again = addresses(&add(&conf, "d0", "d0"))[0];
+    assert!(inside(&again, b), "{again} after {a} was disabled");
+    let all = blocks(&kube);
+    let (_, a_block) = block_of(&all, first.addr());
+    assert_eq!(
+        a_block["spec"]["affinity"],
+        format!("host:{}", n.name),
+        "the disabled pool's block is still this node's"
     );
-    let disabled_at = Instant::now();
-    apply_pools(&kube, &pool(&first, "10.87.0.0/24", true));
-    // Within the TTL the node may still use its cached pool list; after it, never.
-    std::thread::sleep(Duration::from_secs(ttl) + Duration::from_millis(200));
-    let ip = addresses(&add(&conf, "t1", "t1"))[0];
-    assert!(
-        ip.addr().to_string().starts_with("10.88."),
-        "{ip} came from the pool disabled {:?} ago",
-        disabled_at.elapsed()
+    assert_eq!(in_use(a_block), 1, "and has room: 63 free addresses");
+    let h = kube
+        .get_json(&format!(
+            "/apis/crd.projectcalico.org/v1/ipamhandles/{}",
+            handle_of("d0").to_lowercase()
+        ))
+        .expect("handle");
+    assert_eq!(
+        h["spec"]["block"].as_object().map(|b| b.len()),
+        Some(2),
+        "the handle holds both addresses: {h}"
     );
-    for c in ["t0", "t1"] {
-        assert!(del(&conf, c, c).status.success());
+    // A new container too.
+    let other = addresses(&add(&conf, "d1", "d1"))[0];
+    assert!(inside(&other, b), "{other}");
+
+    // Delete b (its block stays affine to the node), create c.
+    delete_pool(&kube, "t-dis-b");
+    apply_pools(&kube, &tagged_pool("t-dis-c", c, 26, false, &tag));
+    let third = addresses(&add(&conf, "d2", "d2"))[0];
+    assert!(inside(&third, c), "{third} after {b} was deleted");
+    let repeat = addresses(&add(&conf, "d1", "d1"))[0];
+    assert!(
+        inside(&repeat, c),
+        "{repeat}: d1's address is in the deleted pool"
+    );
+
+    for cid in ["d0", "d1", "d2"] {
+        assert!(del(&conf, cid, cid).status.success());
+    }
+    let left: usize = blocks(&kube)
+        .iter()
+        .filter(|(cidr, _)| [a, b, c].iter().any(|p| inside(cidr, p)))
+        .map(|(_, b)| in_use(b))
+        .sum();
+    assert_eq!(left, 0, "DEL released every address the handles held");
+}
+
+/// Deletes the named BlockAffinities when dropped, also when the test fails.
+struct AffinityGuard<'a>(&'a KubeEnv, Vec<String>);
+
+impl Drop for AffinityGuard<'_> {
+    fn drop(&mut self) {
+        for n in &self.1 {
+            self.0.delete(&format!(
+                "/apis/crd.projectcalico.org/v1/blockaffinities/{n}"
+            ));
+        }
+    }
+}
+
+/// A BlockAffinity as Calico before v3.31 wrote it: no labels (Calico's
+/// `CreateUnlabeledBlockAffinity`). Returns its name.
+fn unlabeled_affinity(kube: &KubeEnv, node: &str, cidr: &str) -> String {
+    let name = format!("{node}-{}", cidr_name(cidr));
+    kube.apply(&format!(
+        "apiVersion: crd.projectcalico.org/v1\nkind: BlockAffinity\nmetadata: {{name: {name}}}\n\
+         spec: {{state: confirmed, node: {node}, type: host, cidr: '{cidr}', deleted: 'false'}}\n"
+    ));
+    name
+}
+
+fn affinity_labels(kube: &KubeEnv, name: &str) -> Value {
+    kube.get_json(&format!(
+        "/apis/crd.projectcalico.org/v1/blockaffinities/{name}"
+    ))
+    .unwrap_or_else(|| panic!("affinity {name} missing"))["metadata"]["labels"]
+        .clone()
+}
+
+fn add_ip(conf: &Value, cid: &str, ip: &str) -> Output {
+    cni(
+        "ADD",
+        &format!("{}{cid}", run_id()),
+        &[("CNI_ARGS", &format!("{};IP={ip}", pod_args(cid)))],
+        conf.to_string().as_bytes(),
+    )
+}
+
+/// Issue 15, item 8 (ipam spec "Upgrade of block affinities occurs only once and creates
+/// touchfile" 538): the first ADD on a node labels the node's BlockAffinities that Calico
+/// before v3.31 wrote without labels and creates the marker file `cni/ipam_upgraded` beside
+/// the IPAM lock (`/var/run/calico/cni/ipam_upgraded` with Calico's default lock); later ADDs
+/// see the marker and leave a new unlabeled affinity alone. Both ADD paths (a requested `IP=`,
+/// as in Calico's spec, and automatic assignment) do this.
+#[test]
+fn block_affinities_are_upgraded_once_per_node_and_a_marker_file_records_it() {
+    let kube = KubeEnv::get();
+    let _s = shared();
+    let tag = format!("upg{}", unique());
+    let pool = "10.104.0.0/24";
+    let _pools = guard(&kube, &["t-upg"], &[pool, "10.11.0.0/24"]);
+    apply_pools(&kube, &tagged_pool("t-upg", pool, 26, false, &tag));
+    let n = Node::new(&kube, "upg", &[("calico-rs-test", &tag)]);
+    let conf = n.conf(&kube, false, None);
+    let marker = n.dir.path().join("cni").join("ipam_upgraded");
+    let first = unlabeled_affinity(&kube, &n.name, "10.11.0.0/26");
+    let mut cleanup = AffinityGuard(&kube, vec![first.clone()]);
+    assert_eq!(affinity_labels(&kube, &first), Value::Null, "no labels yet");
+    assert!(!marker.exists());
+
+    let ip = addresses(&add_ip(&conf, "u1", "10.104.0.5"));
+    assert_eq!(ip.len(), 1);
+    assert!(marker.is_file(), "{} was not created", marker.display());
+    let labels = affinity_labels(&kube, &first);
+    assert_eq!(
+        labels["projectcalico.org/affinity-type"], "host",
+        "{labels}"
+    );
+    assert_eq!(labels["projectcalico.org/ip-version"], "4", "{labels}");
+    // The hash is the one on the affinity this ADD just created for the same node.
+    let fresh = affinity_labels(&kube, &format!("{}-10-104-0-0-26", n.name));
+    assert_eq!(
+        labels["projectcalico.org/hostname-hash"], fresh["projectcalico.org/hostname-hash"],
+        "{labels} vs {fresh}"
+    );
+
+    let second = unlabeled_affinity(&kube, &n.name, "10.11.0.64/26");
+    cleanup.1.push(second.clone());
+    addresses(&add_ip(&conf, "u2", "10.104.0.6"));
+    addresses(&add(&conf, "u3", "u3"));
+    assert_eq!(
+        affinity_labels(&kube, &second),
+        Value::Null,
+        "the marker exists: no second upgrade"
+    );
+
+    // Without the marker the automatic path upgrades too, and writes the marker again.
+    std::fs::remove_file(&marker).expect("remove marker");
+    addresses(&add(&conf, "u4", "u4"));
+    assert_eq!(
+        affinity_labels(&kube, &second)["projectcalico.org/affinity-type"],
+        "host"
+    );
+    assert!(marker.is_file());
+
+    for cid in ["u1", "u2", "u3", "u4"] {
+        assert!(del(&conf, cid, cid).status.success());
     }
 }
 
@@ -861,8 +1091,9 @@ fn steady_state_requests_per_add_and_del() {
         let mark = kube.audit_mark();
         addresses(&add(&conf, &format!("c{i}"), &format!("c{i}")));
         let reqs = kube.requests_since(mark, "calico-ipam/");
+        // LIST ippools (never cached), POST handle, PUT v4 block, PUT v6 block.
         assert!(
-            reqs.len() <= 3,
+            reqs.len() <= 4 && reqs.iter().filter(|r| r.contains("/ippools")).count() == 1,
             "steady-state dual-stack ADD: {} requests:\n  {}",
             reqs.len(),
             reqs.join("\n  ")

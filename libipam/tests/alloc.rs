@@ -341,6 +341,44 @@ fn reuse_existing_returns_what_the_handle_holds() {
 }
 
 #[test]
+fn reuse_skips_addresses_of_pools_since_disabled_or_deleted() {
+    let ipam = ipam_with(&[pool("a", "10.1.0.0/24", 26), pool("b", "10.2.0.0/24", 26)]);
+    let mut args = AutoAssignArgs::new("k8s-pod-network.r1", "node-a", 1, 0);
+    args.reuse_existing = true;
+    let first = assign(&ipam, &args).expect("first");
+    assert!(
+        net("10.1.0.0/24").contains(&first.ipv4[0].addr()),
+        "{first:?}"
+    );
+    // Pool a is disabled; its block stays affine to node-a with 63 free addresses.
+    let mut a = pool("a", "10.1.0.0/24", 26);
+    a.spec.disabled = true;
+    block_on(ipam.store().apply_pool(&a)).expect("disable");
+    let again = assign(&ipam, &args).expect("again");
+    assert!(
+        net("10.2.0.0/24").contains(&again.ipv4[0].addr()),
+        "{again:?}"
+    );
+    // The handle keeps both, as Calico's would; the next repeat returns the usable one.
+    assert_eq!(
+        block_on(ipam.ips_by_handle("k8s-pod-network.r1"))
+            .expect("ips")
+            .len(),
+        2
+    );
+    assert_eq!(assign(&ipam, &args).expect("third"), again);
+    // Deleted rather than disabled: the same.
+    block_on(ipam.store().delete_pool("b")).expect("delete");
+    block_on(ipam.store().apply_pool(&pool("c", "10.3.0.0/24", 26))).expect("c");
+    let fourth = assign(&ipam, &args).expect("fourth");
+    assert!(
+        net("10.3.0.0/24").contains(&fourth.ipv4[0].addr()),
+        "{fourth:?}"
+    );
+    assert_consistent(&ipam);
+}
+
+#[test]
 fn partial_dual_stack_is_rolled_back() {
     // No IPv6 pool: the IPv4 address must not leak.
     let ipam = ipam_with(&[pool("v4", "10.0.0.0/24", 28)]);

@@ -150,7 +150,7 @@ impl<D: Datastore> Ipam<D> {
     }
 
     /// Each family's remaining need and its pools. Unless `optimistic`, what the handle
-    /// already holds counts (with `reuse_existing`) and goes into `result`.
+    /// already holds in those pools counts (with `reuse_existing`) and goes into `result`.
     async fn plan_families<'p>(
         &self,
         req: &mut Request<'_>,
@@ -166,15 +166,6 @@ impl<D: Datastore> Ipam<D> {
             (IpFamily::V6, args.num6, &args.ipv6_pools),
         ] {
             if num == 0 {
-                continue;
-            }
-            let held = if args.reuse_existing && !optimistic {
-                self.held_by_handle(req, family).await?
-            } else {
-                Vec::new()
-            };
-            family_mut(result, family).extend(held.iter().take(num as usize));
-            if held.len() >= num as usize {
                 continue;
             }
             if requested.is_empty() && labels.node.is_none() {
@@ -211,11 +202,28 @@ impl<D: Datastore> Ipam<D> {
                 intended_use: args.intended_use,
                 host: &args.hostname,
             };
+            let pools = pools::determine_pools(all_pools, &selection)?;
+            // What the handle holds counts only where this request could allocate now: an
+            // address from a pool since disabled or deleted (or not asked for) is kept by the
+            // handle but not returned, and a new one is allocated, as Calico would.
+            let held: Vec<IpNet> = if args.reuse_existing && !optimistic {
+                self.held_by_handle(req, family)
+                    .await?
+                    .into_iter()
+                    .filter(|ip| pools.iter().any(|p| p.cidr.contains(&ip.addr())))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            family_mut(result, family).extend(held.iter().take(num as usize));
+            if held.len() >= num as usize {
+                continue;
+            }
             plans.push(FamilyRequest {
                 family,
                 num: num - held.len() as u32,
                 limit: req.config.block_limit(args.max_blocks_per_host),
-                pools: pools::determine_pools(all_pools, &selection)?,
+                pools,
             });
         }
         Ok(plans)

@@ -54,7 +54,9 @@ pub struct AutoAssignArgs {
     /// The pod's namespace (for its labels, see `namespace_labels`).
     pub namespace: Option<String>,
     /// Return the addresses the handle already holds (topping up to `num4`/`num6`) instead
-    /// of allocating more. Calico allocates more on a repeated ADD; we do not.
+    /// of allocating more. Calico allocates more on a repeated ADD; we do not. Only addresses
+    /// in pools this request may allocate from now count: one from a pool since disabled or
+    /// deleted stays with the handle, and a new address is allocated beside it (as Calico).
     pub reuse_existing: bool,
 }
 

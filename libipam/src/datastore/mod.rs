@@ -17,9 +17,10 @@
 //! datastore. A backend with a node-local cache (the Kubernetes one) may serve
 //! [`Datastore::get_block_for_update`] and [`Datastore::get_handle_for_update`] from it —
 //! callers only use those copies as the base of a compare-and-swap write, which fails if the
-//! copy was stale — and may serve the configuration reads (`get_config`, `list_pools`,
-//! `list_reservations`, `node_labels`, `namespace_labels`) and `list_host_affinities` from a
-//! copy no older than its documented bound.
+//! copy was stale — and may serve the configuration reads (`get_config`, `list_reservations`,
+//! `node_labels`, `namespace_labels`) and `list_host_affinities` from a copy no older than its
+//! documented bound. `list_pools` always reads the datastore: a pool deleted or disabled must
+//! never be allocated from by a request that starts after the change.
 
 #[cfg(feature = "kubernetes")]
 pub mod kube;
@@ -102,7 +103,8 @@ pub trait Datastore {
     /// Creates or replaces the `default` IPAMConfig.
     async fn apply_config(&self, config: &IpamConfig) -> DsResult<()>;
 
-    /// All pools (enabled or not), ordered by name, as stored (no defaults applied).
+    /// All pools (enabled or not), ordered by name, as stored (no defaults applied). Never
+    /// served from a cache.
     async fn list_pools(&self) -> DsResult<Vec<IpPool>>;
     /// Creates or replaces a pool (validation is the caller's job).
     async fn apply_pool(&self, pool: &IpPool) -> DsResult<()>;

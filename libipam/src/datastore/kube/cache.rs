@@ -8,11 +8,15 @@
 //!   compare-and-swap write, which the server refuses (409, or 404 if the object is gone) when
 //!   the copy is stale; the copy is then dropped and re-read. So they need no expiry and can
 //!   never make an address be handed out twice.
-//! - **Timed copies** (IPAMConfig, IPPools, IPReservations, the Node's and namespaces' labels,
-//!   this node's BlockAffinity list): served for at most the TTL after
-//!   they were read, then read again. This is the staleness bound: a pool disabled or deleted,
-//!   a changed nodeSelector, strictAffinity or block limit take effect on this node at most
-//!   TTL later. The affinity list only says which blocks to try; the block itself decides.
+//! - **Timed copies** (IPAMConfig, IPReservations, the Node's and namespaces' labels, this
+//!   node's BlockAffinity list): served for at most the TTL after they were read, then read
+//!   again. This is the staleness bound: a changed nodeSelector label, strictAffinity, block
+//!   limit or reservation takes effect on this node at most TTL later. The affinity list only
+//!   says which blocks to try; the block itself decides.
+//!
+//! IPPools are not kept at all: every allocation lists them, so a pool deleted, disabled or
+//! created is seen by the very next request (as in Calico). See `libipam/DESIGN.md`, "Node
+//! cache", for why that one read is worth its request.
 //!
 //! The file is rewritten whole (temporary file + rename) and read without a lock; calico-ipam
 //! holds the host-wide IPAM lock for its whole operation, so its processes take turns. A
@@ -29,7 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::datastore::{Revision, Versioned};
 use crate::model::{
-    BlockAffinity, IpPool, IpReservation, IpamBlock, IpamConfig, IpamHandle, host_affinity,
+    BlockAffinity, IpReservation, IpamBlock, IpamConfig, IpamHandle, host_affinity,
 };
 
 /// Bumped when the layout changes; other versions are ignored.
@@ -88,8 +92,6 @@ struct File {
     #[serde(default)]
     config: Option<Timed<Option<IpamConfig>>>,
     #[serde(default)]
-    pools: Option<Timed<Vec<IpPool>>>,
-    #[serde(default)]
     reservations: Option<Timed<Vec<IpReservation>>>,
     #[serde(default)]
     node_labels: Option<Timed<BTreeMap<String, String>>>,
@@ -101,9 +103,6 @@ struct File {
     blocks: BTreeMap<String, Entry<IpamBlock>>,
     #[serde(default)]
     handles: BTreeMap<String, Entry<IpamHandle>>,
-    /// This node's affinities written before Calico v3.31 have been given their labels.
-    #[serde(default)]
-    labels_upgraded: bool,
 }
 
 /// The loaded cache of one node. Changes are kept in memory until [`NodeCache::save`].
@@ -165,13 +164,6 @@ impl NodeCache {
     }
     pub fn set_config(&mut self, v: Option<IpamConfig>) {
         self.file.config = self.timed(v);
-    }
-
-    pub fn pools(&self) -> Option<Vec<IpPool>> {
-        self.fresh(&self.file.pools).cloned()
-    }
-    pub fn set_pools(&mut self, v: Vec<IpPool>) {
-        self.file.pools = self.timed(v);
     }
 
     pub fn reservations(&self) -> Option<Vec<IpReservation>> {
@@ -268,14 +260,6 @@ impl NodeCache {
         self.dirty = true;
     }
 
-    pub fn labels_upgraded(&self) -> bool {
-        self.file.labels_upgraded
-    }
-    pub fn set_labels_upgraded(&mut self) {
-        self.file.labels_upgraded = true;
-        self.dirty = true;
-    }
-
     /// Writes the cache back if it changed. Keeps only this node's blocks and a bounded
     /// number of handles. Failures are ignored: the cache is an optimisation.
     pub fn save(&mut self) {
@@ -358,7 +342,7 @@ mod tests {
                 }),
             );
         }
-        c.set_pools(vec![IpPool::new("p", "10.0.0.0/16")]);
+        c.set_reservations(Vec::new());
         c.set_affinities(&[Versioned {
             value: BlockAffinity::host("node-a", mine.cidr, AffinityState::Confirmed),
             revision: Revision("3".into()),
@@ -374,14 +358,14 @@ mod tests {
             c.block("10.0.0.64/26").is_none(),
             "other nodes' blocks are pruned"
         );
-        assert_eq!(c.pools().map(|p| p.len()), Some(1));
+        assert_eq!(c.reservations().map(|r| r.len()), Some(0));
         assert_eq!(c.affinities().map(|a| a.len()), Some(1));
 
         let other_server = NodeCache::load(&cfg(dir.path(), 60), "https://b:6443");
         assert!(other_server.block("10.0.0.0/26").is_none());
         let expired = NodeCache::load(&cfg(dir.path(), 0), "https://a:6443");
         assert!(
-            expired.pools().is_none(),
+            expired.reservations().is_none(),
             "TTL 0: timed entries are never served"
         );
         assert!(

@@ -358,29 +358,50 @@ impl KubeStore {
         }
     }
 
-    /// Gives this node's affinities written before Calico v3.31 (no labels) their labels, as
-    /// calico-node's `UpgradeHost` does, so that the label-selected listing sees them. Once per
-    /// cache.
-    async fn upgrade_unlabeled_affinities(&self, host: &str) -> DsResult<()> {
+    /// Calico's `UpgradeHost`: gives `host`'s BlockAffinities written before Calico v3.31 (no
+    /// `projectcalico.org/affinity-type` label) the three labels the label-selected listing
+    /// needs, leaving other labels alone. Only `host`'s own affinities are touched, so nodes
+    /// doing this at the same time do not fight. A write that loses a race re-lists and tries
+    /// again (a few times); an affinity deleted meanwhile needs nothing. Returns how many were
+    /// labelled.
+    ///
+    /// The IPAM plugin runs this once per node and records that it did (see calico-ipam).
+    pub async fn upgrade_host(&self, host: &str) -> DsResult<usize> {
+        const ATTEMPTS: usize = 5;
         let selector = format!("!{}", names::LABEL_AFFINITY_TYPE);
-        let unlabeled: Vec<Crd<BlockAffinity>> = self
-            .list_obj(&BLOCK_AFFINITY, &ListParams::default().labels(&selector))
-            .await?;
-        for obj in unlabeled {
-            if obj.spec.node != host || obj.spec.deleted {
-                continue;
+        let mut upgraded = 0;
+        for _ in 0..ATTEMPTS {
+            let unlabeled: Vec<Crd<BlockAffinity>> = self
+                .list_obj(&BLOCK_AFFINITY, &ListParams::default().labels(&selector))
+                .await?;
+            let mut lost_race = false;
+            for obj in unlabeled {
+                if obj.spec.node != host || obj.spec.deleted {
+                    continue;
+                }
+                let mut meta = obj.metadata.clone();
+                let mut labels = meta.labels.take().unwrap_or_default();
+                labels.extend(obj.spec.labels());
+                meta.labels = Some(labels);
+                let updated = objects::object(&BLOCK_AFFINITY, meta, obj.spec.clone());
+                match self.replace_obj(&BLOCK_AFFINITY, &updated).await {
+                    Ok(_) => upgraded += 1,
+                    Err(DatastoreError::NotFound) => {}
+                    Err(DatastoreError::Conflict) => lost_race = true,
+                    Err(e) => return Err(e),
+                }
             }
-            let mut meta = obj.metadata.clone();
-            let mut labels = meta.labels.take().unwrap_or_default();
-            labels.extend(obj.spec.labels());
-            meta.labels = Some(labels);
-            let updated = objects::object(&BLOCK_AFFINITY, meta, obj.spec.clone());
-            match self.replace_obj(&BLOCK_AFFINITY, &updated).await {
-                Ok(_) | Err(DatastoreError::Conflict | DatastoreError::NotFound) => {}
-                Err(e) => return Err(e),
+            if !lost_race {
+                if upgraded > 0
+                    && let Some(mut c) = self.cache()
+                {
+                    // The labelled listing the cache holds may lack them.
+                    c.forget_affinities();
+                }
+                return Ok(upgraded);
             }
         }
-        Ok(())
+        Err(DatastoreError::Conflict)
     }
 
     /// The pool as stored, treated as disabled when it is being deleted or its status says
@@ -444,10 +465,9 @@ impl Datastore for KubeStore {
         Ok(())
     }
 
+    /// Always a LIST, never the node cache: a pool deleted, disabled or created must be seen by
+    /// the next allocation (DESIGN.md, "Node cache").
     async fn list_pools(&self) -> DsResult<Vec<IpPool>> {
-        if let Some(cached) = self.cache().and_then(|c| c.pools()) {
-            return Ok(cached);
-        }
         let api: Api<kube::core::Object<IpPoolSpec, serde_json::Value>> =
             Api::all_with(self.conn.client.clone(), &IP_POOL.resource());
         let listed = api
@@ -456,9 +476,6 @@ impl Datastore for KubeStore {
             .map_err(self.err("list ippools"))?;
         let mut pools: Vec<IpPool> = listed.items.into_iter().map(Self::pool_from).collect();
         pools.sort_by(|a, b| a.name.cmp(&b.name));
-        if let Some(mut c) = self.cache() {
-            c.set_pools(pools.clone());
-        }
         Ok(pools)
     }
 
@@ -658,16 +675,8 @@ impl Datastore for KubeStore {
     /// families, as Calico v3.31+ selects them; cached for the TTL.
     async fn list_host_affinities(&self, host: &str) -> DsResult<Vec<Versioned<BlockAffinity>>> {
         let cache_is_for_host = self.cache().is_some_and(|c| c.node() == host);
-        if cache_is_for_host {
-            if let Some(cached) = self.cache().and_then(|c| c.affinities()) {
-                return Ok(cached);
-            }
-            if !self.cache().is_some_and(|c| c.labels_upgraded()) {
-                self.upgrade_unlabeled_affinities(host).await?;
-                if let Some(mut c) = self.cache() {
-                    c.set_labels_upgraded();
-                }
-            }
+        if cache_is_for_host && let Some(cached) = self.cache().and_then(|c| c.affinities()) {
+            return Ok(cached);
         }
         let selector = format!(
             "{}={},{}={}",
