@@ -97,6 +97,57 @@ pub async fn connect(conf: &NetConf) -> Result<K8s, CniError> {
     Ok(K8s { conn, cache })
 }
 
+/// How long each of `calico -t`'s two requests may take (Calico: 2 s).
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+async fn probe_connect(kubeconfig: &Path) -> Result<Connection, String> {
+    kdd::connect(kubeconfig, USER_AGENT)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// `calico -t`'s datastore half (Calico's `testConnection`): ClusterInformation `default`, read
+/// afresh (never from the node cache), must say `datastoreReady: true`. The messages are
+/// Calico's, with the server named.
+pub async fn probe_datastore(kubeconfig: &Path) -> Result<(), String> {
+    let conn = probe_connect(kubeconfig)
+        .await
+        .map_err(|e| format!("error getting ClusterInformation: {e}"))?;
+    let ready = tokio::time::timeout(PROBE_TIMEOUT, conn.datastore_ready())
+        .await
+        .map_err(|_| {
+            format!(
+                "error getting ClusterInformation: no answer from {} within {PROBE_TIMEOUT:?}",
+                conn.server
+            )
+        })?
+        .map_err(|e| format!("error getting ClusterInformation: {e}"))?;
+    match ready {
+        Some(true) => Ok(()),
+        Some(false) => Err("Calico is currently not ready to process requests".to_owned()),
+        None => Err(format!(
+            "error getting ClusterInformation: ClusterInformation default does not exist at {}",
+            conn.server
+        )),
+    }
+}
+
+/// `calico -t`'s Kubernetes half: the API server answers `GET /version`.
+pub async fn probe_server_version(kubeconfig: &Path) -> Result<(), String> {
+    let unable = |e: String| format!("unable to connect to K8s server: {e}");
+    let conn = probe_connect(kubeconfig).await.map_err(unable)?;
+    tokio::time::timeout(PROBE_TIMEOUT, conn.client.apiserver_version())
+        .await
+        .map_err(|_| {
+            unable(format!(
+                "no answer from {} within {PROBE_TIMEOUT:?}",
+                conn.server
+            ))
+        })?
+        .map(drop)
+        .map_err(|e| unable(conn.error("GET /version", e).to_string()))
+}
+
 impl K8s {
     /// The API server's URL.
     pub fn server(&self) -> &str {

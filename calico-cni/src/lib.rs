@@ -1,9 +1,11 @@
 //! `calico-cni`: Calico's dual-stack veth dataplane as a CNI plugin.
 
 pub mod dataplane;
+pub mod flags;
 pub mod host_local;
 pub mod ipam_exec;
 pub mod k8s;
 #[macro_use]
 pub mod log;
 pub mod plugin;
+pub mod probe;

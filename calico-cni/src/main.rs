@@ -1,14 +1,43 @@
-//! The `calico` CNI plugin: a thin adapter from the process to `plugin::Calico`.
+//! The `calico` CNI plugin: a thin adapter from the process to `plugin::Calico`, plus Calico's
+//! two flags (`-v`, `-t`).
+
+use std::io::Read;
 
 use calico_cni::plugin::Calico;
+use calico_cni::{flags, probe};
 use libipam::cni::{SpecVersion, skel};
 
 fn main() {
-    if std::env::var_os("CNI_COMMAND").is_none() {
-        if matches!(std::env::args().nth(1).as_deref(), Some("-v" | "--version")) {
-            println!("calico-cni {}", env!("CARGO_PKG_VERSION"));
-            return;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let flags = match flags::parse(&args) {
+        Ok(f) => f,
+        Err(e) => {
+            eprint!("{e}\n{}", flags::USAGE);
+            std::process::exit(2);
         }
+    };
+    if flags.help {
+        eprint!("{}", flags::USAGE);
+        return;
+    }
+    if flags.version {
+        println!("calico-cni {}", env!("CARGO_PKG_VERSION"));
+        return;
+    }
+    if flags.test_connection {
+        let mut stdin = Vec::new();
+        let outcome = std::io::stdin()
+            .read_to_end(&mut stdin)
+            .map_err(|_| "failed to read from stdin".to_owned())
+            .and_then(|_| probe::run(&stdin));
+        if let Err(e) = outcome {
+            eprintln!("calico-cni: data store connection failed: {e}");
+            print!("{}", probe::failure_json(&e));
+            std::process::exit(1);
+        }
+        return;
+    }
+    if std::env::var_os("CNI_COMMAND").is_none() {
         eprintln!(
             "calico-cni {}: a CNI plugin, run by a container runtime with CNI_COMMAND set.\nCNI protocol versions supported: {}",
             env!("CARGO_PKG_VERSION"),

@@ -340,3 +340,102 @@ fn datastore_not_ready_refuses_add_and_del() {
     }
     assert!(pod_links(&pod).is_empty());
 }
+
+/// `calico -t CONF-ON-STDIN`, run on the host as Calico's installer runs it.
+fn calico_t(stdin: &str) -> Output {
+    use std::io::Write;
+    let mut child = std::process::Command::new(common::CNI)
+        .arg("-t")
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn calico-cni -t");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("stdin");
+    child.wait_with_output().expect("wait")
+}
+
+/// The failure `calico -t` prints: Calico's CNI error, code 100.
+fn calico_t_failure(out: &Output) -> String {
+    assert_eq!(out.status.code(), Some(1), "{}", text(out));
+    let e: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not a CNI error ({e}): {}", text(out)));
+    assert_eq!(e["code"], 100, "{e}");
+    assert_eq!(e["msg"], "data store connection failed", "{e}");
+    e["details"].as_str().expect("details").to_string()
+}
+
+/// Issue 15, item 9 (k8s spec "testConnection tests" 3245): `calico -t` with Calico's netconf
+/// (host-local IPAM, etcd_endpoints, nodename_file_optional, null fields) exits 0 and prints
+/// nothing when the datastore is ready; a not-ready datastore, an unreachable API server and
+/// a bad configuration exit 1 with Calico's error; the local datastore passes when it opens.
+#[test]
+fn calico_t_tests_the_datastore_connection() {
+    let kube = KubeEnv::get();
+    let _x = exclusive();
+    let spec_conf = |kubeconfig: &std::path::Path| {
+        json!({
+            "cniVersion": "1.0.0",
+            "name": "net1",
+            "type": "calico",
+            "etcd_endpoints": "http://127.0.0.1:2379",
+            "datastore_type": "kubernetes",
+            "ipam": {"type": "host-local", "subnet": "10.0.0.0/8"},
+            "kubernetes": {"kubeconfig": kubeconfig},
+            "policy": {"type": "k8s"},
+            "nodename_file_optional": true,
+            "log_level": "debug",
+            "nodename": "t-node",
+            "mtu": null,
+        })
+        .to_string()
+    };
+    let out = calico_t(&spec_conf(&kube.cni));
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.stdout.is_empty(), "{}", text(&out));
+
+    let ci = kube
+        .get_json("/apis/crd.projectcalico.org/v1/clusterinformations/default")
+        .expect("ClusterInformation");
+    let set_ready = |ready: bool| {
+        let mut v = ci.clone();
+        v["spec"]["datastoreReady"] = json!(ready);
+        v["metadata"] = json!({"name": "default"});
+        kube.apply(&v.to_string());
+    };
+    set_ready(false);
+    let not_ready = calico_t(&spec_conf(&kube.cni));
+    set_ready(true);
+    assert_eq!(
+        calico_t_failure(&not_ready),
+        "Calico is currently not ready to process requests"
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let elsewhere = kube.kubeconfig_for_server("https://127.0.0.1:1", dir.path());
+    let details = calico_t_failure(&calico_t(&spec_conf(&elsewhere)));
+    assert!(
+        details.starts_with("error getting ClusterInformation: ")
+            && details.contains("https://127.0.0.1:1"),
+        "{details}"
+    );
+
+    let details = calico_t_failure(&calico_t("{not json"));
+    assert!(details.starts_with("failed to load netconf: "), "{details}");
+
+    let local = json!({
+        "cniVersion": "1.0.0", "name": "net1", "type": "calico",
+        "datastore_type": "local", "datastore_path": dir.path().join("store"),
+        "ipam": {"type": "calico-ipam"},
+    });
+    let out = calico_t(&local.to_string());
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.stdout.is_empty(), "{}", text(&out));
+}
