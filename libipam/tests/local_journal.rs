@@ -32,6 +32,16 @@ fn objects(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     out
 }
 
+/// Where the journal's log ends (the file is longer: zero-filled ahead), as `journal.view`
+/// records it after each commit.
+fn log_end(root: &Path) -> u64 {
+    let view = std::fs::read_to_string(root.join("journal.view")).expect("journal.view");
+    view.split_whitespace()
+        .nth(3)
+        .and_then(|n| n.parse().ok())
+        .expect("applied length")
+}
+
 fn dual_stack_store(root: &Path) -> LocalStore {
     let store = LocalStore::open(root).expect("open");
     block_on(async {
@@ -53,8 +63,8 @@ fn a_group_is_one_commit_that_others_see_only_once_committed() {
     let writer = LocalStore::open(dir.path()).expect("open");
     let reader = LocalStore::open(dir.path()).expect("open");
     let journal = dir.path().join("journal");
-    let journal_len = || std::fs::metadata(&journal).expect("journal").len();
-    let before = journal_len();
+    let journal_bytes = || std::fs::read(&journal).expect("journal");
+    let before = journal_bytes();
 
     writer.begin();
     let cidr = "10.0.0.0/26".parse().expect("cidr");
@@ -77,7 +87,7 @@ fn a_group_is_one_commit_that_others_see_only_once_committed() {
     assert!(block_on(reader.get_block(&cidr)).expect("get").is_none());
     assert!(block_on(reader.list_handles()).expect("list").is_empty());
     assert_eq!(
-        journal_len(),
+        journal_bytes(),
         before,
         "nothing is written before the commit"
     );
@@ -114,26 +124,22 @@ fn a_group_is_one_commit_that_others_see_only_once_committed() {
         ]
     );
     // A handle created and deleted in one group leaves nothing; the group was one record.
-    assert!(journal_len() > before);
+    assert_ne!(journal_bytes(), before);
 }
 
 #[test]
 fn a_handle_dropped_with_an_open_group_writes_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = LocalStore::open(dir.path()).expect("open");
-    let len = std::fs::metadata(dir.path().join("journal"))
-        .expect("journal")
-        .len();
+    let journal = std::fs::read(dir.path().join("journal")).expect("journal");
     store.begin();
     block_on(store.create_handle(&IpamHandle::new("h"))).expect("create");
     drop(store); // like a process killed before its commit
     let again = LocalStore::open(dir.path()).expect("open");
     assert!(block_on(again.get_handle("h")).expect("get").is_none());
     assert_eq!(
-        std::fs::metadata(dir.path().join("journal"))
-            .expect("journal")
-            .len(),
-        len
+        std::fs::read(dir.path().join("journal")).expect("journal"),
+        journal
     );
     // The lock was released with the handle: the next writer is not blocked.
     block_on(again.create_handle(&IpamHandle::new("h2"))).expect("create");
@@ -141,7 +147,7 @@ fn a_handle_dropped_with_an_open_group_writes_nothing() {
 
 /// Power loss: whatever the object files and `journal.view` hold afterwards, the store comes
 /// back as exactly the state after the last synced commit. Every commit here is one record
-/// synced on its own, so the journal's length after operation `k` is what a power loss right
+/// synced on its own, so the log's end after operation `k` is what a power loss right
 /// after `k` acknowledged keeps; the bytes after it (the next, unsynced record, cut anywhere,
 /// or garbage) must be ignored.
 #[test]
@@ -150,10 +156,7 @@ fn power_loss_keeps_exactly_the_synced_prefix() {
     let root = dir.path().join("store");
     let ipam = Ipam::new(dual_stack_store(&root));
     let journal = root.join("journal");
-    let mut points = vec![(
-        std::fs::metadata(&journal).expect("journal").len(),
-        objects(&root),
-    )];
+    let mut points = vec![(log_end(&root), objects(&root))];
     for i in 0..24 {
         if i % 3 == 2 {
             block_on(ipam.release_by_handle(&format!("h{}", i - 1))).expect("release");
@@ -162,10 +165,7 @@ fn power_loss_keeps_exactly_the_synced_prefix() {
             block_on(ipam.auto_assign(&AutoAssignArgs::new(format!("h{i}"), node, 1, 1)))
                 .expect("assign");
         }
-        points.push((
-            std::fs::metadata(&journal).expect("journal").len(),
-            objects(&root),
-        ));
+        points.push((log_end(&root), objects(&root)));
     }
     let full = std::fs::read(&journal).expect("journal");
     let final_files = objects(&root);

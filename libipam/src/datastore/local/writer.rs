@@ -120,6 +120,16 @@ pub(super) enum Status {
     Missing,
 }
 
+/// Whether the journal holds nothing (zeros, or its end) from `offset` on for a record head:
+/// no record was started there.
+fn nothing_at(journal: &File, offset: u64) -> bool {
+    let mut head = [0u8; 4];
+    match journal.read_at(&mut head, offset) {
+        Ok(n) => head[..n].iter().all(|b| *b == 0),
+        Err(_) => false,
+    }
+}
+
 pub(super) fn status(root: &Path, boot: &str) -> DsResult<Status> {
     let path = root.join(JOURNAL);
     let mut f = match File::open(&path) {
@@ -127,14 +137,15 @@ pub(super) fn status(root: &Path, boot: &str) -> DsResult<Status> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Status::Missing),
         Err(e) => return Err(io_err(&path, e)),
     };
-    let len = f.metadata().map_err(|e| io_err(&path, e))?.len();
     let mut head = [0u8; HEADER_LEN as usize];
     let id = f
         .read_exact(&mut head)
         .ok()
         .and_then(|()| journal::decode_header(&head));
     Ok(match (read_view_state(root), id) {
-        (Some(s), Some(id)) if s.boot == boot && s.id == id && s.applied == len => Status::Clean,
+        (Some(s), Some(id)) if s.boot == boot && s.id == id && nothing_at(&f, s.applied) => {
+            Status::Clean
+        }
         (Some(s), _) => Status::Dirty {
             same_boot: s.boot == boot,
         },
@@ -165,14 +176,25 @@ pub(super) fn repair(root: &Path, boot: &str, wait: bool) -> DsResult<Option<Vec
 }
 
 /// The store lock and the journal, current.
+///
+/// The journal file is longer than its log: it is extended with zeros [`CHUNK`] at a time,
+/// so that a commit overwrites blocks that already exist and its `fdatasync` has no file
+/// size or extent to record (on ext4, no journal commit of its own: about half the cost of
+/// syncing an append). Everything after the log's end is zeros.
 pub(super) struct Writer {
     _lock: File,
     journal: File,
     boot: String,
     id: Hash,
-    len: u64,
+    /// Where the log ends (the next record goes here).
+    end: u64,
+    /// The file's length.
+    size: u64,
     tail: Hash,
 }
+
+/// The journal grows by this much, zero-filled.
+const CHUNK: u64 = 1 << 20;
 
 impl Writer {
     /// Waits for the store lock, then repairs the store. Returns the temporaries removed.
@@ -198,7 +220,7 @@ impl Writer {
             }
             Err(e) => return Err(io_err(&path, e)),
         };
-        let len = journal.metadata().map_err(|e| io_err(&path, e))?.len();
+        let size = journal.metadata().map_err(|e| io_err(&path, e))?.len();
         let mut head = [0u8; HEADER_LEN as usize];
         let id = journal
             .read_exact_at(&mut head, 0)
@@ -210,41 +232,47 @@ impl Writer {
             journal,
             boot: boot.to_owned(),
             id,
-            len,
+            end: HEADER_LEN,
+            size,
             tail: id,
         };
-        let state = read_view_state(root).filter(|s| s.boot == boot && s.id == id);
+        let state =
+            read_view_state(root).filter(|s| s.boot == boot && s.id == id && s.applied <= size);
         if let Some(s) = &state
-            && s.applied == len
+            && nothing_at(&w.journal, s.applied)
         {
+            w.end = s.applied;
             w.tail = s.tail;
             return Ok((w, Vec::new()));
         }
         // Whoever wrote these is dead (they are only written with the lock held).
         let swept = files::sweep(files::temporaries(root)?);
-        match state {
-            Some(s) if s.applied < len => {
-                // A writer died after appending: finish applying what it appended, if all of
-                // it chains on from where the object files are.
-                let scan = journal::scan(&w.read_from(s.applied)?, s.applied, s.tail);
-                if scan.end == len {
-                    w.sync()?;
-                    for changes in &scan.records {
-                        apply(root, changes)?;
-                    }
-                    w.tail = scan.tail;
-                    w.record_view(root)?;
-                    return Ok((w, swept));
+        if let Some(s) = state {
+            // A writer died after appending: finish applying what it appended, if all of
+            // it chains on from where the object files are and only zeros follow.
+            let buf = w.read_from(s.applied)?;
+            let scan = journal::scan(&buf, s.applied, s.tail);
+            if only_zeros(&buf[(scan.end - s.applied) as usize..]) {
+                w.end = scan.end;
+                w.sync()?;
+                for changes in &scan.records {
+                    apply(root, changes)?;
                 }
+                w.tail = scan.tail;
+                w.record_view(root)?;
+                return Ok((w, swept));
             }
-            _ => {}
         }
         // After a reboot, or a journal the object files do not follow: the valid log decides.
-        let scan = journal::scan(&w.read_from(HEADER_LEN)?, HEADER_LEN, id);
-        if scan.end < len {
-            // A torn or unsynced tail: drop it so the next record chains on the valid log.
-            w.journal.set_len(scan.end).map_err(|e| io_err(&path, e))?;
-            w.len = scan.end;
+        let buf = w.read_from(HEADER_LEN)?;
+        let scan = journal::scan(&buf, HEADER_LEN, id);
+        w.end = scan.end;
+        // A torn or unsynced tail: zero it, so that the log ends where it is valid.
+        let rest = &buf[(scan.end - HEADER_LEN) as usize..];
+        if let Some(last) = rest.iter().rposition(|b| *b != 0) {
+            w.journal
+                .write_all_at(&vec![0u8; last + 1], scan.end)
+                .map_err(|e| io_err(&path, e))?;
         }
         w.sync()?;
         w.tail = scan.tail;
@@ -254,7 +282,7 @@ impl Writer {
     }
 
     fn read_from(&self, offset: u64) -> DsResult<Vec<u8>> {
-        let mut buf = vec![0u8; self.len.saturating_sub(offset) as usize];
+        let mut buf = vec![0u8; self.size.saturating_sub(offset) as usize];
         self.journal
             .read_exact_at(&mut buf, offset)
             .map_err(|e| io_err(Path::new(JOURNAL), e))?;
@@ -265,7 +293,7 @@ impl Writer {
         self.journal
             .sync_data()
             .map_err(|e| io_err(Path::new(JOURNAL), e))?;
-        hooks::synced(&hex(&self.id), self.len);
+        hooks::synced(&hex(&self.id), self.end);
         Ok(())
     }
 
@@ -275,43 +303,52 @@ impl Writer {
             &ViewState {
                 boot: self.boot.clone(),
                 id: self.id,
-                applied: self.len,
+                applied: self.end,
                 tail: self.tail,
             },
         )
     }
 
+    /// Writes `record` at the log's end, extending the file with zeros first if it does not
+    /// fit; a crash point in the middle.
+    fn append(&mut self, record: &[u8]) -> io::Result<()> {
+        let need = self.end + record.len() as u64;
+        if need > self.size {
+            let size = need.div_ceil(CHUNK) * CHUNK;
+            self.journal
+                .write_all_at(&vec![0u8; (size - self.size) as usize], self.size)?;
+            self.size = size;
+        }
+        let half = record.len() / 2;
+        self.journal.write_all_at(&record[..half], self.end)?;
+        hooks::point("mid-append");
+        self.journal
+            .write_all_at(&record[half..], self.end + half as u64)
+    }
+
     /// Makes `changes` durable as one journal record (one `fdatasync`), then applies them to
-    /// the object files. An error before the sync leaves nothing behind (the record is cut
-    /// off again); an error after it leaves a durable record that the next writer applies.
+    /// the object files. An error before the sync leaves nothing behind (the record is
+    /// zeroed again); an error after it leaves a durable record that the next writer applies.
     pub(super) fn commit(&mut self, root: &Path, changes: &[Change]) -> DsResult<()> {
         let (record, tail) = journal::encode_record(&self.tail, changes);
         hooks::point("before-append");
-        let half = record.len() / 2;
-        let appended = self
-            .journal
-            .write_all_at(&record[..half], self.len)
-            .and_then(|()| {
-                hooks::point("mid-append");
-                self.journal
-                    .write_all_at(&record[half..], self.len + half as u64)
-            });
-        let old_len = self.len;
-        self.len += record.len() as u64;
+        let start = self.end;
+        let appended = self.append(&record);
+        self.end += record.len() as u64;
         hooks::point("after-append");
         if let Err(e) = appended
             .map_err(|e| io_err(&root.join(JOURNAL), e))
             .and_then(|()| self.sync())
         {
-            let _ = self.journal.set_len(old_len);
-            self.len = old_len;
+            let _ = self.journal.write_all_at(&vec![0u8; record.len()], start);
+            self.end = start;
             return Err(e);
         }
         hooks::point("after-sync");
         self.tail = tail;
         apply(root, changes)?;
         hooks::point("after-apply");
-        if self.len > self.compact_threshold() {
+        if self.end > self.compact_threshold() {
             self.compact(root)?;
         }
         self.record_view(root)?;
@@ -323,7 +360,7 @@ impl Writer {
         if let Some(n) = hooks::compact_bytes() {
             return n;
         }
-        if self.len <= COMPACT_MIN {
+        if self.end <= COMPACT_MIN {
             return COMPACT_MIN;
         }
         // The first record is the snapshot the last compaction wrote.
@@ -339,26 +376,35 @@ impl Writer {
     /// (the new file, then the directory after the rename), once per compaction.
     fn compact(&mut self, root: &Path) -> DsResult<()> {
         let scan = journal::scan(&self.read_from(HEADER_LEN)?, HEADER_LEN, self.id);
-        if scan.end != self.len {
+        if scan.end != self.end {
             return Ok(()); // Not expected with the lock held; leave it for recovery.
         }
         let id = journal::new_id(&self.boot);
-        let (file, tail) = write_journal(root, id, &replay(scan.records))?;
-        self.len = file.metadata().map_err(|e| io_err(root, e))?.len();
-        self.journal = file;
+        let new = write_journal(root, id, &replay(scan.records))?;
+        self.journal = new.file;
         self.id = id;
-        self.tail = tail;
+        self.end = new.end;
+        self.size = new.size;
+        self.tail = new.tail;
         Ok(())
     }
 }
 
-/// Writes `journal.new` holding `state` as one record, syncs it and renames it over the
-/// journal; returns the journal, open, and its last hash.
-fn write_journal(
-    root: &Path,
-    id: Hash,
-    state: &BTreeMap<String, Vec<u8>>,
-) -> DsResult<(File, Hash)> {
+fn only_zeros(bytes: &[u8]) -> bool {
+    bytes.iter().all(|b| *b == 0)
+}
+
+/// A journal just written by [`write_journal`].
+struct NewJournal {
+    file: File,
+    end: u64,
+    size: u64,
+    tail: Hash,
+}
+
+/// Writes `journal.new` holding `state` as one record (zero-padded to a whole chunk), syncs
+/// it and renames it over the journal.
+fn write_journal(root: &Path, id: Hash, state: &BTreeMap<String, Vec<u8>>) -> DsResult<NewJournal> {
     let new = root.join(JOURNAL_NEW);
     let mut bytes = journal::encode_header(&id);
     let mut tail = id;
@@ -374,6 +420,9 @@ fn write_journal(
         bytes.extend_from_slice(&record);
         tail = hash;
     }
+    let end = bytes.len() as u64;
+    let size = (end + 1).div_ceil(CHUNK) * CHUNK;
+    bytes.resize(size as usize, 0);
     let file = OpenOptions::new()
         .create(true)
         .truncate(true)
@@ -390,8 +439,13 @@ fn write_journal(
     fs::rename(&new, root.join(JOURNAL)).map_err(|e| io_err(&new, e))?;
     hooks::point("compact-renamed");
     sync_dir(root)?;
-    hooks::synced(&hex(&id), bytes.len() as u64);
-    Ok((file, tail))
+    hooks::synced(&hex(&id), end);
+    Ok(NewJournal {
+        file,
+        end,
+        size,
+        tail,
+    })
 }
 
 /// First use of a store without a journal (new, or written by an earlier version, whose
