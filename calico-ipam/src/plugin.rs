@@ -63,7 +63,8 @@ impl Plugin for CalicoIpam {
                             intended_use: AllowedUse::Workload,
                         })
                         .await
-                        .map(|net| vec![net])
+                        // Calico answers with the address alone (/32, /128), not its block.
+                        .map(|_| vec![IpNet::from(ip)])
                         .map_err(|e| cni_error(&e)),
                     None => ipam
                         .auto_assign(&AutoAssignArgs {
@@ -96,7 +97,8 @@ impl Plugin for CalicoIpam {
                     interface: None,
                 })
                 .collect(),
-            // Calico's IPAM result carries one route per address: the address with its block mask.
+            // One route per address, with the address's prefix: its block for an automatic
+            // assignment, /32 or /128 for a requested one.
             routes: assigned
                 .iter()
                 .map(|net| Route {
@@ -120,12 +122,11 @@ impl Plugin for CalicoIpam {
                     .release_by_handle(&primary)
                     .await
                     .map_err(|e| cni_error(&e))?;
-                // Calico's pre-v3 handle: only an attachment our handle did not know about can
-                // have one, so it is looked up only then (saving a request per DEL).
-                if released.is_empty()
-                    && let Some(legacy) = &legacy
-                {
-                    ipam.release_by_handle(legacy)
+                // The workload handle of Calico before v3 (cni-plugin#446): an attachment made
+                // by such a version holds only that one, so it is looked up only when ours
+                // held nothing (saving a request per DEL).
+                if released.is_empty() {
+                    ipam.release_by_handle(&legacy)
                         .await
                         .map_err(|e| cni_error(&e))?;
                 }
@@ -213,12 +214,13 @@ impl Plugin for CalicoIpam {
     }
 }
 
-/// Calico's legacy handle, `<namespace>.<pod>`, also released by DEL.
-fn legacy_handle(req: &Request) -> Option<String> {
-    req.env
-        .args
-        .pod()
-        .map(|(namespace, pod)| format!("{namespace}.{pod}"))
+/// Calico's legacy workload handle, also released by DEL: `<namespace>.<pod>` for a
+/// Kubernetes pod, the container ID otherwise.
+fn legacy_handle(req: &Request) -> String {
+    match req.env.args.pod() {
+        Some((namespace, pod)) => format!("{namespace}.{pod}"),
+        None => req.env.container_id.clone(),
+    }
 }
 
 /// Calico's allocation attributes: kube-controllers' garbage collector needs node, pod and namespace.

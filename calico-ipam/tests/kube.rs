@@ -534,7 +534,7 @@ fn borrowing_strict_affinity_and_configured_block_limit() {
     assert_eq!(cfg["spec"]["autoAllocateBlocks"], true);
     let e = error_of(&add(&ca, "a8", "a8"));
     assert!(
-        e["details"]
+        e["msg"]
             .as_str()
             .is_some_and(|d| d.contains("strict affinity")),
         "{e}"
@@ -572,7 +572,7 @@ fn borrowing_strict_affinity_and_configured_block_limit() {
     }
     let e = error_of(&add(&cc, "c4", "c4"));
     assert!(
-        e["details"]
+        e["msg"]
             .as_str()
             .is_some_and(|d| d.contains("limit of 1 blocks")),
         "{e}"
@@ -626,7 +626,7 @@ fn default_block_limit_is_20_per_host_and_family() {
     let e = error_of(&add(&conf, "p80", "p80"));
     assert_eq!(e["code"], 101, "{e}");
     assert!(
-        e["details"]
+        e["msg"]
             .as_str()
             .is_some_and(|d| d.contains("limit of 20 blocks")),
         "{e}"
@@ -672,7 +672,7 @@ fn pool_node_selector_excludes_a_node() {
     assert!(ip.addr().to_string().starts_with("10.85."), "{ip}");
     let e = error_of(&add(&elsewhere.conf(&kube, false, None), "sc", "sc"));
     assert!(
-        e["details"].as_str().is_some_and(|d| d.contains(&format!(
+        e["msg"].as_str().is_some_and(|d| d.contains(&format!(
             "no configured Calico IPv4 pools for node {}",
             elsewhere.name
         ))),

@@ -86,11 +86,16 @@ pub(crate) fn resolve_requested<'a>(
     requested
         .iter()
         .map(|want| {
-            let as_cidr = want.trim().parse::<IpNet>().ok();
+            // A CIDR names its network, as in Calico: `10.0.0.5/24` is pool `10.0.0.0/24`,
+            // and an error names the network too.
+            let as_cidr = want.trim().parse::<IpNet>().ok().map(|c| c.trunc());
+            let shown = as_cidr.map_or_else(|| want.clone(), |c| c.to_string());
             let pool = all
                 .iter()
-                .find(|p| as_cidr == Some(p.cidr) || p.name == *want)
-                .ok_or_else(|| IpamError::PoolNotFound { pool: want.clone() })?;
+                .find(|p| as_cidr == Some(p.cidr.trunc()) || p.name == *want)
+                .ok_or_else(|| IpamError::PoolNotFound {
+                    pool: shown.clone(),
+                })?;
             if pool.family() != family {
                 return Err(IpamError::WrongFamilyPool {
                     list,
@@ -99,7 +104,7 @@ pub(crate) fn resolve_requested<'a>(
                 });
             }
             if pool.disabled {
-                return Err(IpamError::PoolNotFound { pool: want.clone() });
+                return Err(IpamError::PoolNotFound { pool: shown });
             }
             Ok(pool)
         })
