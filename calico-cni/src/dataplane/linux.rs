@@ -47,23 +47,67 @@ pub(super) async fn setup(plan: &Plan) -> Result<Applied, DataplaneError> {
     let (pod, pod_conn) = pod_ns.run(|| Rtnl::open(pod_label.clone()))??;
 
     drive(vec![host_conn, pod_conn], async {
-        let pair = create_pair(&host, &pod, plan, &host_ns).await?;
-        match configure(&host, &pod, &pod_ns, plan, &pair).await {
-            Ok(()) => Ok(Applied {
+        let echoed = create_pair(&host, &pod, plan, &host_ns).await?;
+        // The pair exists from here on: every failure removes it before it is reported.
+        let mut made = Made::default();
+        let built = async {
+            let pair = learn_pair(&host, &pod, plan, echoed).await?;
+            made = Made {
+                pod_index: Some(pair.pod_index),
+                host_index: Some(pair.host_index),
+            };
+            configure(&host, &pod, &pod_ns, plan, &pair).await?;
+            Ok(pair)
+        }
+        .await;
+        match built {
+            Ok(pair) => Ok(Applied {
                 host_ifname: plan.host_ifname.clone(),
                 pod_ifname: plan.pod_ifname.clone(),
                 pod_mac: format_mac(&pair.pod_mac),
                 host_mac: format_mac(&HOST_MAC),
             }),
-            Err(e) => {
-                // Undo the pair (the host end, its routes and the pod end go together).
-                // Ignoring a failure here is safe: DEL, or the next ADD, removes it.
-                let _ = pod.one(delete_link(pair.pod_index, &plan.pod_ifname)).await;
-                Err(e)
-            }
+            Err(cause) => match remove_pair(&host, &pod, plan, &made).await {
+                Ok(()) => Err(cause),
+                Err(cleanup) => Err(DataplaneError::Incomplete {
+                    cause: Box::new(cause),
+                    host_ifname: plan.host_ifname.clone(),
+                    cleanup,
+                }),
+            },
         }
     })
     .await
+}
+
+/// The indexes of the pair this ADD created, as far as they are known.
+#[derive(Default)]
+struct Made {
+    pod_index: Option<u32>,
+    host_index: Option<u32>,
+}
+
+/// Deletes the pair this ADD created: from the pod end (the host end and its routes go with
+/// it; so do the pod end's addresses and routes), or, if that fails, from the host end. Gone
+/// already counts as done. By name where the index is not known yet: both names are this
+/// attachment's, and the pod namespace was checked to have no such interface before.
+/// `Err` says what both attempts answered.
+async fn remove_pair(host: &Rtnl, pod: &Rtnl, plan: &Plan, made: &Made) -> Result<(), String> {
+    let from_pod = match made.pod_index {
+        Some(index) => delete_link(index, &plan.pod_ifname),
+        None => delete_link_by_name(&plan.pod_ifname),
+    };
+    let Err(pod_side) = pod.one(from_pod).await.or_else(ignore_errno(ENODEV)) else {
+        return Ok(());
+    };
+    let from_host = match made.host_index {
+        Some(index) => delete_link(index, &plan.host_ifname),
+        None => delete_link_by_name(&plan.host_ifname),
+    };
+    match host.one(from_host).await.or_else(ignore_errno(ENODEV)) {
+        Ok(_) => Ok(()),
+        Err(host_side) => Err(format!("{pod_side}; {host_side}")),
+    }
 }
 
 pub(super) async fn preflight(path: &Path, ifname: &str) -> Result<(), DataplaneError> {
@@ -154,13 +198,14 @@ struct Pair {
 
 /// Creates the pair from the pod namespace: `pod_ifname` is born there, its peer is
 /// born in the host namespace with its final name and MAC (set at creation, so the
-/// kernel never generates a link-local from a random MAC first).
+/// kernel never generates a link-local from a random MAC first). Returns what the kernel
+/// echoed. An error means no pair was created.
 async fn create_pair(
     host: &Rtnl,
     pod: &Rtnl,
     plan: &Plan,
     host_ns: &NetNs,
-) -> Result<Pair, DataplaneError> {
+) -> Result<Vec<RouteNetlinkMessage>, DataplaneError> {
     let create = || {
         Request::new(
             format!(
@@ -175,7 +220,7 @@ async fn create_pair(
             NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL | NLM_F_ECHO,
         )
     };
-    let echoed = match pod.batch(vec![create()]).await?.remove(0) {
+    match pod.batch(vec![create()]).await?.remove(0) {
         reply if reply.errno() == Some(EEXIST) => {
             // Either the pod already has the name (refuse, touch nothing) or a stale
             // host veth of an earlier pod has the host name (replace it, as Calico does).
@@ -188,16 +233,24 @@ async fn create_pair(
             host.one(delete_link_by_name(&plan.host_ifname))
                 .await
                 .or_else(ignore_errno(ENODEV))?;
-            pod.one(create()).await?
+            pod.one(create()).await
         }
-        reply => pod.check(reply)?,
-    };
+        reply => pod.check(reply),
+    }
+}
 
+/// The new pair's indexes and the pod end's MAC, from the kernel's echo or, on kernels
+/// before 6.3 (no `RTM_NEWLINK` echo), from one lookup per end.
+async fn learn_pair(
+    host: &Rtnl,
+    pod: &Rtnl,
+    plan: &Plan,
+    echoed: Vec<RouteNetlinkMessage>,
+) -> Result<Pair, DataplaneError> {
     let created = echoed.into_iter().find_map(|m| match m {
         RouteNetlinkMessage::NewLink(link) => Some(LinkInfo::from(&link)),
         _ => None,
     });
-    // Kernels before 6.3 do not echo `RTM_NEWLINK` (`NLM_F_ECHO`): ask once.
     let created = match created {
         Some(link) => link,
         None => pod

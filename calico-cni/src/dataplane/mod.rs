@@ -81,15 +81,16 @@ pub struct Applied {
 /// Fails with [`DataplaneError::InterfaceExists`], touching nothing, when the pod
 /// namespace already has `plan.pod_ifname`. A host link called `plan.host_ifname`
 /// that is left over from an earlier pod is replaced. On any later failure the new
-/// pair is deleted again (best effort; [`teardown`] stays the authoritative
-/// cleanup).
+/// pair is deleted again, from the pod end or else from the host end.
 ///
 /// # Errors
 ///
 /// [`DataplaneError::InvalidPlan`] before anything is touched; namespace errors
 /// ([`DataplaneError::is_netns_missing`] tells a vanished pod); `InterfaceExists`;
 /// `RouteConflict` when a host route for the address points elsewhere; `Netlink` /
-/// `Sysctl` naming the step, interface and namespace that failed.
+/// `Sysctl` naming the step, interface and namespace that failed. After any failure that
+/// follows the creation of the pair, the pair (and with it its addresses and routes) is
+/// deleted before the error is returned; `Incomplete` when even that failed.
 pub async fn setup(plan: &Plan) -> Result<Applied, DataplaneError> {
     plan.validate()?;
     linux::setup(plan).await
@@ -238,6 +239,17 @@ pub enum DataplaneError {
         ifname: String,
         /// The interface the existing route uses.
         other: String,
+    },
+    /// An ADD step failed after the veth pair was created, and removing the pair failed
+    /// too: it may be left behind (DEL removes it).
+    #[error("{cause}; removing the new veth {host_ifname} again also failed: {cleanup}")]
+    Incomplete {
+        /// The failure that stopped ADD.
+        cause: Box<DataplaneError>,
+        /// The host end of the pair that may be left.
+        host_ifname: String,
+        /// What the kernel answered to the deletes.
+        cleanup: String,
     },
     /// CHECK found the dataplane incomplete.
     #[error("dataplane check failed for {ifname} in {}: {}", netns.display(), missing.join("; "))]

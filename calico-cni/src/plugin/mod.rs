@@ -108,7 +108,11 @@ fn api_call<T>(
 
 /// Dataplane failures as CNI errors: the one place their codes are chosen.
 fn dataplane_error(e: DataplaneError) -> CniError {
-    let code = match &e {
+    let cause = match &e {
+        DataplaneError::Incomplete { cause, .. } => cause.as_ref(),
+        other => other,
+    };
+    let code = match cause {
         DataplaneError::NetnsOpen { .. }
         | DataplaneError::NotNetns { .. }
         | DataplaneError::NetnsEnter { .. } => code::NETNS,

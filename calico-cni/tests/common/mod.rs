@@ -272,8 +272,27 @@ impl Node {
         args: &str,
         conf: &Value,
     ) -> Output {
+        self.cni_via(&[], Stdio::piped(), command, container, netns, args, conf)
+    }
+
+    /// [`Node::cni_with_args`] with the plugin started through `wrapper` (a command that ends
+    /// by running its arguments, e.g. `unshare -m ...`) inside the node netns, and its stdout
+    /// sent to `stdout`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn cni_via(
+        &self,
+        wrapper: &[&str],
+        stdout: Stdio,
+        command: &str,
+        container: &str,
+        netns: &str,
+        args: &str,
+        conf: &Value,
+    ) -> Output {
         let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.ns.name, CNI])
+            .args(["netns", "exec", &self.ns.name])
+            .args(wrapper)
+            .arg(CNI)
             .env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             .env("CNI_COMMAND", command)
@@ -283,7 +302,7 @@ impl Node {
             .env("CNI_PATH", self.dir.path().join("bin"))
             .env("CNI_ARGS", args)
             .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
+            .stdout(stdout)
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn calico-cni");

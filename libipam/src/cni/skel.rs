@@ -97,20 +97,48 @@ pub fn run(plugin: &impl Plugin, lookup: impl Fn(&str) -> Option<String>, stdin:
 
 /// The whole process for a plugin binary: read stdin, run the verb from the process environment,
 /// print the outcome on stdout and exit with its status.
+///
+/// An ADD whose result cannot be written (stdout closed or full) is undone by running DEL
+/// with the same input, and the process exits 1: the runtime never learns of that
+/// attachment, so nothing may be left of it. Other outcomes that cannot be written only show
+/// in the exit status.
 pub fn main(plugin: &impl Plugin) -> ! {
     use std::io::{Read, Write};
+    let env = |k: &str| std::env::var(k).ok();
     let mut stdin = Vec::new();
     let outcome = match std::io::stdin().read_to_end(&mut stdin) {
-        Ok(_) => run(plugin, |k| std::env::var(k).ok(), &stdin),
+        Ok(_) => run(plugin, env, &stdin),
         Err(e) => Outcome::err(
             &CniError::new(super::code::IO, "cannot read stdin", e.to_string()),
             SpecVersion::LATEST,
         ),
     };
     let mut out = std::io::stdout().lock();
-    // Nothing sensible is left to do if stdout is gone: the exit status still tells.
-    let _ = out.write_all(outcome.stdout.as_bytes());
-    let _ = out.flush();
+    let written = out
+        .write_all(outcome.stdout.as_bytes())
+        .and_then(|()| out.flush());
+    if let Err(e) = written
+        && outcome.exit_code == 0
+        && env("CNI_COMMAND").as_deref() == Some(Command::Add.as_str())
+    {
+        let undo = run(
+            plugin,
+            |k| match k {
+                "CNI_COMMAND" => Some(Command::Del.as_str().to_owned()),
+                _ => env(k),
+            },
+            &stdin,
+        );
+        eprintln!(
+            "cannot write the ADD result to stdout ({e}); the attachment was {}",
+            if undo.exit_code == 0 {
+                "undone".to_owned()
+            } else {
+                format!("not fully undone: {}", undo.stdout)
+            }
+        );
+        std::process::exit(1)
+    }
     std::process::exit(outcome.exit_code)
 }
 
