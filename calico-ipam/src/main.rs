@@ -1,13 +1,7 @@
 //! `calico-ipam`: the CNI IPAM plugin when CNI_COMMAND is set, the operator CLI otherwise.
 
+use calico_ipam::{cli, plugin};
 use libipam::cni::skel;
-
-mod cli;
-mod errors;
-mod lock;
-mod plugin;
-mod store;
-mod upgrade;
 
 fn main() {
     if std::env::var_os("CNI_COMMAND").is_none() {

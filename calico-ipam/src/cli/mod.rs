@@ -2,7 +2,7 @@
 //! `pool apply|list|delete`, `show`, `release`, `check`, `configure`.
 
 mod args;
-mod pool;
+pub mod pool;
 mod report;
 
 use std::path::PathBuf;

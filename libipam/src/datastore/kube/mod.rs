@@ -20,6 +20,7 @@
 //! This module is the only part of libipam that knows about kube.
 
 mod cache;
+pub mod decode;
 mod objects;
 
 use std::collections::BTreeMap;
@@ -45,8 +46,8 @@ use crate::model::{
 };
 use crate::names;
 
-pub use cache::CacheConfig;
-use cache::NodeCache;
+pub use cache::{CacheConfig, NodeCache};
+use decode::{WithStatus, pool_from, versioned};
 use objects::{
     BLOCK_AFFINITY, CLUSTER_INFORMATION, ClusterInformationSpec, Crd, IP_POOL, IP_RESERVATION,
     IPAM_BLOCK, IPAM_CONFIG, IPAM_HANDLE, Kind, SINGLETON, SoftDelete,
@@ -166,13 +167,6 @@ impl Drop for KubeStore {
                 Err(poisoned) => poisoned.into_inner().save(),
             }
         }
-    }
-}
-
-fn versioned<S: Clone>(obj: Crd<S>) -> Versioned<S> {
-    Versioned {
-        revision: Revision(obj.metadata.resource_version.unwrap_or_default()),
-        value: obj.spec,
     }
 }
 
@@ -403,29 +397,6 @@ impl KubeStore {
         }
         Err(DatastoreError::Conflict)
     }
-
-    /// The pool as stored, treated as disabled when it is being deleted or its status says
-    /// it is not allocatable (Calico's `filterIPPool`).
-    fn pool_from(obj: kube::core::Object<IpPoolSpec, serde_json::Value>) -> IpPool {
-        let status = obj.status.as_ref();
-        let mut spec = obj.spec;
-        let not_allocatable = status
-            .and_then(|s| s.get("conditions"))
-            .and_then(|c| c.as_array())
-            .is_some_and(|conds| {
-                conds.iter().any(|c| {
-                    c.get("type").and_then(|t| t.as_str()) == Some("Allocatable")
-                        && c.get("status").and_then(|t| t.as_str()) == Some("False")
-                })
-            });
-        if obj.metadata.deletion_timestamp.is_some() || not_allocatable {
-            spec.disabled = true;
-        }
-        IpPool {
-            name: obj.metadata.name.unwrap_or_default(),
-            spec,
-        }
-    }
 }
 
 impl Datastore for KubeStore {
@@ -468,19 +439,19 @@ impl Datastore for KubeStore {
     /// Always a LIST, never the node cache: a pool deleted, disabled or created must be seen by
     /// the next allocation (DESIGN.md, "Node cache").
     async fn list_pools(&self) -> DsResult<Vec<IpPool>> {
-        let api: Api<kube::core::Object<IpPoolSpec, serde_json::Value>> =
+        let api: Api<WithStatus<IpPoolSpec>> =
             Api::all_with(self.conn.client.clone(), &IP_POOL.resource());
         let listed = api
             .list(&ListParams::default())
             .await
             .map_err(self.err("list ippools"))?;
-        let mut pools: Vec<IpPool> = listed.items.into_iter().map(Self::pool_from).collect();
+        let mut pools: Vec<IpPool> = listed.items.into_iter().map(pool_from).collect();
         pools.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(pools)
     }
 
     async fn apply_pool(&self, pool: &IpPool) -> DsResult<()> {
-        let api: Api<kube::core::Object<IpPoolSpec, serde_json::Value>> =
+        let api: Api<WithStatus<IpPoolSpec>> =
             Api::all_with(self.conn.client.clone(), &IP_POOL.resource());
         let what = format!("apply IPPool {}", pool.name);
         // Last writer wins for admin objects; a concurrent edit between our read and write is
