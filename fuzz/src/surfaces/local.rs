@@ -234,7 +234,6 @@ pub const NODE_CACHE: Surface = Surface {
         "\"affinities\"",
         "\"blocks\"",
         "\"handles\"",
-        "\"labelsUpgraded\"",
         "\"at\"",
         "\"value\"",
         "\"revision\"",
@@ -258,10 +257,6 @@ pub const NODE_CACHE: Surface = Surface {
                 exercise_config(&c);
                 served.push("config");
             }
-            if let Some(p) = cache.pools() {
-                p.iter().for_each(exercise_pool);
-                served.push("pools");
-            }
             if let Some(r) = cache.reservations() {
                 r.iter().for_each(exercise_reservation);
                 served.push("reservations");
@@ -279,8 +274,7 @@ pub const NODE_CACHE: Surface = Surface {
                 exercise_handle(&h.value);
                 served.push("handle");
             }
-            let _ = cache.labels_upgraded();
-            cache.set_labels_upgraded();
+            cache.set_node_labels(BTreeMap::from([("zone".to_string(), "b".to_string())]));
             cache.save();
             let _ = NodeCache::load(&cfg, "https://10.0.0.1:6443");
             served.join(",")
