@@ -53,7 +53,7 @@ impl Plugin for CalicoIpam {
                 upgrade::maybe_upgrade(kube, &node, &marker).await?;
             }
             with_ipam!(store, |ipam| {
-                match requested_ip {
+                let assigned = match requested_ip {
                     Some(ip) => ipam
                         .assign_ip(&AssignIpArgs {
                             ip,
@@ -84,7 +84,9 @@ impl Plugin for CalicoIpam {
                         .await
                         .map(|r| r.ipv4.into_iter().chain(r.ipv6).collect())
                         .map_err(|e| cni_error(&e)),
-                }
+                };
+                warn_ignored_pools(&ipam);
+                assigned
             })
         })?;
         let assigned = assigned?;
@@ -211,6 +213,17 @@ impl Plugin for CalicoIpam {
                 }
             })
         })?
+    }
+}
+
+/// Pools the allocator left out because they do not validate go to stderr, which the runtime
+/// (or calico-cni) copies into its log: one bad pool must be visible, not silently unused.
+fn warn_ignored_pools<D>(ipam: &libipam::alloc::Ipam<D>) {
+    for (name, why) in ipam.ignored_pools() {
+        eprintln!(
+            "calico-ipam Warn [{}] IPPool {name} is ignored (fix it with calico-ipam pool apply): {why}",
+            std::process::id()
+        );
     }
 }
 

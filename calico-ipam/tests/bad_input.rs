@@ -324,3 +324,77 @@ fn every_bad_input_is_refused_with_its_code_and_changes_nothing() {
         );
     }
 }
+
+/// A selector with a non-ASCII character (it used to abort the process mid-character).
+const BAD_SELECTOR: &str = "abé == 'x'";
+
+#[test]
+fn pool_apply_refuses_an_unparsable_selector_and_changes_nothing() {
+    let store = Store::new();
+    store.apply_pools(&common::tiny_pools());
+    let before = store.snapshot();
+    let file = store.dir.path().join("bad-selector.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {{name: zone-x}}\n\
+             spec: {{cidr: 10.50.0.0/24, nodeSelector: \"{BAD_SELECTOR}\"}}\n"
+        ),
+    )
+    .expect("write");
+    let out = store.cli(&["pool", "apply", "-f", file.to_str().expect("utf8")]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("IPPool zone-x")
+            && stderr.contains("nodeSelector: invalid selector \"abé == 'x'\"")
+            && stderr.contains("at position 2"),
+        "{stderr}"
+    );
+    assert_eq!(store.snapshot(), before, "nothing may be written");
+}
+
+/// A pool whose selector cannot be parsed, written straight into the store (as a hand edit or
+/// a write through the API would): it matches no node and is reported, and every other pool
+/// keeps working.
+#[test]
+fn a_stored_pool_with_a_bad_selector_is_ignored_reported_and_harms_no_other() {
+    let store = Store::new();
+    store.apply_pools(&common::tiny_pools());
+    let bad = json!({"revision": "1.1", "value": {"name": "aa-bad", "spec": {
+        "cidr": "10.50.0.0/24", "blockSize": 26, "nodeSelector": BAD_SELECTOR}}});
+    std::fs::write(store.path().join("pools/aa-bad.json"), bad.to_string()).expect("write");
+
+    let out = cni(
+        "ADD",
+        "good1",
+        &[],
+        store.netconf("1.0.0", "node-a").to_string().as_bytes(),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let result: Value = serde_json::from_slice(&out.stdout).expect("result");
+    assert_eq!(result["ips"][0]["address"], "10.99.0.0/26", "{result}");
+    assert_eq!(result["ips"][1]["address"], "fd00:99::/122", "{result}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("IPPool aa-bad is ignored") && stderr.contains("nodeSelector"),
+        "the bad pool must be logged: {stderr}"
+    );
+
+    let show = store.cli(&["show", "-o", "json"]);
+    assert!(show.status.success(), "show: {}", text(&show));
+    assert!(
+        String::from_utf8_lossy(&show.stderr).contains("IPPool aa-bad"),
+        "{}",
+        text(&show)
+    );
+
+    let check = store.cli(&["check"]);
+    assert_eq!(check.status.code(), Some(1), "{}", text(&check));
+    let report = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        report.contains("Found 1 problem(s)")
+            && report.contains("IPPool aa-bad: nodeSelector: invalid selector"),
+        "{report}"
+    );
+}

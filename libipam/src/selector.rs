@@ -12,15 +12,30 @@
 //! ```
 //! An empty selector matches everything. `!=` and `not in` match labels that are absent, as in
 //! Calico.
+//!
+//! Bounds: a selector longer than [`MAX_SELECTOR_LEN`] bytes, or nesting `(` and `!` deeper
+//! than [`MAX_SELECTOR_DEPTH`], is a parse error, so neither parsing nor evaluation can recurse
+//! without bound (`a && b && c` is one flat node, not a chain). The parser works on any UTF-8
+//! input: it only ever advances over whole characters, and never panics.
 
 use std::collections::BTreeMap;
 use std::fmt;
+
+/// Longest selector accepted, in bytes. Calico's pool selectors are a few terms; a long `in`
+/// set of node names still fits many times over.
+pub const MAX_SELECTOR_LEN: usize = 16 * 1024;
+
+/// Deepest nesting of `(` and `!` accepted.
+pub const MAX_SELECTOR_DEPTH: usize = 32;
+
+/// How much of a rejected selector an error repeats.
+pub const PREVIEW_CHARS: usize = 120;
 
 /// A parse error, with the byte offset where it was detected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid selector {input:?}: {message} at position {position}")]
 pub struct SelectorError {
-    /// The selector text.
+    /// The selector text (its first [`PREVIEW_CHARS`] characters and `...` when longer).
     pub input: String,
     /// Byte offset of the problem.
     pub position: usize,
@@ -51,16 +66,26 @@ pub enum Selector {
     EndsWith(String, String),
     /// Negation.
     Not(Box<Selector>),
-    /// Both.
-    And(Box<Selector>, Box<Selector>),
-    /// Either.
-    Or(Box<Selector>, Box<Selector>),
+    /// All of them (two or more).
+    And(Vec<Selector>),
+    /// Any of them (two or more).
+    Or(Vec<Selector>),
 }
 
 impl Selector {
     /// Parses a selector; an empty or blank string is `all()`.
     pub fn parse(input: &str) -> Result<Selector, SelectorError> {
-        let mut p = Parser { input, pos: 0 };
+        let mut p = Parser {
+            input,
+            pos: 0,
+            depth: 0,
+        };
+        if input.len() > MAX_SELECTOR_LEN {
+            return Err(p.error(format!(
+                "the selector is {} bytes long; the limit is {MAX_SELECTOR_LEN}",
+                input.len()
+            )));
+        }
         p.skip_ws();
         if p.pos == input.len() {
             return Ok(Selector::All);
@@ -87,53 +112,70 @@ impl Selector {
             Selector::StartsWith(k, v) => get(k).is_some_and(|x| x.starts_with(v.as_str())),
             Selector::EndsWith(k, v) => get(k).is_some_and(|x| x.ends_with(v.as_str())),
             Selector::Not(s) => !s.matches(labels),
-            Selector::And(a, b) => a.matches(labels) && b.matches(labels),
-            Selector::Or(a, b) => a.matches(labels) || b.matches(labels),
+            Selector::And(all) => all.iter().all(|s| s.matches(labels)),
+            Selector::Or(any) => any.iter().any(|s| s.matches(labels)),
         }
     }
 }
 
 impl fmt::Display for Selector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let list = |vs: &[String]| {
-            vs.iter()
-                .map(|v| format!("{v:?}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        let list = |vs: &[String]| vs.iter().map(|v| quote(v)).collect::<Vec<_>>().join(", ");
         match self {
             Selector::All => write!(f, "all()"),
             Selector::Has(k) => write!(f, "has({k})"),
-            Selector::Eq(k, v) => write!(f, "{k} == {v:?}"),
-            Selector::Ne(k, v) => write!(f, "{k} != {v:?}"),
+            Selector::Eq(k, v) => write!(f, "{k} == {}", quote(v)),
+            Selector::Ne(k, v) => write!(f, "{k} != {}", quote(v)),
             Selector::In(k, vs) => write!(f, "{k} in {{{}}}", list(vs)),
             Selector::NotIn(k, vs) => write!(f, "{k} not in {{{}}}", list(vs)),
-            Selector::Contains(k, v) => write!(f, "{k} contains {v:?}"),
-            Selector::StartsWith(k, v) => write!(f, "{k} starts with {v:?}"),
-            Selector::EndsWith(k, v) => write!(f, "{k} ends with {v:?}"),
+            Selector::Contains(k, v) => write!(f, "{k} contains {}", quote(v)),
+            Selector::StartsWith(k, v) => write!(f, "{k} starts with {}", quote(v)),
+            Selector::EndsWith(k, v) => write!(f, "{k} ends with {}", quote(v)),
             Selector::Not(s) => write!(f, "!({s})"),
-            Selector::And(a, b) => write!(f, "({a} && {b})"),
-            Selector::Or(a, b) => write!(f, "({a} || {b})"),
+            Selector::And(all) => write!(f, "({})", join(all, " && ")),
+            Selector::Or(any) => write!(f, "({})", join(any, " || ")),
         }
     }
 }
 
+/// A string literal as the grammar has it (no escapes): in double quotes unless it holds one.
+/// A parsed value never holds both kinds.
+fn quote(v: &str) -> String {
+    if v.contains('"') {
+        format!("'{v}'")
+    } else {
+        format!("\"{v}\"")
+    }
+}
+
+fn join(items: &[Selector], sep: &str) -> String {
+    items
+        .iter()
+        .map(Selector::to_string)
+        .collect::<Vec<_>>()
+        .join(sep)
+}
+
+/// `pos` is always at a character boundary: it only moves past ASCII tokens that were matched
+/// in full, or by `len_utf8` of whole characters.
 struct Parser<'a> {
     input: &'a str,
     pos: usize,
+    /// Current nesting of `(` and `!`.
+    depth: usize,
 }
 
 impl Parser<'_> {
     fn error(&self, message: impl Into<String>) -> SelectorError {
         SelectorError {
-            input: self.input.to_owned(),
+            input: preview(self.input),
             position: self.pos,
             message: message.into(),
         }
     }
 
     fn rest(&self) -> &str {
-        &self.input[self.pos..]
+        self.input.get(self.pos..).unwrap_or("")
     }
 
     fn skip_ws(&mut self) {
@@ -155,12 +197,11 @@ impl Parser<'_> {
     /// Consumes a keyword only when it is not the prefix of a longer word.
     fn eat_word(&mut self, word: &str) -> bool {
         self.skip_ws();
-        let r = self.rest();
-        let boundary = r[word.len().min(r.len())..]
-            .chars()
-            .next()
-            .is_none_or(|c| !is_key_char(c));
-        if r.starts_with(word) && boundary {
+        let whole_word = self
+            .rest()
+            .strip_prefix(word)
+            .is_some_and(|after| after.chars().next().is_none_or(|c| !is_key_char(c)));
+        if whole_word {
             self.pos += word.len();
             true
         } else {
@@ -177,21 +218,19 @@ impl Parser<'_> {
     }
 
     fn expr(&mut self) -> Result<Selector, SelectorError> {
-        let mut left = self.and()?;
+        let mut any = vec![self.and()?];
         while self.eat("||") {
-            let right = self.and()?;
-            left = Selector::Or(Box::new(left), Box::new(right));
+            any.push(self.and()?);
         }
-        Ok(left)
+        Ok(flat(any, Selector::Or))
     }
 
     fn and(&mut self) -> Result<Selector, SelectorError> {
-        let mut left = self.unary()?;
+        let mut all = vec![self.unary()?];
         while self.eat("&&") {
-            let right = self.unary()?;
-            left = Selector::And(Box::new(left), Box::new(right));
+            all.push(self.unary()?);
         }
-        Ok(left)
+        Ok(flat(all, Selector::And))
     }
 
     fn unary(&mut self) -> Result<Selector, SelectorError> {
@@ -200,14 +239,32 @@ impl Parser<'_> {
             return Err(self.error("expected a label name before \"!=\""));
         }
         if self.eat("!") {
-            return Ok(Selector::Not(Box::new(self.unary()?)));
+            self.enter()?;
+            let inner = self.unary()?;
+            self.depth -= 1;
+            return Ok(Selector::Not(Box::new(inner)));
         }
         if self.eat("(") {
+            self.enter()?;
             let inner = self.expr()?;
             self.expect(")")?;
+            self.depth -= 1;
             return Ok(inner);
         }
         self.term()
+    }
+
+    /// One level deeper into the `(` or `!` just eaten, refused past [`MAX_SELECTOR_DEPTH`].
+    fn enter(&mut self) -> Result<(), SelectorError> {
+        if self.depth >= MAX_SELECTOR_DEPTH {
+            let mut e = self.error(format!(
+                "nested deeper than {MAX_SELECTOR_DEPTH} levels of \"(\" and \"!\""
+            ));
+            e.position = self.pos.saturating_sub(1);
+            return Err(e);
+        }
+        self.depth += 1;
+        Ok(())
     }
 
     fn term(&mut self) -> Result<Selector, SelectorError> {
@@ -279,7 +336,7 @@ impl Parser<'_> {
                 Some(c) => format!("expected a label name, found {c:?}"),
             }));
         }
-        let key = self.rest()[..len].to_owned();
+        let key = self.rest().get(..len).unwrap_or("").to_owned();
         self.pos += len;
         Ok(key)
     }
@@ -290,11 +347,12 @@ impl Parser<'_> {
             Some(q @ ('"' | '\'')) => q,
             _ => return Err(self.error("expected a quoted string (\"...\" or '...')")),
         };
-        let body = &self.rest()[1..];
-        match body.find(quote) {
-            Some(end) => {
-                let s = body[..end].to_owned();
-                self.pos += end + 2;
+        // The quote is one ASCII byte, so the body starts at a character boundary.
+        let body = self.rest().get(1..).unwrap_or("");
+        match body.split_once(quote) {
+            Some((s, _)) => {
+                let s = s.to_owned();
+                self.pos += s.len() + 2;
                 Ok(s)
             }
             None => Err(self.error(format!("unterminated string; missing closing {quote}"))),
@@ -319,6 +377,23 @@ impl Parser<'_> {
     }
 }
 
+/// The start of `input`, cut at a character boundary.
+fn preview(input: &str) -> String {
+    match input.char_indices().nth(PREVIEW_CHARS) {
+        Some((cut, _)) => format!("{}...", &input[..cut]),
+        None => input.to_owned(),
+    }
+}
+
+/// One operand stands for itself; more make an `And` or `Or`.
+fn flat(mut items: Vec<Selector>, group: fn(Vec<Selector>) -> Selector) -> Selector {
+    if items.len() == 1 {
+        items.pop().unwrap_or(Selector::All)
+    } else {
+        group(items)
+    }
+}
+
 fn is_key_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '/' | '-')
 }
@@ -326,6 +401,21 @@ fn is_key_char(c: char) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever the input, parsing returns (no panic), and what parses prints back to
+        /// the same tree.
+        #[test]
+        fn any_input_parses_or_fails_cleanly(
+            s in prop_oneof!["\\PC{0,48}", "[a-zé ()!&|='\"{},.\\\\\n]{0,48}"]
+        ) {
+            if let Ok(sel) = Selector::parse(&s) {
+                let _ = sel.matches(&BTreeMap::new());
+                prop_assert_eq!(Selector::parse(&sel.to_string()), Ok(sel));
+            }
+        }
+    }
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
@@ -384,6 +474,43 @@ mod tests {
     }
 
     #[test]
+    fn non_ascii_values_and_flat_chains() {
+        let node = labels(&[("zone", "zürich")]);
+        let s = Selector::parse("zone == 'zürich' && !has(é_not_a_key) || zone in {'å'}")
+            .expect_err("é is not a label character");
+        assert_eq!(s.position, 26, "{s}");
+        let s = Selector::parse("zone == 'zürich'").expect("non-ASCII value");
+        assert!(s.matches(&node));
+        // A long chain is one node: evaluation and drop do not recurse per term.
+        let chain = vec!["has(zone)"; 1000].join(" && ");
+        match Selector::parse(&chain).expect("chain") {
+            Selector::And(all) => assert_eq!(all.len(), 1000),
+            other => panic!("not flat: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bounds() {
+        let long = format!(
+            "zone in {{{}}}",
+            vec!["'a'"; MAX_SELECTOR_LEN / 4].join(",")
+        );
+        assert!(long.len() > MAX_SELECTOR_LEN);
+        let e = Selector::parse(&long).expect_err("too long");
+        assert!(e.message.contains("limit is 16384"), "{e}");
+        assert!(e.input.len() < 200, "the error repeats only the start");
+        let deep = format!("{}has(a){}", "(".repeat(32), ")".repeat(32));
+        assert!(
+            Selector::parse(&deep)
+                .expect("32 levels")
+                .matches(&labels(&[("a", "")]))
+        );
+        let deeper = format!("{}has(a)", "!".repeat(33));
+        let e = Selector::parse(&deeper).expect_err("33 levels");
+        assert!(e.message.contains("nested deeper"), "{e}");
+    }
+
+    #[test]
     fn errors_carry_position() {
         let table: &[(&str, usize, &str)] = &[
             ("zone ==", 7, "quoted string"),
@@ -396,6 +523,17 @@ mod tests {
             ("zone == 'a' zone", 12, "trailing"),
             ("has(", 4, "label name"),
             ("== 'a'", 0, "label name"),
+            // Not ASCII: the parser stops at the character, never inside it.
+            ("abé == 'x'", 2, "expected an operator"),
+            ("é", 0, "found 'é'"),
+            ("allé()", 3, "expected an operator"),
+            ("zone == 'é' && é", 16, "found 'é'"),
+            ("hasé(a)", 3, "expected an operator"),
+            (
+                "((((((((((((((((((((((((((((((((((zone == 'a'",
+                32,
+                "nested deeper than 32",
+            ),
         ];
         for (sel, pos, msg) in table {
             let e = Selector::parse(sel).expect_err(sel);

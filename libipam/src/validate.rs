@@ -98,14 +98,14 @@ pub enum PoolError {
     /// allowedUses is present but empty.
     #[error("allowedUses is empty: list at least one of {0}")]
     NoAllowedUses(String),
-    /// A selector does not parse.
-    #[error("{field}: {source}")]
+    /// A selector does not parse. (The parse error is part of the message, not a separate
+    /// source, so that error chains do not print it twice.)
+    #[error("{field}: {reason}")]
     BadSelector {
         /// `nodeSelector` or `namespaceSelector`.
         field: &'static str,
         /// The parse error.
-        #[source]
-        source: SelectorError,
+        reason: SelectorError,
     },
     /// Two pools overlap.
     #[error(
@@ -194,7 +194,7 @@ pub fn validate_pool(pool: &IpPool) -> Result<(), PoolError> {
         ("namespaceSelector", &spec.namespace_selector),
     ] {
         if let Some(s) = sel {
-            Selector::parse(s).map_err(|source| PoolError::BadSelector { field, source })?;
+            Selector::parse(s).map_err(|reason| PoolError::BadSelector { field, reason })?;
         }
     }
     Ok(())

@@ -26,6 +26,9 @@ pub fn show(store: &StoreConfig, blocks: bool, config: bool, output: &str) -> Re
                 Vec::new()
             };
             let cfg = ipam.store().get_config().await?;
+            for (name, why) in ipam.ignored_pools() {
+                eprintln!("warning: IPPool {name} is not shown and not used: {why}");
+            }
             Ok::<_, anyhow::Error>((usage, block_list, cfg))
         })
     })??;

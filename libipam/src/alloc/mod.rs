@@ -16,6 +16,7 @@ mod walk;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Mutex;
 
 use ipnet::IpNet;
 
@@ -121,12 +122,26 @@ pub struct AssignIpArgs {
 #[derive(Debug)]
 pub struct Ipam<D> {
     store: D,
+    /// Stored pools that were left out because they do not validate: name → why.
+    ignored_pools: Mutex<BTreeMap<String, String>>,
 }
 
 impl<D> Ipam<D> {
     /// An allocator over `store`.
     pub fn new(store: D) -> Self {
-        Ipam { store }
+        Ipam {
+            store,
+            ignored_pools: Mutex::default(),
+        }
+    }
+
+    /// The stored pools this allocator has left out so far because they do not validate (one
+    /// bad object must not stop the others from being used), with why: for the caller's log.
+    pub fn ignored_pools(&self) -> BTreeMap<String, String> {
+        self.ignored_pools
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default()
     }
 
     /// The datastore.
@@ -252,11 +267,23 @@ impl<D: Datastore> Ipam<D> {
         })
     }
 
-    /// Every stored pool that parses and validates, in name order.
+    /// Every stored pool that parses and validates, in name order. The others are recorded
+    /// in [`Ipam::ignored_pools`].
     async fn load_pools(&self) -> Result<Vec<pools::Pool>> {
         let mut stored = self.store.list_pools().await.map_err(ds("list IP pools"))?;
         stored.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(stored.iter().filter_map(pools::Pool::from_stored).collect())
+        let mut usable = Vec::with_capacity(stored.len());
+        for pool in &stored {
+            match pools::Pool::from_stored(pool) {
+                Ok(p) => usable.push(p),
+                Err(why) => {
+                    if let Ok(mut ignored) = self.ignored_pools.lock() {
+                        ignored.insert(pool.name.clone(), why);
+                    }
+                }
+            }
+        }
+        Ok(usable)
     }
 
     /// The request's handle, read at most once. `fresh` asks for a read of the datastore

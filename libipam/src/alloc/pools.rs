@@ -24,25 +24,35 @@ pub(crate) struct Pool {
 }
 
 impl Pool {
-    /// Parses a stored pool (defaults applied). Pools that fail validation cannot be allocated
-    /// from and are left out.
-    pub fn from_stored(pool: &IpPool) -> Option<Pool> {
+    /// Parses a stored pool (defaults applied). A pool that fails validation (a selector that
+    /// does not parse, a bad CIDR: written straight to the datastore, never through
+    /// `pool apply`) cannot be allocated from and is left out; the error says why.
+    pub fn from_stored(pool: &IpPool) -> std::result::Result<Pool, String> {
         let pool = pool.clone().with_defaults();
-        validate::validate_pool(&pool).ok()?;
+        validate::validate_pool(&pool).map_err(|e| e.to_string())?;
         let spec = &pool.spec;
-        let cidr = pool.cidr()?;
-        let block_size = u8::try_from(spec.block_size?).ok()?;
-        if block_size < cidr.prefix_len() {
-            return None;
-        }
-        let selector = |s: &Option<String>| Selector::parse(s.as_deref().unwrap_or("")).ok();
-        Some(Pool {
+        let invalid = || {
+            format!(
+                "pool cidr {:?} / blockSize {:?} is not usable",
+                spec.cidr, spec.block_size
+            )
+        };
+        let cidr = pool.cidr().ok_or_else(invalid)?;
+        let block_size = spec
+            .block_size
+            .and_then(|b| u8::try_from(b).ok())
+            .filter(|b| *b >= cidr.prefix_len())
+            .ok_or_else(invalid)?;
+        let selector = |field: &str, s: &Option<String>| {
+            Selector::parse(s.as_deref().unwrap_or("")).map_err(|e| format!("{field}: {e}"))
+        };
+        Ok(Pool {
             name: pool.name.clone(),
             cidr,
             block_size,
             disabled: spec.disabled,
-            node_selector: selector(&spec.node_selector)?,
-            namespace_selector: selector(&spec.namespace_selector)?,
+            node_selector: selector("nodeSelector", &spec.node_selector)?,
+            namespace_selector: selector("namespaceSelector", &spec.namespace_selector)?,
             allowed_uses: spec.allowed_uses(),
             assignment_mode: spec.assignment_mode(),
         })

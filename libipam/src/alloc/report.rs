@@ -92,8 +92,10 @@ impl<D: Datastore> Ipam<D> {
     /// - every allocation's handle exists and counts it;
     /// - every block a handle lists exists and holds addresses for it;
     /// - every confirmed affinity's block exists and names the affinity's node;
-    /// - every `host:` block has an affinity.
+    /// - every `host:` block has an affinity;
+    /// - every pool validates (a bad one is left out of allocation) and overlaps no other.
     pub async fn check(&self) -> Result<Vec<Problem>> {
+        let mut problems = self.pool_problems().await?;
         let blocks = self.store.list_blocks().await.map_err(ds("list blocks"))?;
         let handles = self
             .store
@@ -116,7 +118,6 @@ impl<D: Datastore> Ipam<D> {
                 )
             })
             .collect();
-        let mut problems = Vec::new();
 
         for b in by_cidr.values() {
             let subject = format!("block {}", b.cidr);
@@ -207,6 +208,26 @@ impl<D: Datastore> Ipam<D> {
                     format!("block {}", b.cidr),
                     format!("is affine to host {host}, but {host} has no affinity for it"),
                 ));
+            }
+        }
+        Ok(problems)
+    }
+
+    /// Every stored pool that does not validate, or overlaps a pool before it in name order.
+    async fn pool_problems(&self) -> Result<Vec<Problem>> {
+        let mut pools = self.store.list_pools().await.map_err(ds("list IP pools"))?;
+        pools.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut problems = Vec::new();
+        for (i, pool) in pools.iter().enumerate() {
+            let pool = pool.clone().with_defaults();
+            let subject = format!("IPPool {}", pool.name);
+            if let Err(e) = validate::validate_pool(&pool) {
+                problems.push(problem(
+                    subject,
+                    format!("{e} (no address is allocated from it until this is fixed)"),
+                ));
+            } else if let Err(e) = validate::validate_new_pool(&pool, &pools[..i]) {
+                problems.push(problem(subject, e.to_string()));
             }
         }
         Ok(problems)
