@@ -830,8 +830,9 @@ fn dual_stack_add_fails_whole_right_after_a_pool_is_deleted() {
         delete_pool(&kube, gone);
         for attempt in 0..2 {
             let e = error_of(&add(&conf, "px", "px"));
+            let family = if gone.ends_with("v6") { "IPv6" } else { "IPv4" };
             assert!(
-                e["details"].as_str().is_some_and(|d| d.contains("pool")),
+                format!("{} {}", e["msg"], e["details"]).contains(&format!("{family} pool")),
                 "{gone} deleted, attempt {attempt}: {e}"
             );
             assert_eq!(held(&kube), 2, "only the warm pod's two addresses are held");
