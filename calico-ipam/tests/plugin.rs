@@ -220,3 +220,54 @@ fn show_ip_names_the_holder_until_it_is_released() {
         text(&outside)
     );
 }
+
+fn pool_yaml(name: &str, cidr: &str, disabled: bool) -> String {
+    format!(
+        "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {{name: {name}}}\n\
+         spec: {{cidr: '{cidr}', blockSize: 26, disabled: {disabled}}}\n"
+    )
+}
+
+fn v4_of(out: &std::process::Output) -> String {
+    assert!(out.status.success(), "{}", text(out));
+    let r: Value = serde_json::from_slice(&out.stdout).expect("result");
+    r["ips"][0]["address"]
+        .as_str()
+        .expect("address")
+        .to_string()
+}
+
+/// Issue 15, item 5 on the local store: the next ADD never allocates from a pool disabled or
+/// deleted just before, not even from the node's block of it that has room, and not even when
+/// it repeats the ADD of a container holding an address from it.
+#[test]
+fn a_disabled_or_deleted_pool_is_never_used_by_the_next_add() {
+    let store = Store::new();
+    store.apply_pools(&pool_yaml("a", "10.60.0.0/24", false));
+    let mut conf = store.netconf("1.0.0", "node-a");
+    conf["ipam"]["assign_ipv6"] = json!("false");
+    let conf = conf.to_string();
+    assert!(v4_of(&cni("ADD", "c1", &[], conf.as_bytes())).starts_with("10.60.0."));
+
+    store.apply_pools(&format!(
+        "{}---\n{}",
+        pool_yaml("a", "10.60.0.0/24", true),
+        pool_yaml("b", "10.61.0.0/24", false)
+    ));
+    assert!(v4_of(&cni("ADD", "c1", &[], conf.as_bytes())).starts_with("10.61.0."));
+
+    let out = store.cli(&["pool", "delete", "b"]);
+    assert!(out.status.success(), "{}", text(&out));
+    store.apply_pools(&pool_yaml("c", "10.62.0.0/24", false));
+    assert!(v4_of(&cni("ADD", "c2", &[], conf.as_bytes())).starts_with("10.62.0."));
+    assert!(v4_of(&cni("ADD", "c1", &[], conf.as_bytes())).starts_with("10.62.0."));
+    // c1 holds one address in a, one in the deleted b (under no pool now) and one in c.
+    assert_eq!(in_use(&store), 3, "{}", store.show());
+    for c in ["c1", "c2"] {
+        assert!(cni("DEL", c, &[], conf.as_bytes()).status.success());
+    }
+    assert_eq!(in_use(&store), 0);
+    // Handles and blocks agree: b's block holds nothing for a handle that is gone.
+    let out = store.cli(&["check"]);
+    assert!(out.status.success(), "{}", text(&out));
+}
