@@ -9,3 +9,4 @@ pub mod k8s;
 pub mod log;
 pub mod plugin;
 pub mod probe;
+pub mod readiness;

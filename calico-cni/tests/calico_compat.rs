@@ -12,9 +12,15 @@ mod common;
 #[path = "../../calico-ipam/tests/kube_env/mod.rs"]
 mod kube_env;
 
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
 use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
-use common::kube::{Forwarder, namespace_yaml, pod_yaml, server_port};
+use common::kube::{Forwarder, listen_in, namespace_yaml, pod_yaml, server_port};
 use common::{Netns, Node, text};
 use kube_env::{KubeEnv, PoolGuard, node_yaml, shared, unique};
 use serde_json::{Value, json};
@@ -508,4 +514,204 @@ fn host_local_use_pod_cidr_ranges_take_the_nodes_dual_stack_pod_cidrs() {
     for node in [&bare, &v4_only] {
         c.kube.delete(&format!("/api/v1/nodes/{node}"));
     }
+}
+
+/// An HTTP endpoint in the node netns answering with `statuses` in turn (the last one for every
+/// later request), counting the requests: a readiness gate under the test's control.
+struct Gate {
+    url: String,
+    hits: Arc<AtomicU32>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Gate {
+    fn new(node: &Node, statuses: &[u16]) -> Gate {
+        let listener: TcpListener = listen_in(&node.ns, 0);
+        let url = format!(
+            "http://127.0.0.1:{}/readiness",
+            listener.local_addr().expect("addr").port()
+        );
+        listener.set_nonblocking(true).expect("nonblocking");
+        let (hits, stop) = (
+            Arc::new(AtomicU32::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (h, st, statuses) = (hits.clone(), stop.clone(), statuses.to_vec());
+        let thread = std::thread::spawn(move || {
+            while !st.load(Ordering::Relaxed) {
+                let Ok((conn, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                let _ = conn.set_nonblocking(false);
+                let n = h.fetch_add(1, Ordering::SeqCst) as usize;
+                let status = statuses[n.min(statuses.len() - 1)];
+                let mut reader = BufReader::new(conn);
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|r| r > 2) {
+                    line.clear();
+                }
+                let _ = write!(
+                    reader.get_mut(),
+                    "HTTP/1.1 {status} X\r\nContent-Length: 2\r\nConnection: close\r\n\r\nOk"
+                );
+            }
+        });
+        Gate {
+            url,
+            hits,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn hits(&self) -> u32 {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The netconf of k8s specs 3145 and 3212 ("net10", calico-ipam, policy k8s) with `gates`.
+fn gated_netconf(c: &Cluster, gates: Value) -> Value {
+    json!({
+        "cniVersion": "1.0.0",
+        "name": "net10",
+        "type": "calico",
+        "etcd_endpoints": "http://127.0.0.1:2379",
+        "datastore_type": "kubernetes",
+        "nodename_file_optional": true,
+        "log_level": "info",
+        "readiness_gates": gates,
+        "ipam": {"type": "calico-ipam"},
+        "kubernetes": {"kubeconfig": c.kube.cni},
+        "policy": {"type": "k8s"},
+        "nodename": c.name,
+        "ipam_lock_file": c.node.dir.path().join("ipam.lock"),
+    })
+}
+
+/// A pool for this cluster's node only, and a namespace with pod `test-pod`.
+fn gated_setup<'a>(c: &'a Cluster, cidr: &str) -> (PoolGuard<'a>, String) {
+    let u = &c.u;
+    c.kube.purge_ipam(&[cidr]);
+    let pool = format!("t-compat-gate-{u}");
+    let ns = format!("compat-gate-{u}");
+    c.kube.apply(&format!(
+        "apiVersion: crd.projectcalico.org/v1\nkind: IPPool\nmetadata: {{name: {pool}}}\n\
+         spec: {{cidr: '{cidr}', nodeSelector: \"calico-rs-test == 'compat{u}'\"}}\n---\n{}{}",
+        namespace_yaml(&ns, &[]),
+        pod_yaml(&ns, "test-pod", &c.name, &[])
+    ));
+    (
+        PoolGuard {
+            kube: &c.kube,
+            names: vec![pool],
+        },
+        ns,
+    )
+}
+
+/// The ADD failed before anything was made: no link, no handle, no published address.
+fn assert_refused_cleanly(c: &Cluster, pod: &Netns, cid: &str, ns: &str) {
+    c.assert_nothing_left(pod);
+    assert!(
+        c.kube
+            .get_json(&format!(
+                "/apis/crd.projectcalico.org/v1/ipamhandles/net10.{cid}"
+            ))
+            .is_none(),
+        "nothing may be allocated"
+    );
+    let a = c.annotations(ns, "test-pod");
+    assert!(a.get("cni.projectcalico.org/podIP").is_none(), "{a}");
+}
+
+/// k8s spec 3145 "using bogus readiness_gates should fail container creation": the spec's
+/// `readiness_gates` is a bare string, not a list. Then the other ways a gate fails: a
+/// malformed URL (Calico's `invalid URL set for ReadinessGates:...`), and a gate that never
+/// becomes ready (asked at once and every 5 s, given up after 30 s). Each ADD fails before
+/// anything is allocated or created.
+#[test]
+fn bogus_readiness_gates_fail_the_add_and_leave_nothing() {
+    let _g = shared();
+    let c = Cluster::new("");
+    let (_pool, ns) = gated_setup(&c, "10.166.0.0/24");
+    let args = calico_args(&ns, "test-pod", None);
+    let pod = Netns::new("cmpgb");
+    let cid = format!("gate{}", c.u);
+
+    let conf = gated_netconf(&c, json!("http://localhost:9099/invalid_x12vx"));
+    let e = err(&c.add(&cid, &pod, &args, &conf));
+    assert_eq!(e["code"], 7, "{e}");
+    assert!(
+        e["details"]
+            .as_str()
+            .is_some_and(|d| d.contains("readiness_gates must be a list of URLs")),
+        "{e}"
+    );
+    assert_refused_cleanly(&c, &pod, &cid, &ns);
+    // Calico's spec then runs DEL with the same configuration; it fails the same way.
+    let out = c.node.cni_with_args("DEL", &cid, &pod.path(), &args, &conf);
+    assert_eq!(err(&out)["code"], 7);
+
+    let conf = gated_netconf(&c, json!(["localhost:9099/readiness"]));
+    let e = err(&c.add(&cid, &pod, &args, &conf));
+    assert_eq!(e["code"], 7, "{e}");
+    assert!(
+        e["details"]
+            .as_str()
+            .is_some_and(|d| d
+                .starts_with("invalid URL set for ReadinessGates:localhost:9099/readiness Error:")),
+        "{e}"
+    );
+    assert_refused_cleanly(&c, &pod, &cid, &ns);
+
+    let gate = Gate::new(&c.node, &[503]);
+    let conf = gated_netconf(&c, json!([gate.url]));
+    let e = err(&c.add(&cid, &pod, &args, &conf));
+    assert_eq!(e["code"], 11, "{e}");
+    assert_eq!(
+        e["msg"],
+        format!(
+            "readiness gate {} did not become ready within 30s",
+            gate.url
+        ),
+        "{e}"
+    );
+    assert_eq!(
+        e["details"], "endpoint is not ready, response code returned:503",
+        "{e}"
+    );
+    assert!(gate.hits() >= 2, "asked again after the first refusal");
+    assert_refused_cleanly(&c, &pod, &cid, &ns);
+}
+
+/// k8s spec 3212 "using valid readiness_gates should successfully create container": the gate
+/// answers 503 once, then 200; ADD waits for it and goes ahead.
+#[test]
+fn valid_readiness_gates_let_the_add_through() {
+    let _g = shared();
+    let c = Cluster::new("");
+    let (_pool, ns) = gated_setup(&c, "10.167.0.0/24");
+    let gate = Gate::new(&c.node, &[503, 200]);
+    let conf = gated_netconf(&c, json!([gate.url]));
+    let args = calico_args(&ns, "test-pod", None);
+    let pod = Netns::new("cmpgv");
+    let cid = format!("gatev{}", c.u);
+    let r = ok(&c.add(&cid, &pod, &args, &conf));
+    assert_eq!(gate.hits(), 2, "one refusal, then ready");
+    assert_calico_result(&r, &pod, 1);
+    let ip = r["ips"][0]["address"].as_str().expect("address");
+    assert!(in_net(ip, "10.167.0.0/24"), "{r}");
+    c.del(&cid, &pod, &args, &conf);
+    c.assert_nothing_left(&pod);
 }

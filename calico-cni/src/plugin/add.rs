@@ -1,6 +1,6 @@
 //! ADD: IPAM, then the veth, addresses and routes; on any failure undo what was done. In the
 //! Kubernetes datastore, the ready check and the pod's annotations come first and the pod's
-//! address annotations last.
+//! address annotations last. Readiness gates are waited for before anything is allocated.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
@@ -13,7 +13,7 @@ use libipam::cni::{CniError, CniResult, Command, Interface, IpConfig, Route};
 use super::{api_call, dataplane_error, host_ifname, ipam_plugin, runtime};
 use crate::dataplane::{self, IPV4_GATEWAY, IPV6_GATEWAY, Plan};
 use crate::k8s::{self, IpamOverrides};
-use crate::{host_local, ipam_exec};
+use crate::{host_local, ipam_exec, readiness};
 
 pub fn add(req: &Request) -> Result<CniResult, CniError> {
     let netns = req
@@ -37,24 +37,26 @@ pub fn add(req: &Request) -> Result<CniResult, CniError> {
         DatastoreType::Kubernetes => Some(api_call(&rt, k8s::connect(&req.conf))?),
         DatastoreType::Local => None,
     };
-    let mut overrides = IpamOverrides::default();
     if let Some(api) = api.as_mut() {
         api_call(&rt, api.check_ready())?;
-        if req.conf.policy.policy_type == "k8s"
-            && let Some((namespace, pod)) = req.env.args.pod()
-        {
-            let annotations = api_call(&rt, api.pod(namespace, pod))?
-                .ok_or_else(|| {
-                    CniError::new(
-                        libipam::cni::code::UNKNOWN_CONTAINER,
-                        "the pod does not exist",
-                        format!("pod {namespace}/{pod} not found at {}", api.server()),
-                    )
-                })?
-                .annotations;
-            let ns_annotations = api_call(&rt, api.namespace_annotations(namespace))?;
-            overrides = IpamOverrides::from_annotations(&annotations, &ns_annotations)?;
-        }
+    }
+    readiness::wait_for(&req.conf.readiness_gates)?;
+    let mut overrides = IpamOverrides::default();
+    if let Some(api) = api.as_mut()
+        && req.conf.policy.policy_type == "k8s"
+        && let Some((namespace, pod)) = req.env.args.pod()
+    {
+        let annotations = api_call(&rt, api.pod(namespace, pod))?
+            .ok_or_else(|| {
+                CniError::new(
+                    libipam::cni::code::UNKNOWN_CONTAINER,
+                    "the pod does not exist",
+                    format!("pod {namespace}/{pod} not found at {}", api.server()),
+                )
+            })?
+            .annotations;
+        let ns_annotations = api_call(&rt, api.namespace_annotations(namespace))?;
+        overrides = IpamOverrides::from_annotations(&annotations, &ns_annotations)?;
     }
     let mut stdin = overrides.rewrite_stdin(&req.stdin)?;
     if req.conf.ipam.ipam_type == host_local::HOST_LOCAL && host_local::wants_pod_cidrs(&stdin)? {

@@ -23,17 +23,22 @@ pub struct Forwarder {
     thread: Option<JoinHandle<()>>,
 }
 
+/// A listening socket on `127.0.0.1:port` (0: any free port) inside `netns`.
+pub fn listen_in(netns: &Netns, port: u16) -> TcpListener {
+    let path = netns.path();
+    // setns on a throwaway thread: the socket stays in the netns after the thread exits.
+    std::thread::spawn(move || {
+        let ns = File::open(&path).expect("open netns");
+        nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET).expect("setns");
+        TcpListener::bind(("127.0.0.1", port)).expect("bind in the netns")
+    })
+    .join()
+    .expect("bind thread")
+}
+
 impl Forwarder {
     pub fn new(netns: &Netns, port: u16) -> Forwarder {
-        let path = netns.path();
-        // setns on a throwaway thread: the socket stays in the node netns after it exits.
-        let listener = std::thread::spawn(move || {
-            let ns = File::open(&path).expect("open node netns");
-            nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET).expect("setns");
-            TcpListener::bind(("127.0.0.1", port)).expect("bind in the node netns")
-        })
-        .join()
-        .expect("bind thread");
+        let listener = listen_in(netns, port);
         listener.set_nonblocking(true).expect("nonblocking");
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
