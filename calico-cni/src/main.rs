@@ -21,7 +21,11 @@ fn main() {
         return;
     }
     if flags.version {
-        println!("calico-cni {}", env!("CARGO_PKG_VERSION"));
+        println!(
+            "calico-cni {} (git {})",
+            env!("CARGO_PKG_VERSION"),
+            env!("GIT_COMMIT")
+        );
         return;
     }
     if flags.test_connection {

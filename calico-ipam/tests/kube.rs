@@ -566,7 +566,16 @@ fn borrowing_strict_affinity_and_configured_block_limit() {
     );
     let c = Node::new(&kube, "limit-c", &[("calico-rs-test", &tag2)]);
     let cc = c.conf(&kube, false, Some(0));
-    cli_ok(&kube, &["configure", "--max-blocks-per-host", "1"]);
+    // Calico requires strict affinity with a block limit.
+    cli_ok(
+        &kube,
+        &[
+            "configure",
+            "--strictaffinity=true",
+            "--max-blocks-per-host",
+            "1",
+        ],
+    );
     for i in 0..4 {
         addresses(&add(&cc, &format!("c{i}"), &format!("c{i}")));
     }

@@ -196,7 +196,8 @@ fn show_ip_names_the_holder_until_it_is_released() {
     assert_eq!(v["attributes"]["node"], "node-a");
     let table = store.cli(&["show", "--ip", "fd00:99::"]);
     assert!(
-        String::from_utf8_lossy(&table.stdout).contains("in use by handle k8s-pod-network.c7"),
+        String::from_utf8_lossy(&table.stdout)
+            .starts_with("IP fd00:99:: is in use\nHandle ID: k8s-pod-network.c7\n"),
         "{}",
         text(&table)
     );

@@ -1,9 +1,10 @@
-//! IP pool validation, with messages that say what to change.
+//! IP pool and IPAM configuration validation, with messages that say what to change.
 
 use ipnet::IpNet;
 
 use crate::model::{
     AllowedUse, AssignmentMode, DEFAULT_V4_BLOCK_SIZE, DEFAULT_V6_BLOCK_SIZE, EncapMode, IpPool,
+    IpamConfig,
 };
 use crate::selector::{Selector, SelectorError};
 
@@ -219,6 +220,54 @@ pub fn validate_new_pool(pool: &IpPool, existing: &[IpPool]) -> Result<(), PoolE
                 other_cidr,
             });
         }
+    }
+    Ok(())
+}
+
+/// Why an IPAM configuration was rejected (Calico's `SetIPAMConfig` rules and CRD bounds).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ConfigError {
+    /// Neither strict affinity nor automatic block allocation: no host could get addresses.
+    #[error(
+        "strictAffinity and autoAllocateBlocks cannot both be false: a host could then neither claim a block nor borrow"
+    )]
+    NoWayToAllocate,
+    /// A block limit without strict affinity (Calico: the limit would be bypassed by borrowing).
+    #[error(
+        "maxBlocksPerHost {0} requires strictAffinity true (Calico's rule: without it a host borrows past its limit); set both, e.g. --strictaffinity=true --max-blocks-per-host={0}"
+    )]
+    LimitWithoutStrictAffinity(u32),
+    /// A block limit past the CRD's bound.
+    #[error("maxBlocksPerHost {0} is too large: at most {max}", max = i32::MAX)]
+    LimitTooLarge(u32),
+    /// Cooldown past the CRD's bound.
+    #[error("ipCooldownSeconds {0} is out of range: use 0 to 1200")]
+    CooldownRange(u32),
+    /// Not `Enabled` or `Disabled`.
+    #[error("kubeVirtVMAddressPersistence {0:?} is invalid: use Enabled or Disabled")]
+    KubeVirtPersistence(String),
+}
+
+/// Validates an IPAM configuration before it is stored, as Calico's `SetIPAMConfig` does.
+pub fn validate_config(c: &IpamConfig) -> Result<(), ConfigError> {
+    if !c.strict_affinity && !c.auto_allocate_blocks {
+        return Err(ConfigError::NoWayToAllocate);
+    }
+    if c.max_blocks_per_host > i32::MAX as u32 {
+        return Err(ConfigError::LimitTooLarge(c.max_blocks_per_host));
+    }
+    if c.max_blocks_per_host > 0 && !c.strict_affinity {
+        return Err(ConfigError::LimitWithoutStrictAffinity(
+            c.max_blocks_per_host,
+        ));
+    }
+    if c.ip_cooldown_seconds > 1200 {
+        return Err(ConfigError::CooldownRange(c.ip_cooldown_seconds));
+    }
+    if let Some(p) = &c.kube_virt_vm_address_persistence
+        && !matches!(p.as_str(), "Enabled" | "Disabled")
+    {
+        return Err(ConfigError::KubeVirtPersistence(p.clone()));
     }
     Ok(())
 }
@@ -459,5 +508,36 @@ mod tests {
         );
         let v6 = IpPool::new("d", "fd00:10:245::/48");
         assert_eq!(validate_new_pool(&v6, &existing), Ok(()));
+    }
+
+    #[test]
+    fn config_rules_are_calicos() {
+        let ok = IpamConfig::default();
+        assert_eq!(validate_config(&ok), Ok(()));
+        let neither = IpamConfig {
+            auto_allocate_blocks: false,
+            ..IpamConfig::default()
+        };
+        assert_eq!(validate_config(&neither), Err(ConfigError::NoWayToAllocate));
+        let limit = IpamConfig {
+            max_blocks_per_host: 4,
+            ..IpamConfig::default()
+        };
+        assert!(
+            validate_config(&limit)
+                .expect_err("limit without strict")
+                .to_string()
+                .contains("--strictaffinity=true --max-blocks-per-host=4")
+        );
+        let strict_limit = IpamConfig {
+            strict_affinity: true,
+            ..limit
+        };
+        assert_eq!(validate_config(&strict_limit), Ok(()));
+        let kv = IpamConfig {
+            kube_virt_vm_address_persistence: Some("yes".into()),
+            ..IpamConfig::default()
+        };
+        assert!(validate_config(&kv).is_err());
     }
 }

@@ -1,18 +1,22 @@
-//! `pool apply|list|delete`.
+//! IPPools and the IPAM configuration as resources: `get ippool`, `apply -f`, `patch ippool`,
+//! `delete ippool` (and the older `pool apply|list|delete`).
 
 use std::io::Read;
 
 use anyhow::{Context, Result, bail};
 use libipam::datastore::Datastore;
 use libipam::model::{IpPool, IpPoolSpec};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
-use super::with_store;
+use super::resources::{self, Resource};
+use super::show::Output;
+use super::table::columns;
+use super::{exit, with_store};
 use crate::store::StoreConfig;
 use crate::with_ipam;
 
-/// Create or update every IPPool in `file` (`-` = stdin). All documents are validated — against
-/// each other and the pools already stored — before anything is written.
+/// Create or update every resource in `file` (`-` = stdin). All documents are validated —
+/// against each other and the pools already stored — before anything is written.
 pub fn apply(store: &StoreConfig, file: &str) -> Result<i32> {
     let text = if file == "-" {
         let mut s = String::new();
@@ -23,47 +27,92 @@ pub fn apply(store: &StoreConfig, file: &str) -> Result<i32> {
     } else {
         std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?
     };
-    let pools = parse_pools(&text).with_context(|| format!("in {file}"))?;
-    if pools.is_empty() {
-        bail!("{file} holds no IPPool");
+    let docs = resources::parse(&text).with_context(|| format!("in {file}"))?;
+    if docs.is_empty() {
+        bail!("{file} holds no resource");
     }
     with_store(store, async |store| {
         with_ipam!(store, |ipam| {
             let ds = ipam.store();
             let mut known: Vec<IpPool> = ds.list_pools().await?;
-            for pool in &pools {
-                libipam::validate::validate_new_pool(pool, &known)
-                    .with_context(|| format!("IPPool {}", pool.name))?;
-                known.retain(|p| p.name != pool.name);
-                known.push(pool.clone());
+            let mut config = None;
+            for doc in &docs {
+                match doc {
+                    Resource::Pool(pool) => {
+                        libipam::validate::validate_new_pool(pool, &known)
+                            .with_context(|| format!("IPPool {}", pool.name))?;
+                        known.retain(|p| p.name != pool.name);
+                        known.push(pool.clone());
+                    }
+                    Resource::Config(patch) => {
+                        let mut c = match config.take() {
+                            Some(c) => c,
+                            None => ds.get_config().await?,
+                        };
+                        patch.apply_to(&mut c);
+                        libipam::validate::validate_config(&c)
+                            .context("IPAMConfiguration default")?;
+                        config = Some(c);
+                    }
+                }
             }
-            for pool in &pools {
-                ds.apply_pool(pool)
+            for doc in &docs {
+                if let Resource::Pool(pool) = doc {
+                    ds.apply_pool(pool)
+                        .await
+                        .with_context(|| format!("writing IPPool {}", pool.name))?;
+                }
+            }
+            if let Some(c) = &config {
+                ds.apply_config(c)
                     .await
-                    .with_context(|| format!("writing IPPool {}", pool.name))?;
-                println!(
-                    "Successfully applied IPPool {} ({})",
-                    pool.name, pool.spec.cidr
-                );
+                    .context("writing the IPAM configuration")?;
             }
-            Ok::<i32, anyhow::Error>(0)
+            Ok::<(), anyhow::Error>(())
         })
-    })?
+    })??;
+    let first = docs[0].kind();
+    if docs.iter().all(|d| d.kind() == first) {
+        println!("Successfully applied {} '{first}' resource(s)", docs.len());
+    } else {
+        println!("Successfully applied {} resource(s)", docs.len());
+    }
+    Ok(exit::OK)
 }
 
-/// `pool list`: a table (default or wide) or JSON.
-pub fn list(store: &StoreConfig, output: &str) -> Result<i32> {
+/// `get ippool [NAME]`: calicoctl's columns (default or wide), or v3 documents.
+pub fn get(store: &StoreConfig, name: Option<&str>, output: &str) -> Result<i32> {
+    let format = match output {
+        "" | "table" | "ps" => None,
+        "wide" => Some("wide"),
+        "json" | "yaml" => Some(output),
+        other => super::args::usage!("unknown output format {other:?}: use wide, yaml or json"),
+    };
     let mut pools = with_store(store, async |store| {
         with_ipam!(store, |ipam| ipam.store().list_pools().await)
     })??;
     pools.sort_by(|a, b| a.name.cmp(&b.name));
-    let pools: Vec<IpPool> = pools.into_iter().map(IpPool::with_defaults).collect();
-    match output {
-        "json" => {
-            let docs: Vec<Value> = pools.iter().map(to_v3).collect();
-            println!("{}", serde_json::to_string_pretty(&docs)?);
+    if let Some(name) = name {
+        pools.retain(|p| p.name == name);
+        if pools.is_empty() {
+            bail!("resource does not exist: IPPool({name})");
         }
-        "wide" => {
+    }
+    let pools: Vec<IpPool> = pools.into_iter().map(IpPool::with_defaults).collect();
+    match format {
+        Some(f @ ("json" | "yaml")) => {
+            let doc = match (name, pools.as_slice()) {
+                (Some(_), [one]) => to_v3(one),
+                _ => json!({
+                    "kind": "IPPoolList",
+                    "apiVersion": "projectcalico.org/v3",
+                    "metadata": {},
+                    "items": pools.iter().map(to_v3).collect::<Vec<_>>(),
+                }),
+            };
+            Output::parse(f)?.print(&doc)?;
+        }
+        Some(_) => {
             let rows: Vec<Vec<String>> = pools
                 .iter()
                 .map(|p| {
@@ -77,24 +126,29 @@ pub fn list(store: &StoreConfig, output: &str) -> Result<i32> {
                         s.disabled.to_string(),
                         s.disable_bgp_export.to_string(),
                         s.node_selector.clone().unwrap_or_default(),
+                        s.assignment_mode.clone().unwrap_or_default(),
                     ]
                 })
                 .collect();
-            print_table(
-                &[
-                    "NAME",
-                    "CIDR",
-                    "NAT",
-                    "IPIPMODE",
-                    "VXLANMODE",
-                    "DISABLED",
-                    "DISABLEBGPEXPORT",
-                    "SELECTOR",
-                ],
-                &rows,
+            print!(
+                "{}",
+                columns(
+                    &[
+                        "NAME",
+                        "CIDR",
+                        "NAT",
+                        "IPIPMODE",
+                        "VXLANMODE",
+                        "DISABLED",
+                        "DISABLEBGPEXPORT",
+                        "SELECTOR",
+                        "ASSIGNMENTMODE",
+                    ],
+                    &rows,
+                )
             );
         }
-        "" | "table" => {
+        None => {
             let rows: Vec<Vec<String>> = pools
                 .iter()
                 .map(|p| {
@@ -105,104 +159,152 @@ pub fn list(store: &StoreConfig, output: &str) -> Result<i32> {
                     ]
                 })
                 .collect();
-            print_table(&["NAME", "CIDR", "SELECTOR"], &rows);
+            print!("{}", columns(&["NAME", "CIDR", "SELECTOR"], &rows));
         }
-        other => bail!("unknown output format {other:?}: use wide or json"),
     }
-    Ok(0)
+    Ok(exit::OK)
 }
 
-/// `pool delete NAME`.
-pub fn delete(store: &StoreConfig, name: &str) -> Result<i32> {
-    let found = with_store(store, async |store| {
-        with_ipam!(store, |ipam| ipam.store().delete_pool(name).await)
-    })??;
-    if found {
-        println!("Successfully deleted IPPool {name}");
-        Ok(0)
-    } else {
-        bail!("IPPool {name} does not exist")
-    }
-}
-
-/// Parse YAML or JSON holding one or many IPPool documents (or a List of them).
-pub fn parse_pools(text: &str) -> Result<Vec<IpPool>> {
-    let docs: Vec<Value> = if text.trim_start().starts_with(['{', '[']) {
-        match serde_json::from_str::<Value>(text).context("parsing JSON")? {
-            Value::Array(items) => items,
-            one => vec![one],
-        }
-    } else {
-        serde_saphyr::from_multiple::<Value>(text).context("parsing YAML")?
-    };
-    let mut pools = Vec::new();
-    for (i, doc) in docs.into_iter().enumerate() {
-        if doc.is_null() {
-            continue;
-        }
-        let kind = doc.get("kind").and_then(Value::as_str).unwrap_or("");
-        if kind.ends_with("List") {
-            let items = doc
-                .get("items")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
-            for item in items {
-                pools.push(pool_from_doc(&item).with_context(|| format!("document {}", i + 1))?);
+/// `patch ippool NAME -p PATCH`: a JSON merge patch (RFC 7386) on the v3 document, then the
+/// same strict reading and validation as `apply`.
+pub fn patch(store: &StoreConfig, name: &str, patch: &str) -> Result<i32> {
+    let patch: Value = serde_json::from_str(patch)
+        .or_else(|_| serde_saphyr::from_str::<Value>(patch))
+        .context("the patch is neither JSON nor YAML")?;
+    with_store(store, async |store| {
+        with_ipam!(store, |ipam| {
+            let ds = ipam.store();
+            let pools = ds.list_pools().await?;
+            let Some(pool) = pools.iter().find(|p| p.name == name) else {
+                bail!("resource does not exist: IPPool({name})");
+            };
+            let mut doc = to_v3(pool);
+            merge_patch(&mut doc, &patch);
+            let Some(Resource::Pool(patched)) = resources::parse(&doc.to_string())
+                .context("the patched IPPool")?
+                .pop()
+            else {
+                bail!("the patch must leave an IPPool");
+            };
+            if patched.name != name {
+                bail!("a patch cannot rename IPPool {name}");
             }
-        } else {
-            pools.push(pool_from_doc(&doc).with_context(|| format!("document {}", i + 1))?);
-        }
-    }
-    Ok(pools)
+            libipam::validate::validate_new_pool(&patched, &pools)
+                .with_context(|| format!("IPPool {name}"))?;
+            ds.apply_pool(&patched).await?;
+            Ok(())
+        })
+    })??;
+    println!("Successfully patched 1 'IPPool' resource");
+    Ok(exit::OK)
 }
 
-fn pool_from_doc(doc: &Value) -> Result<IpPool> {
-    let api = doc.get("apiVersion").and_then(Value::as_str).unwrap_or("");
-    if !matches!(api, "projectcalico.org/v3" | "crd.projectcalico.org/v1") {
-        bail!("apiVersion {api:?} is not projectcalico.org/v3 or crd.projectcalico.org/v1");
-    }
-    let kind = doc.get("kind").and_then(Value::as_str).unwrap_or("");
-    if kind != "IPPool" {
-        bail!("kind {kind:?} is not IPPool (this command manages IPPools only)");
-    }
-    let name = doc
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .filter(|n| !n.is_empty())
-        .context("metadata.name is missing")?;
-    let spec = doc.get("spec").cloned().context("spec is missing")?;
-    let spec: IpPoolSpec = serde_json::from_value(spec).context("reading spec")?;
-    Ok(IpPool {
-        name: name.to_string(),
-        spec,
-    })
-}
-
-/// A pool as a projectcalico.org/v3 document.
-pub fn to_v3(p: &IpPool) -> Value {
-    json!({"apiVersion": "projectcalico.org/v3", "kind": "IPPool", "metadata": {"name": p.name}, "spec": p.spec})
-}
-
-/// Print left-aligned columns, calicoctl style.
-pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.len());
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        let parts: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        println!("{}", parts.join("   ").trim_end());
+/// RFC 7386: objects merge, `null` deletes, anything else replaces.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(p) = patch else {
+        *target = patch.clone();
+        return;
     };
-    line(header.to_vec());
-    for row in rows {
-        line(row.iter().map(String::as_str).collect());
+    if !target.is_object() {
+        *target = Value::Object(Map::new());
+    }
+    if let Value::Object(t) = target {
+        for (k, v) in p {
+            if v.is_null() {
+                t.remove(k);
+            } else {
+                merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+    }
+}
+
+/// `delete ippool NAME`. A pool with addresses in use must be disabled first: deleting it
+/// while it still hands out addresses would strand them (no pool covers their blocks).
+pub fn delete(store: &StoreConfig, name: &str) -> Result<i32> {
+    with_store(store, async |store| {
+        with_ipam!(store, |ipam| {
+            let usage = ipam.usage().await?;
+            let Some(u) = usage.iter().find(|u| u.name == name) else {
+                bail!(
+                    "Failed to delete 'IPPool' resource: resource does not exist: IPPool({name})"
+                );
+            };
+            if u.in_use > 0 && !u.disabled {
+                bail!(
+                    "IPPool {name} ({}) still has {} address(es) in use: disable it first so no new \
+                     address comes from it, move or delete the pods that use it, then delete it:\n  \
+                     calico-ipam patch ippool {name} -p '{{\"spec\":{{\"disabled\":true}}}}'\n  \
+                     calico-ipam delete ippool {name}\n\
+                     (`calico-ipam ipam show --show-blocks` shows where they are; a disabled pool can \
+                     be deleted with addresses in use, which stay allocated until released)",
+                    u.cidr,
+                    u.in_use
+                );
+            }
+            if !ipam.store().delete_pool(name).await? {
+                bail!(
+                    "Failed to delete 'IPPool' resource: resource does not exist: IPPool({name})"
+                );
+            }
+            Ok(())
+        })
+    })??;
+    println!("Successfully deleted 1 'IPPool' resource(s)");
+    Ok(exit::OK)
+}
+
+/// A pool as a projectcalico.org/v3 document, fields in Calico's order.
+pub fn to_v3(p: &IpPool) -> Value {
+    json!({"kind": "IPPool", "apiVersion": "projectcalico.org/v3",
+           "metadata": {"name": p.name}, "spec": spec_v3(&p.spec)})
+}
+
+fn spec_v3(s: &IpPoolSpec) -> Value {
+    const ORDER: [&str; 11] = [
+        "cidr",
+        "vxlanMode",
+        "ipipMode",
+        "natOutgoing",
+        "disabled",
+        "disableBGPExport",
+        "blockSize",
+        "nodeSelector",
+        "namespaceSelector",
+        "allowedUses",
+        "assignmentMode",
+    ];
+    let Ok(Value::Object(mut fields)) = serde_json::to_value(s) else {
+        return Value::Null;
+    };
+    let mut out = Map::new();
+    for k in ORDER {
+        if let Some(v) = fields.remove(k) {
+            out.insert(k.to_string(), v);
+        }
+    }
+    out.extend(fields);
+    Value::Object(out)
+}
+
+/// YAML as calicoctl prints it (sigs.k8s.io/yaml: keys sorted).
+pub fn to_yaml(doc: &Value) -> Result<String> {
+    serde_saphyr::to_string(&sorted(doc)).context("writing YAML")
+}
+
+fn sorted(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            Value::Object(
+                keys.into_iter()
+                    .map(|k| (k.clone(), sorted(&m[k])))
+                    .collect(),
+            )
+        }
+        Value::Array(a) => Value::Array(a.iter().map(sorted).collect()),
+        other => other.clone(),
     }
 }
 
@@ -211,24 +313,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn seed_pools_parse_unchanged() {
-        let text = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../testdata/pools/seed-pools.yaml"
-        ))
-        .expect("seed pools");
-        let pools = parse_pools(&text).expect("parse");
-        assert_eq!(pools.len(), 2);
-        assert_eq!(pools[0].name, "ipv4-pool");
-        assert_eq!(pools[0].spec.cidr, "10.244.0.0/16");
-        assert_eq!(pools[1].spec.cidr, "fd00:10:244::/48");
-        assert_eq!(pools[1].spec.block_size, Some(122));
+    fn merge_patch_rfc7386() {
+        let mut doc = json!({"spec": {"cidr": "10.0.0.0/8", "natOutgoing": true}});
+        merge_patch(
+            &mut doc,
+            &json!({"spec": {"disabled": true, "natOutgoing": null}}),
+        );
+        assert_eq!(
+            doc,
+            json!({"spec": {"cidr": "10.0.0.0/8", "disabled": true}})
+        );
     }
 
     #[test]
-    fn wrong_kind_is_named() {
-        let e = parse_pools("apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: x}\nspec: {}\n")
-            .expect_err("kind");
-        assert!(format!("{e:#}").contains("NetworkPolicy"));
+    fn v3_documents_round_trip_through_the_strict_reader() {
+        let pool = IpPool::new("p", "10.1.0.0/16");
+        let yaml = to_yaml(&to_v3(&pool)).expect("yaml");
+        assert!(
+            yaml.starts_with("apiVersion: projectcalico.org/v3\n"),
+            "{yaml}"
+        );
+        let back = resources::parse(&yaml).expect("parse");
+        assert_eq!(back, vec![Resource::Pool(pool)]);
     }
 }

@@ -1,8 +1,9 @@
-//! Operator input: IPPool documents for `calico-ipam pool apply`, and selector strings.
+//! Operator input: IPPool documents for `calico-ipam apply`, and selector strings.
 
 use std::collections::BTreeMap;
 
-use calico_ipam::cli::pool::{parse_pools, to_v3};
+use calico_ipam::cli::pool::to_v3;
+use calico_ipam::cli::resources::{Resource, parse};
 use libipam::model::IpPool;
 use libipam::selector::Selector;
 use libipam::validate::{validate_new_pool, validate_pool};
@@ -63,7 +64,7 @@ const POOL_TOKENS: &[&str] = &[
 
 pub const POOL_APPLY: Surface = Surface {
     name: "pool-apply",
-    about: "IPPool YAML or JSON as `calico-ipam pool apply` reads it: parse_pools, then the \
+    about: "IPPool YAML or JSON as `calico-ipam apply` reads it: the strict resources::parse, then the \
             validation against the stored pools and what the allocator derives from a pool",
     tokens: POOL_TOKENS,
     make: || {
@@ -76,8 +77,14 @@ pub const POOL_APPLY: Surface = Surface {
             let Ok(text) = std::str::from_utf8(input) else {
                 return "not-utf8".into();
             };
-            let pools = match parse_pools(text) {
-                Ok(p) => p,
+            let pools: Vec<IpPool> = match parse(text) {
+                Ok(docs) => docs
+                    .into_iter()
+                    .filter_map(|d| match d {
+                        Resource::Pool(p) => Some(p),
+                        Resource::Config(_) => None,
+                    })
+                    .collect(),
                 Err(e) => return signature("parse", &format!("{e:#}")),
             };
             let mut known = stored.clone();
