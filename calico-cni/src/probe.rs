@@ -25,6 +25,8 @@ const MSG: &str = "data store connection failed";
 pub fn run(stdin: &[u8]) -> Result<(), String> {
     let conf =
         NetConf::parse(stdin).map_err(|e| format!("failed to load netconf: {}", e.details))?;
+    libipam::cni::bounds::check_paths(&conf)
+        .map_err(|e| format!("failed to load netconf: {}", e.details))?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -270,7 +270,111 @@ fn cases(store: &Store) -> Vec<Case> {
             102,
             "10.98.0.0",
         ),
+        case(
+            "empty datastore_path",
+            "ADD",
+            vec![],
+            with(&base, |v| v["datastore_path"] = json!("")),
+            7,
+            "datastore_path is empty",
+        ),
+        case(
+            "relative datastore_path",
+            "ADD",
+            vec![],
+            with(&base, |v| v["datastore_path"] = json!("store")),
+            7,
+            "datastore_path \"store\" is not an absolute path",
+        ),
+        case(
+            "relative datastore_path on DEL",
+            "DEL",
+            vec![],
+            with(&base, |v| v["datastore_path"] = json!("./store")),
+            7,
+            "datastore_path \"./store\" is not an absolute path",
+        ),
+        case(
+            "relative ipam_lock_file",
+            "ADD",
+            vec![],
+            with(&base, |v| v["ipam_lock_file"] = json!("ipam.lock")),
+            7,
+            "ipam_lock_file \"ipam.lock\" is not an absolute path",
+        ),
+        case(
+            "missing network name",
+            "ADD",
+            vec![],
+            with(&base, |v| {
+                v.as_object_mut().map(|o| o.remove("name"));
+            }),
+            7,
+            "missing network name",
+        ),
+        case(
+            "network name with a space",
+            "ADD",
+            vec![],
+            with(&base, |v| v["name"] = json!("pod network")),
+            7,
+            "invalid characters in network name \"pod network\"",
+        ),
+        case(
+            "network name of 500 KB",
+            "ADD",
+            vec![],
+            with(&base, |v| v["name"] = json!("n".repeat(500_000))),
+            7,
+            "is 500000 bytes long; the limit is 100",
+        ),
+        case(
+            "network name of 101 bytes",
+            "DEL",
+            vec![],
+            with(&base, |v| v["name"] = json!("n".repeat(101))),
+            7,
+            "is 101 bytes long; the limit is 100",
+        ),
+        case(
+            "CNI_CONTAINERID of 129 bytes",
+            "ADD",
+            vec![("CNI_CONTAINERID", leak("c".repeat(129)))],
+            ok.clone(),
+            4,
+            "is 129 bytes long; the limit is 128",
+        ),
+        case(
+            "CNI_ARGS of 8 KiB",
+            "ADD",
+            vec![(
+                "CNI_ARGS",
+                leak(format!("K8S_POD_UID={}", "u".repeat(8192))),
+            )],
+            ok.clone(),
+            4,
+            "CNI_ARGS is 8204 bytes long; the limit is 4096",
+        ),
+        case(
+            "K8S_POD_NAME longer than Kubernetes allows",
+            "ADD",
+            vec![(
+                "CNI_ARGS",
+                leak(format!(
+                    "K8S_POD_NAMESPACE=ns;K8S_POD_NAME={}",
+                    "p".repeat(254)
+                )),
+            )],
+            ok.clone(),
+            4,
+            "is 254 bytes long; Kubernetes allows at most 253",
+        ),
     ]
+}
+
+/// A `'static` string for the case table.
+fn leak(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
 }
 
 #[test]
@@ -398,4 +502,47 @@ fn a_stored_pool_with_a_bad_selector_is_ignored_reported_and_harms_no_other() {
             && report.contains("IPPool aa-bad: nodeSelector: invalid selector"),
         "{report}"
     );
+}
+
+/// Relative and empty paths are refused before anything is created: nothing may appear in the
+/// runtime's working directory (`/` under containerd).
+#[test]
+fn relative_paths_create_nothing_in_the_working_directory() {
+    let store = Store::new();
+    store.apply_pools(&common::tiny_pools());
+    let cwd = tempfile::tempdir().expect("cwd");
+    let base = store.netconf("1.0.0", "node-a");
+    for (field, value) in [
+        ("datastore_path", ""),
+        ("datastore_path", "store"),
+        ("datastore_path", "var/lib/calico/ipam"),
+        ("ipam_lock_file", "ipam.lock"),
+    ] {
+        for command in ["ADD", "DEL", "CHECK"] {
+            let conf = with(&base, |v| v[field] = json!(value));
+            let out = common::cni_in(cwd.path(), command, "rel1", &[], conf.as_bytes());
+            assert_eq!(
+                out.status.code(),
+                Some(1),
+                "{field}={value:?}: {}",
+                text(&out)
+            );
+            let err: Value = serde_json::from_slice(&out.stdout).expect("CNI error");
+            assert_eq!(err["code"], 7, "{field}={value:?} {command}: {err}");
+            assert!(
+                err["details"]
+                    .as_str()
+                    .is_some_and(|d| d.starts_with(field)),
+                "{err}"
+            );
+            let left: Vec<_> = std::fs::read_dir(cwd.path())
+                .expect("cwd")
+                .map(|e| e.map(|e| e.file_name()))
+                .collect();
+            assert!(
+                left.is_empty(),
+                "{field}={value:?} {command} created {left:?}"
+            );
+        }
+    }
 }

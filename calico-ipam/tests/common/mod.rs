@@ -105,7 +105,19 @@ fn rand_suffix() -> u128 {
 
 /// Run the plugin with `command`, the container id, extra env and stdin.
 pub fn cni(command: &str, container_id: &str, env: &[(&str, &str)], stdin: &[u8]) -> Output {
+    cni_in(Path::new("/"), command, container_id, env, stdin)
+}
+
+/// [`cni`] with `cwd` as the working directory.
+pub fn cni_in(
+    cwd: &Path,
+    command: &str,
+    container_id: &str,
+    env: &[(&str, &str)],
+    stdin: &[u8],
+) -> Output {
     let mut cmd = Command::new(BIN);
+    cmd.current_dir(cwd);
     cmd.env_clear()
         .env("CNI_COMMAND", command)
         .env("CNI_CONTAINERID", container_id)

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use super::{CniArgs, CniError};
+use super::{CniArgs, CniError, bounds};
 
 /// The CNI verbs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,16 +124,23 @@ impl Env {
     }
 }
 
-/// `^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$`, as the spec requires.
+/// `^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$`, as the spec requires, and at most
+/// [`bounds::MAX_CONTAINER_ID_LEN`] bytes (it is part of every handle ID).
 fn validate_container_id(id: &str) -> Result<(), CniError> {
-    let mut chars = id.chars();
-    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
-    let rest_ok = chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-    if first_ok && rest_ok {
+    if id.len() > bounds::MAX_CONTAINER_ID_LEN {
+        return Err(CniError::invalid_env(format!(
+            "CNI_CONTAINERID \"{}\" is {} bytes long; the limit is {}",
+            bounds::shown(id),
+            id.len(),
+            bounds::MAX_CONTAINER_ID_LEN
+        )));
+    }
+    if bounds::is_cni_name(id) {
         Ok(())
     } else {
         Err(CniError::invalid_env(format!(
-            "invalid characters in CNI_CONTAINERID \"{id}\": it must match ^[a-zA-Z0-9][a-zA-Z0-9_.\\-]*$"
+            "invalid characters in CNI_CONTAINERID \"{}\": it must match ^[a-zA-Z0-9][a-zA-Z0-9_.\\-]*$",
+            bounds::shown(id)
         )))
     }
 }

@@ -4,6 +4,7 @@
 //! Everything here is plain serde and std: no datastore, no kernel.
 
 pub mod args;
+pub mod bounds;
 pub mod env;
 pub mod error;
 pub mod netconf;

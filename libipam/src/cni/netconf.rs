@@ -48,7 +48,9 @@ pub struct NetConf {
     pub plugin_type: String,
     #[serde(default, deserialize_with = "datastore_type")]
     pub datastore_type: DatastoreType,
-    #[serde(default, deserialize_with = "unset_as_none")]
+    /// Ours (Calico has no such field, so no tool of Calico's writes it empty): `""` is kept,
+    /// and refused by [`super::bounds::check_netconf`] rather than read as the default.
+    #[serde(default)]
     pub datastore_path: Option<PathBuf>,
     #[serde(default, deserialize_with = "unset_as_none")]
     pub nodename: Option<String>,
@@ -276,9 +278,10 @@ impl NetConf {
             .nodename_file
             .clone()
             .unwrap_or_else(|| PathBuf::from(DEFAULT_NODENAME_FILE));
-        if let Ok(text) = std::fs::read_to_string(&file) {
+        if let Some(text) = read_start(&file) {
             let name = text.trim();
             if !name.is_empty() {
+                super::bounds::check_node_name(name, &file.display().to_string())?;
                 return Ok(name.to_string());
             }
         }
@@ -348,6 +351,18 @@ pub fn parse_version(raw: &str) -> Result<SpecVersion, CniError> {
             ),
         )
     })
+}
+
+/// The start of a small text file (a node name): never more than a few KiB, whatever is there.
+fn read_start(path: &Path) -> Option<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .ok()?
+        .take(4096)
+        .read_to_string(&mut text)
+        .ok()?;
+    Some(text)
 }
 
 fn os_hostname() -> Option<String> {

@@ -3,7 +3,9 @@
 
 use serde_json::json;
 
-use super::{CniError, CniResult, Command, Env, NetConf, SpecVersion, netconf::parse_version};
+use super::{
+    CniError, CniResult, Command, Env, NetConf, SpecVersion, bounds, netconf::parse_version,
+};
 
 /// Everything a verb needs: the environment, the raw stdin (passed verbatim to a delegated
 /// plugin) and its decoded form.
@@ -67,11 +69,15 @@ pub fn run(plugin: &impl Plugin, lookup: impl Fn(&str) -> Option<String>, stdin:
         Ok(c) => c,
         Err(e) => return Outcome::err(&e, claimed),
     };
-    plugin.configure(&conf);
     let version = match parse_version(&conf.cni_version) {
         Ok(v) => v,
         Err(e) => return Outcome::err(&e, claimed),
     };
+    // Before the plugin touches anything (its log file included).
+    if let Err(e) = bounds::check_netconf(&conf) {
+        return Outcome::err(&e, version);
+    }
+    plugin.configure(&conf);
     if let Err(e) = gate(env.command, version) {
         return Outcome::err(&e, version);
     }
