@@ -16,7 +16,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::panic::{self, AssertUnwindSafe};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -41,6 +41,10 @@ pub struct Stats {
     pub seeds: usize,
     pub discovered: usize,
     pub elapsed: Duration,
+    /// Inputs that panicked (with `keep_going`, all of them; else at most one).
+    pub panics: u64,
+    /// One saved input per distinct panic location, with its message.
+    pub saved: Vec<(PathBuf, String)>,
 }
 
 /// How to run.
@@ -50,6 +54,10 @@ pub struct RunConfig<'a> {
     pub hang: Duration,
     /// The "current input" file for the supervisor, if any.
     pub current: Option<&'a Path>,
+    /// Where panicking inputs are saved (one per distinct panic location).
+    pub findings: Option<&'a Path>,
+    /// Go on after a panic (a long run reports every distinct finding, not just the first).
+    pub keep_going: bool,
 }
 
 /// Reads every non-hidden regular file of `dir`, sorted by name.
@@ -146,13 +154,29 @@ fn spawn_watchdog(watch: Arc<Watch>, hang: Duration) {
     });
 }
 
-/// Fuzzes `surface` from `corpus` for `cfg.seconds`. Returns the stats, or the panic message of
-/// the first finding (the input is in the "current input" file).
-pub fn run(
-    surface: &Surface,
-    corpus: Vec<Vec<u8>>,
-    cfg: &RunConfig,
-) -> Result<Stats, (String, Stats)> {
+/// A stable name for an input.
+pub fn fnv1a(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Saves a panicking input and its message as `<dir>/panic-<hash>` and `.txt`.
+fn save_panic(dir: &Path, input: &[u8], msg: &str) -> PathBuf {
+    let path = dir.join(format!("panic-{:016x}", fnv1a(input)));
+    let saved = std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::write(&path, input))
+        .and_then(|()| std::fs::write(path.with_extension("txt"), format!("{msg}\n")));
+    if let Err(e) = saved {
+        eprintln!("cannot save {}: {e}", path.display());
+    }
+    path
+}
+
+/// Fuzzes `surface` from `corpus` for `cfg.seconds`, stopping at the first panic unless
+/// `cfg.keep_going`. Panicking inputs are saved under `cfg.findings`; `Stats::panics` counts
+/// them.
+pub fn run(surface: &Surface, corpus: Vec<Vec<u8>>, cfg: &RunConfig) -> Stats {
     install_panic_hook();
     let mut target = (surface.make)();
     let mut current = cfg.current.map(|p| Current {
@@ -175,12 +199,9 @@ pub fn run(
     let start = Instant::now();
     let deadline = start + Duration::from_secs(cfg.seconds);
     let mut execs: u64 = 0;
-    let stats = |execs, pool: &Vec<Vec<u8>>| Stats {
-        execs,
-        seeds,
-        discovered: pool.len() - seeds,
-        elapsed: start.elapsed(),
-    };
+    let mut panics: u64 = 0;
+    let mut saved: Vec<(PathBuf, String)> = Vec::new();
+    let mut places: HashSet<String> = HashSet::new();
     loop {
         let input = if (execs as usize) < seeds {
             pool[execs as usize].clone()
@@ -214,10 +235,31 @@ pub fn run(
                     pool.push(input);
                 }
             }
-            Err(msg) => return Err((msg, stats(execs, &pool))),
+            Err(msg) => {
+                panics += 1;
+                // "panicked at file:line:col:" says where; one input per place is enough.
+                let place = msg.lines().next().unwrap_or_default().to_string();
+                if places.insert(place) {
+                    let path = match cfg.findings {
+                        Some(dir) => save_panic(dir, &input, &msg),
+                        None => PathBuf::new(),
+                    };
+                    saved.push((path, msg));
+                }
+                if !cfg.keep_going {
+                    break;
+                }
+            }
         }
     }
-    Ok(stats(execs, &pool))
+    Stats {
+        execs,
+        seeds,
+        discovered: pool.len() - seeds,
+        elapsed: start.elapsed(),
+        panics,
+        saved,
+    }
 }
 
 /// Shortens an error message into an outcome signature: its first words, digits dropped (so

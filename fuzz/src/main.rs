@@ -132,16 +132,21 @@ fn run_one(opts: &Opts) -> Result<ExitCode, String> {
         return Err(format!("corpus {} holds no input", dir.display()));
     }
     let current = opts.str("current").map(PathBuf::from);
+    let findings = opts.str("findings").map(PathBuf::from);
     let cfg = RunConfig {
         seconds: opts.num("seconds", 10)?,
         seed: opts.num("seed", fastrand::u64(..))?,
         hang: Duration::from_secs(opts.num("hang-secs", DEFAULT_HANG_SECS)?),
         current: current.as_deref(),
+        findings: findings.as_deref(),
+        keep_going: opts.str("keep-going") == Some("true"),
     };
-    let (stats, finding) = match engine::run(surface, corpus, &cfg) {
-        Ok(s) => (s, None),
-        Err((msg, s)) => (s, Some(msg)),
-    };
+    let stats = engine::run(surface, corpus, &cfg);
+    let saved: Vec<serde_json::Value> = stats
+        .saved
+        .iter()
+        .map(|(p, m)| serde_json::json!({"path": p, "message": m}))
+        .collect();
     println!(
         "STATS {}",
         serde_json::json!({
@@ -152,15 +157,17 @@ fn run_one(opts: &Opts) -> Result<ExitCode, String> {
             "seconds": stats.elapsed.as_secs_f64(),
             "seed": cfg.seed,
             "max_rss_kib": peak_rss_kib(),
+            "panics": stats.panics,
+            "saved": saved,
         })
     );
-    match finding {
-        None => Ok(ExitCode::SUCCESS),
-        Some(msg) => {
-            eprintln!("FINDING panic: {msg}");
-            std::process::exit(EXIT_PANIC)
-        }
+    if stats.panics == 0 {
+        return Ok(ExitCode::SUCCESS);
     }
+    for (_, msg) in &stats.saved {
+        eprintln!("FINDING panic: {msg}");
+    }
+    std::process::exit(EXIT_PANIC)
 }
 
 /// This process's peak resident set size.
@@ -200,7 +207,8 @@ struct Report {
     seconds: f64,
     max_rss_kib: u64,
     result: String,
-    saved: Option<PathBuf>,
+    /// Where the inputs of this surface's findings were saved.
+    saved: Vec<PathBuf>,
 }
 
 fn supervise(opts: &Opts) -> Result<ExitCode, String> {
@@ -209,6 +217,7 @@ fn supervise(opts: &Opts) -> Result<ExitCode, String> {
     let findings = PathBuf::from(opts.str("findings").unwrap_or("fuzz-findings"));
     let mem_mb = opts.num("mem-mb", DEFAULT_MEM_MB)?;
     let hang = opts.num("hang-secs", DEFAULT_HANG_SECS)?;
+    let keep_going = opts.str("keep-going") == Some("true");
     let selected: Vec<&'static Surface> = match opts.str("only") {
         None => surfaces::ALL.iter().collect(),
         Some(list) => list
@@ -239,6 +248,7 @@ fn supervise(opts: &Opts) -> Result<ExitCode, String> {
             mem_mb,
             hang,
             seed.wrapping_add(i as u64),
+            keep_going,
         )?;
         let rate = if r.seconds > 0.0 {
             r.execs as f64 / r.seconds
@@ -255,8 +265,10 @@ fn supervise(opts: &Opts) -> Result<ExitCode, String> {
             r.result
         );
         total_execs += r.execs;
-        if let Some(p) = &r.saved {
+        if !r.result.starts_with("no finding") {
             failed += 1;
+        }
+        for p in &r.saved {
             println!("{:<14} input saved to {}", "", p.display());
         }
     }
@@ -283,6 +295,7 @@ fn supervise_one(
     mem_mb: u64,
     hang: u64,
     seed: u64,
+    keep_going: bool,
 ) -> Result<Report, String> {
     let base = surfaces::scratch_base();
     let current = base.join(format!(
@@ -311,6 +324,9 @@ fn supervise_one(
             &hang.to_string(),
         ])
         .args(["--seed", &seed.to_string()])
+        .arg("--findings")
+        .arg(findings.join(surface.name))
+        .args(["--keep-going", if keep_going { "true" } else { "false" }])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(stderr_file))
@@ -368,7 +384,7 @@ fn supervise_one(
             .and_then(|s| s["max_rss_kib"].as_u64())
             .unwrap_or(0),
         result: "no finding".into(),
-        saved: None,
+        saved: Vec::new(),
     };
     use std::os::unix::process::ExitStatusExt;
     let finding = if overran {
@@ -379,7 +395,29 @@ fn supervise_one(
     } else if status.success() {
         None
     } else if status.code() == Some(EXIT_PANIC) {
-        Some(("panic", finding_line(&stderr)))
+        // The child saved one input per panic location itself.
+        let saved = stats
+            .as_ref()
+            .and_then(|s| s["saved"].as_array().cloned())
+            .unwrap_or_default();
+        let panics = stats
+            .as_ref()
+            .and_then(|s| s["panics"].as_u64())
+            .unwrap_or(0);
+        report.saved = saved
+            .iter()
+            .filter_map(|v| v["path"].as_str().map(PathBuf::from))
+            .collect();
+        let first = saved
+            .first()
+            .and_then(|v| v["message"].as_str())
+            .map(|m| m.lines().collect::<Vec<_>>().join(" | "))
+            .unwrap_or_else(|| finding_line(&stderr));
+        report.result = format!(
+            "FINDING panic: {panics} input(s) panicked at {} place(s); first: {first}",
+            saved.len()
+        );
+        return Ok(report);
     } else if status.code() == Some(EXIT_HANG) {
         Some(("hang", format!("one input ran longer than {hang} s")))
     } else if let Some(sig) = status.signal() {
@@ -407,7 +445,7 @@ fn supervise_one(
         let input = recorded.map(|(_, d)| d).unwrap_or_default();
         let dir = findings.join(surface.name);
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let path = dir.join(format!("{kind}-{:016x}", fnv1a(&input)));
+        let path = dir.join(format!("{kind}-{:016x}", engine::fnv1a(&input)));
         std::fs::write(&path, &input).map_err(|e| format!("{}: {e}", path.display()))?;
         let note = format!(
             "{}\n\nstderr (last lines):\n{}\n",
@@ -415,7 +453,7 @@ fn supervise_one(
             last_lines(&stderr, 60)
         );
         let _ = std::fs::write(path.with_extension("txt"), note);
-        report.saved = Some(path);
+        report.saved.push(path);
     }
     Ok(report)
 }
@@ -453,11 +491,4 @@ fn remove_scratch(pid: u32) {
             }
         }
     }
-}
-
-/// A stable name for a finding's input.
-fn fnv1a(data: &[u8]) -> u64 {
-    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
