@@ -26,6 +26,7 @@ use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::api::{Api, Patch, PatchParams};
 use libipam::DatastoreError;
+use libipam::cni::netconf::FeatureControl;
 use libipam::cni::{CniError, NetConf, code};
 use libipam::datastore::kube::{self as kdd, Connection};
 use serde::{Deserialize, Serialize};
@@ -335,26 +336,46 @@ pub fn pod_ip_annotations(addresses: &[IpNet]) -> (String, String) {
     (host.first().cloned().unwrap_or_default(), host.join(","))
 }
 
-/// What the annotations ask of IPAM.
+/// What the pod's (and its namespace's) annotations ask for.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct IpamOverrides {
+pub struct PodRequests {
     pub ipv4_pools: Option<Vec<String>>,
     pub ipv6_pools: Option<Vec<String>>,
     /// `(assign_ipv4, assign_ipv6)` from `ipFamilies`.
     pub families: Option<(bool, bool)>,
-    /// Specific addresses (`ipAddrs`), at most one per family.
+    /// Specific addresses from IPAM (`ipAddrs`), at most one per family.
     pub ip_addrs: Option<Vec<IpAddr>>,
+    /// Specific addresses without IPAM (`ipAddrsNoIpam`), at most one per family.
+    pub ip_addrs_no_ipam: Option<Vec<IpAddr>>,
+    /// The pod interface's MAC (`hwAddr`).
+    pub pod_mac: Option<[u8; 6]>,
 }
 
-impl IpamOverrides {
-    /// Reads Calico's annotations: pool and family choices from the namespace, overridden by
-    /// the pod; addresses from the pod only. Malformed values are configuration errors.
+pub const ANNOTATION_FLOATING_IPS: &str = "cni.projectcalico.org/floatingIPs";
+pub const ANNOTATION_HW_ADDR: &str = "cni.projectcalico.org/hwAddr";
+
+impl PodRequests {
+    /// Reads Calico's annotations as Calico does: pool and family choices (calico-ipam only)
+    /// from the namespace, overridden by the pod; addresses, floating IPs and the MAC from the
+    /// pod only. Malformed values, features the netconf does not enable and combinations
+    /// Calico refuses are configuration errors, worded as Calico words them.
     pub fn from_annotations(
         pod: &BTreeMap<String, String>,
         namespace: &BTreeMap<String, String>,
-    ) -> Result<IpamOverrides, CniError> {
-        let pick = |key: &str| pod.get(key).or_else(|| namespace.get(key));
+        ipam_type: &str,
+        features: &FeatureControl,
+    ) -> Result<PodRequests, CniError> {
+        let calico_ipam = ipam_type == CALICO_IPAM;
+        let pick = |key: &str| {
+            pod.get(key)
+                .filter(|v| !v.is_empty())
+                .or_else(|| namespace.get(key))
+                .filter(|v| !v.is_empty())
+        };
         let list = |key: &str| -> Result<Option<Vec<String>>, CniError> {
+            if !calico_ipam {
+                return Ok(None);
+            }
             pick(key)
                 .map(|raw| {
                     serde_json::from_str::<Vec<String>>(raw).map_err(|e| {
@@ -372,9 +393,10 @@ impl IpamOverrides {
                     match f.as_str() {
                         "IPv4" => v4v6.0 = true,
                         "IPv6" => v4v6.1 = true,
-                        other => {
+                        _ => {
                             return Err(CniError::invalid_config(format!(
-                                "annotation {ANNOTATION_IP_FAMILIES}: {other:?} is not IPv4 or IPv6"
+                                "error parsing ipFamilies: {} (each entry is IPv4 or IPv6)",
+                                pick(ANNOTATION_IP_FAMILIES).map_or("", String::as_str)
                             )));
                         }
                     }
@@ -382,47 +404,68 @@ impl IpamOverrides {
                 Ok(v4v6)
             })
             .transpose()?;
-        if pod.contains_key(ANNOTATION_IP_ADDRS_NO_IPAM) {
-            return Err(CniError::invalid_config(format!(
-                "annotation {ANNOTATION_IP_ADDRS_NO_IPAM} is not supported (feature_control.ip_addrs_no_ipam)"
-            )));
-        }
-        let ip_addrs = match pod.get(ANNOTATION_IP_ADDRS) {
-            None => None,
-            Some(raw) => {
-                let strs: Vec<String> = serde_json::from_str(raw).map_err(|e| {
-                    CniError::invalid_config(format!(
-                        "annotation {ANNOTATION_IP_ADDRS} must be a JSON array of addresses, not {raw:?}: {e}"
-                    ))
-                })?;
-                let mut ips = Vec::new();
-                for s in &strs {
-                    let ip = s
-                        .split('/')
-                        .next()
-                        .unwrap_or(s)
-                        .parse::<IpAddr>()
-                        .map_err(|_| {
-                            CniError::invalid_config(format!(
-                                "annotation {ANNOTATION_IP_ADDRS}: {s:?} is not an IP address"
-                            ))
-                        })?;
-                    ips.push(ip);
-                }
-                let v4 = ips.iter().filter(|i| i.is_ipv4()).count();
-                if v4 > 1 || ips.len() - v4 > 1 || ips.is_empty() {
+        let own = |key: &str| pod.get(key).filter(|v| !v.is_empty());
+        let (ip_addrs, ip_addrs_no_ipam) = match (
+            own(ANNOTATION_IP_ADDRS),
+            own(ANNOTATION_IP_ADDRS_NO_IPAM),
+        ) {
+            (Some(_), Some(_)) => {
+                return Err(CniError::invalid_config(
+                    "can't have both annotations: 'ipAddrs' and 'ipAddrsNoIpam' in use at the same time",
+                ));
+            }
+            (Some(raw), None) => {
+                if !calico_ipam {
                     return Err(CniError::invalid_config(format!(
-                        "annotation {ANNOTATION_IP_ADDRS} must hold one or two addresses, at most one per family: {raw}"
+                        "ipAddrs is not compatible with configured IPAM: {ipam_type}"
                     )));
                 }
-                Some(ips)
+                (Some(one_per_family(raw, ANNOTATION_IP_ADDRS)?), None)
             }
+            (None, Some(raw)) => {
+                if !calico_ipam {
+                    return Err(CniError::invalid_config(format!(
+                        "ipAddrsNoIpam is not compatible with configured IPAM: {ipam_type}"
+                    )));
+                }
+                if !features.ip_addrs_no_ipam {
+                    return Err(CniError::invalid_config(
+                        "requested feature is not enabled: ip_addrs_no_ipam",
+                    ));
+                }
+                (
+                    None,
+                    Some(one_per_family(raw, ANNOTATION_IP_ADDRS_NO_IPAM)?),
+                )
+            }
+            (None, None) => (None, None),
         };
-        Ok(IpamOverrides {
+        if let Some(raw) = own(ANNOTATION_FLOATING_IPS) {
+            if !features.floating_ips {
+                return Err(CniError::invalid_config(
+                    "requested feature is not enabled: floating_ips",
+                ));
+            }
+            // Felix reads the addresses from the pod; only their form is checked here.
+            json_strings(raw)?;
+        }
+        let pod_mac = own(ANNOTATION_HW_ADDR)
+            .map(|raw| {
+                parse_mac(raw).ok_or_else(|| {
+                    CniError::invalid_config(format!(
+                        "failed to parse MAC address {raw} provided via {ANNOTATION_HW_ADDR}: \
+                         expected six hexadecimal bytes separated by ':' or '-'"
+                    ))
+                })
+            })
+            .transpose()?;
+        Ok(PodRequests {
             ipv4_pools: list(ANNOTATION_IPV4_POOLS)?,
             ipv6_pools: list(ANNOTATION_IPV6_POOLS)?,
             families,
             ip_addrs,
+            ip_addrs_no_ipam,
+            pod_mac,
         })
     }
 
@@ -452,6 +495,58 @@ impl IpamOverrides {
         }
         serde_json::to_vec(&conf).map_err(|e| CniError::internal(e.to_string()))
     }
+}
+
+const CALICO_IPAM: &str = "calico-ipam";
+
+/// A JSON list of strings, or Calico's error.
+fn json_strings(raw: &str) -> Result<Vec<String>, CniError> {
+    serde_json::from_str(raw)
+        .map_err(|e| CniError::invalid_config(format!("failed to parse '{raw}' as JSON: {e}")))
+}
+
+/// Calico's `validateAndExtractIPs`: a non-empty JSON list of addresses, at most one per family.
+fn one_per_family(raw: &str, annotation: &str) -> Result<Vec<IpAddr>, CniError> {
+    let strs = json_strings(raw).map_err(|e| {
+        CniError::invalid_config(format!(
+            "failed to parse IPs {raw} for annotation \"{annotation}\": {}",
+            e.details
+        ))
+    })?;
+    if strs.is_empty() {
+        return Err(CniError::invalid_config(format!(
+            "annotation \"{annotation}\" specified but empty"
+        )));
+    }
+    let mut ips: Vec<IpAddr> = Vec::new();
+    for s in &strs {
+        let ip: IpAddr = s
+            .parse()
+            .map_err(|_| CniError::invalid_config(format!("invalid IP format: {s}")))?;
+        if ips.iter().any(|have| have.is_ipv4() == ip.is_ipv4()) {
+            let family = if ip.is_ipv4() { "IPv4" } else { "IPv6" };
+            return Err(CniError::invalid_config(format!(
+                "cannot have more than one {family} address for \"{annotation}\" annotation"
+            )));
+        }
+        ips.push(ip);
+    }
+    Ok(ips)
+}
+
+/// `aa:bb:cc:dd:ee:ff` or `aa-bb-cc-dd-ee-ff`.
+fn parse_mac(raw: &str) -> Option<[u8; 6]> {
+    let sep = if raw.contains('-') { '-' } else { ':' };
+    let mut mac = [0u8; 6];
+    let mut parts = raw.split(sep);
+    for byte in &mut mac {
+        let part = parts.next()?;
+        if part.len() != 2 {
+            return None;
+        }
+        *byte = u8::from_str_radix(part, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
 }
 
 /// The plugin's own small cache: a positive ClusterInformation check and namespace
@@ -570,6 +665,13 @@ mod tests {
             .collect()
     }
 
+    fn read(
+        pod: &BTreeMap<String, String>,
+        ns: &BTreeMap<String, String>,
+    ) -> Result<PodRequests, CniError> {
+        PodRequests::from_annotations(pod, ns, "calico-ipam", &FeatureControl::default())
+    }
+
     #[test]
     fn pod_annotations_win_over_namespace() {
         let ns = map(&[
@@ -577,7 +679,7 @@ mod tests {
             (ANNOTATION_IPV6_POOLS, r#"["ns-v6"]"#),
         ]);
         let pod = map(&[(ANNOTATION_IPV4_POOLS, r#"["10.9.0.0/16"]"#)]);
-        let o = IpamOverrides::from_annotations(&pod, &ns).expect("valid");
+        let o = read(&pod, &ns).expect("valid");
         assert_eq!(o.ipv4_pools, Some(vec!["10.9.0.0/16".to_string()]));
         assert_eq!(o.ipv6_pools, Some(vec!["ns-v6".to_string()]));
         let stdin = br#"{"cniVersion":"1.0.0","name":"n","ipam":{"type":"calico-ipam","assign_ipv6":"true"}}"#;
@@ -586,7 +688,7 @@ mod tests {
         assert_eq!(out["ipam"]["ipv4_pools"], json!(["10.9.0.0/16"]));
         assert_eq!(out["ipam"]["ipv6_pools"], json!(["ns-v6"]));
         assert_eq!(out["ipam"]["assign_ipv6"], "true");
-        let none = IpamOverrides::default();
+        let none = PodRequests::default();
         assert_eq!(none.rewrite_stdin(stdin).expect("same"), stdin.to_vec());
     }
 
@@ -596,7 +698,7 @@ mod tests {
             (ANNOTATION_IP_ADDRS, r#"["10.0.0.5","fd00::5"]"#),
             (ANNOTATION_IP_FAMILIES, r#"["IPv6"]"#),
         ]);
-        let o = IpamOverrides::from_annotations(&pod, &BTreeMap::new()).expect("valid");
+        let o = read(&pod, &BTreeMap::new()).expect("valid");
         assert_eq!(
             o.ip_addrs,
             Some(vec![
@@ -612,20 +714,137 @@ mod tests {
             r#"10.0.0.5"#,
         ] {
             let pod = map(&[(ANNOTATION_IP_ADDRS, bad)]);
-            assert_eq!(
-                IpamOverrides::from_annotations(&pod, &BTreeMap::new())
-                    .expect_err(bad)
-                    .code,
-                7
-            );
+            assert_eq!(read(&pod, &BTreeMap::new()).expect_err(bad).code, 7);
         }
         let bad_pools = map(&[(ANNOTATION_IPV4_POOLS, "pool-a")]);
         assert_eq!(
-            IpamOverrides::from_annotations(&BTreeMap::new(), &bad_pools)
+            read(&BTreeMap::new(), &bad_pools)
                 .expect_err("not json")
                 .code,
             7
         );
+    }
+
+    #[test]
+    fn calicos_checks_and_messages() {
+        let say = |pod: &[(&str, &str)], ipam: &str, features: FeatureControl| {
+            PodRequests::from_annotations(&map(pod), &BTreeMap::new(), ipam, &features)
+                .map(|_| ())
+                .map_err(|e| e.details)
+        };
+        let off = FeatureControl::default;
+        let on = || FeatureControl {
+            ip_addrs_no_ipam: true,
+            floating_ips: true,
+        };
+        for (pod, ipam, features, says) in [
+            (
+                vec![
+                    (ANNOTATION_IP_ADDRS, r#"["10.0.0.1"]"#),
+                    (ANNOTATION_IP_ADDRS_NO_IPAM, r#"["10.0.0.2"]"#),
+                ],
+                "calico-ipam",
+                on(),
+                "can't have both annotations: 'ipAddrs' and 'ipAddrsNoIpam' in use at the same time",
+            ),
+            (
+                vec![(ANNOTATION_IP_ADDRS, r#"["10.0.0.1"]"#)],
+                "host-local",
+                on(),
+                "ipAddrs is not compatible with configured IPAM: host-local",
+            ),
+            (
+                vec![(ANNOTATION_IP_ADDRS_NO_IPAM, r#"["10.0.0.1"]"#)],
+                "calico-ipam",
+                off(),
+                "requested feature is not enabled: ip_addrs_no_ipam",
+            ),
+            (
+                vec![(ANNOTATION_IP_ADDRS_NO_IPAM, r#"["10.0.0.1"]"#)],
+                "host-local",
+                on(),
+                "ipAddrsNoIpam is not compatible with configured IPAM: host-local",
+            ),
+            (
+                vec![(ANNOTATION_IP_ADDRS_NO_IPAM, r#"["10.0.0.1","10.0.0.2"]"#)],
+                "calico-ipam",
+                on(),
+                "cannot have more than one IPv4 address for \"cni.projectcalico.org/ipAddrsNoIpam\" annotation",
+            ),
+            (
+                vec![(ANNOTATION_IP_ADDRS, "[]")],
+                "calico-ipam",
+                on(),
+                "annotation \"cni.projectcalico.org/ipAddrs\" specified but empty",
+            ),
+            (
+                vec![(ANNOTATION_IP_ADDRS, r#"["nope"]"#)],
+                "calico-ipam",
+                on(),
+                "invalid IP format: nope",
+            ),
+            (
+                vec![(ANNOTATION_FLOATING_IPS, r#"["1.1.1.1"]"#)],
+                "calico-ipam",
+                off(),
+                "requested feature is not enabled: floating_ips",
+            ),
+            (
+                vec![(ANNOTATION_FLOATING_IPS, "1.1.1.1")],
+                "calico-ipam",
+                on(),
+                "failed to parse '1.1.1.1' as JSON",
+            ),
+            (
+                vec![(ANNOTATION_HW_ADDR, "invalid MAC address")],
+                "host-local",
+                off(),
+                "failed to parse MAC address invalid MAC address provided via cni.projectcalico.org/hwAddr",
+            ),
+            (
+                vec![(ANNOTATION_IP_FAMILIES, r#"["IPv5"]"#)],
+                "calico-ipam",
+                off(),
+                "error parsing ipFamilies: [\"IPv5\"]",
+            ),
+        ] {
+            let got = say(&pod, ipam, features).expect_err(says);
+            assert!(got.starts_with(says), "{got:?} should start with {says:?}");
+        }
+        let ok = PodRequests::from_annotations(
+            &map(&[
+                (ANNOTATION_IP_ADDRS_NO_IPAM, r#"["10.0.0.1"]"#),
+                (ANNOTATION_FLOATING_IPS, r#"["1.1.1.1"]"#),
+                (ANNOTATION_HW_ADDR, "ca:fe:ca:fe:ca:fe"),
+            ]),
+            &BTreeMap::new(),
+            "calico-ipam",
+            &on(),
+        )
+        .expect("enabled");
+        assert_eq!(
+            ok.ip_addrs_no_ipam,
+            Some(vec!["10.0.0.1".parse().expect("ip")])
+        );
+        assert_eq!(ok.pod_mac, Some([0xca, 0xfe, 0xca, 0xfe, 0xca, 0xfe]));
+        // Pools and families are calico-ipam's: another IPAM ignores them, as in Calico.
+        let hl = PodRequests::from_annotations(
+            &map(&[
+                (ANNOTATION_IPV4_POOLS, r#"["p"]"#),
+                (ANNOTATION_IP_FAMILIES, "junk"),
+            ]),
+            &BTreeMap::new(),
+            "host-local",
+            &off(),
+        )
+        .expect("ignored");
+        assert_eq!(hl, PodRequests::default());
+        assert_eq!(
+            parse_mac("CA-FE-00-00-00-01"),
+            Some([0xca, 0xfe, 0, 0, 0, 1])
+        );
+        assert_eq!(parse_mac("ca:fe:00:00:00"), None);
+        assert_eq!(parse_mac("ca:fe:00:00:00:01:02"), None);
     }
 
     #[test]

@@ -715,3 +715,232 @@ fn valid_readiness_gates_let_the_add_through() {
     c.del(&cid, &pod, &args, &conf);
     c.assert_nothing_left(&pod);
 }
+
+/// The netconf of Calico's annotation specs (`calico-uts`, calico-ipam, policy k8s) with
+/// `feature_control` as given.
+fn featured_netconf(c: &Cluster, features: Value) -> Value {
+    json!({
+        "cniVersion": "1.0.0",
+        "name": "calico-uts",
+        "type": "calico",
+        "datastore_type": "kubernetes",
+        "kubernetes": {"kubeconfig": c.kube.cni},
+        "policy": {"type": "k8s"},
+        "nodename_file_optional": true,
+        "log_level": "debug",
+        "feature_control": features,
+        "nodename": c.name,
+        "ipam_lock_file": c.node.dir.path().join("ipam.lock"),
+        "ipam": {"type": "calico-ipam"},
+    })
+}
+
+/// A pool for this cluster's node only, a namespace and the pods given as (name, annotations).
+fn annotated_setup<'a>(
+    c: &'a Cluster,
+    cidr: &str,
+    pods: &[(&str, &[(&str, &str)])],
+) -> (PoolGuard<'a>, String) {
+    let u = &c.u;
+    c.kube.purge_ipam(&[cidr]);
+    let pool = format!("t-compat-ann-{u}");
+    let ns = format!("compat-ann-{u}");
+    let mut yaml = format!(
+        "apiVersion: crd.projectcalico.org/v1\nkind: IPPool\nmetadata: {{name: {pool}}}\n\
+         spec: {{cidr: '{cidr}', nodeSelector: \"calico-rs-test == 'compat{u}'\"}}\n---\n{}",
+        namespace_yaml(&ns, &[])
+    );
+    for (name, annotations) in pods {
+        yaml.push_str(&pod_yaml(&ns, name, &c.name, annotations));
+    }
+    c.kube.apply(&yaml);
+    (
+        PoolGuard {
+            kube: &c.kube,
+            names: vec![pool],
+        },
+        ns,
+    )
+}
+
+fn handle_exists(c: &Cluster, handle: &str) -> bool {
+    c.kube
+        .get_json(&format!(
+            "/apis/crd.projectcalico.org/v1/ipamhandles/{handle}"
+        ))
+        .is_some()
+}
+
+/// k8s spec 1805 "using ipAddrsNoIpam annotation ... should successfully assign the annotated IP
+/// address", "should fail if ipAddrsNoIpam is not enabled" and "should return an error if
+/// multiple addresses are requested": with `feature_control.ip_addrs_no_ipam` the pod gets
+/// exactly the annotated address and IPAM holds nothing for it.
+#[test]
+fn ip_addrs_no_ipam_bypasses_ipam_when_enabled() {
+    let _g = shared();
+    let c = Cluster::new("");
+    let (_pool, ns) = annotated_setup(
+        &c,
+        "10.168.0.0/24",
+        &[
+            (
+                "given",
+                &[("cni.projectcalico.org/ipAddrsNoIpam", "[\"10.168.0.1\"]")],
+            ),
+            (
+                "two",
+                &[(
+                    "cni.projectcalico.org/ipAddrsNoIpam",
+                    "[\"10.168.0.1\", \"10.168.0.2\"]",
+                )],
+            ),
+        ],
+    );
+    let on = featured_netconf(&c, json!({"ip_addrs_no_ipam": true, "floating_ips": false}));
+    let off = featured_netconf(
+        &c,
+        json!({"ip_addrs_no_ipam": false, "floating_ips": false}),
+    );
+    let pod = Netns::new("cmpni");
+    let cid = format!("noipam{}", c.u);
+    let args = calico_args(&ns, "given", None);
+
+    let e = err(&c.add(&cid, &pod, &args, &off));
+    assert_eq!(
+        (e["code"].as_u64(), e["details"].as_str()),
+        (
+            Some(7),
+            Some("requested feature is not enabled: ip_addrs_no_ipam")
+        ),
+        "{e}"
+    );
+    c.assert_nothing_left(&pod);
+
+    let two = calico_args(&ns, "two", None);
+    let e = err(&c.add(&cid, &pod, &two, &on));
+    assert_eq!(
+        e["details"],
+        "cannot have more than one IPv4 address for \"cni.projectcalico.org/ipAddrsNoIpam\" annotation",
+        "{e}"
+    );
+    c.assert_nothing_left(&pod);
+
+    let r = ok(&c.add(&cid, &pod, &args, &on));
+    assert_calico_result(&r, &pod, 1);
+    assert_eq!(r["ips"][0]["address"], "10.168.0.1/32", "{r}");
+    assert_eq!(global_addresses(&pod, "-4"), ["10.168.0.1/32"]);
+    assert_eq!(
+        c.annotations(&ns, "given")["cni.projectcalico.org/podIPs"],
+        "10.168.0.1/32"
+    );
+    assert!(
+        !handle_exists(&c, &format!("calico-uts.{cid}")),
+        "IPAM must not be asked"
+    );
+    c.del(&cid, &pod, &args, &on);
+    c.assert_nothing_left(&pod);
+}
+
+/// k8s spec 1723 "using floatingIPs annotation to assign a DNAT": with
+/// `feature_control.floating_ips` the ADD goes ahead (Felix reads the floating IPs from the
+/// pod); without it the ADD fails with Calico's error and nothing is allocated.
+#[test]
+fn floating_ips_need_the_feature() {
+    let _g = shared();
+    let c = Cluster::new("");
+    let (_pool, ns) = annotated_setup(
+        &c,
+        "10.169.0.0/24",
+        &[(
+            "floating",
+            &[("cni.projectcalico.org/floatingIPs", "[\"1.1.1.1\"]")],
+        )],
+    );
+    let on = featured_netconf(&c, json!({"ip_addrs_no_ipam": false, "floating_ips": true}));
+    let off = featured_netconf(
+        &c,
+        json!({"ip_addrs_no_ipam": false, "floating_ips": false}),
+    );
+    let pod = Netns::new("cmpfl");
+    let cid = format!("float{}", c.u);
+    let args = calico_args(&ns, "floating", None);
+
+    let e = err(&c.add(&cid, &pod, &args, &off));
+    assert_eq!(
+        e["details"], "requested feature is not enabled: floating_ips",
+        "{e}"
+    );
+    c.assert_nothing_left(&pod);
+    assert!(!handle_exists(&c, &format!("calico-uts.{cid}")));
+
+    let r = ok(&c.add(&cid, &pod, &args, &on));
+    assert_calico_result(&r, &pod, 1);
+    assert!(in_net(
+        r["ips"][0]["address"].as_str().expect("ip"),
+        "10.169.0.0/24"
+    ));
+    c.del(&cid, &pod, &args, &on);
+    c.assert_nothing_left(&pod);
+}
+
+/// k8s spec 3344 "using hwAddr annotations to assign a fixed MAC address to a container veth":
+/// the pod's interface gets the annotated MAC; an invalid one fails the ADD, leaving nothing.
+#[test]
+fn hw_addr_annotation_sets_the_pod_mac() {
+    let _g = shared();
+    let c = Cluster::new("");
+    let u = &c.u;
+    let ns = format!("compat-mac-{u}");
+    c.kube.apply(&format!(
+        "{}{}{}",
+        namespace_yaml(&ns, &[]),
+        pod_yaml(
+            &ns,
+            "fixed-mac",
+            &c.name,
+            &[("cni.projectcalico.org/hwAddr", "ca:fe:ca:fe:ca:fe")]
+        ),
+        pod_yaml(
+            &ns,
+            "bad-mac",
+            &c.name,
+            &[("cni.projectcalico.org/hwAddr", "invalid MAC address")]
+        )
+    ));
+    let data_dir = c.node.dir.path().join("host-local");
+    let conf = json!({
+        "cniVersion": "1.0.0",
+        "name": "net1",
+        "type": "calico",
+        "datastore_type": "kubernetes",
+        "ipam": {"type": "host-local", "subnet": "10.0.0.0/8", "dataDir": data_dir},
+        "kubernetes": {"kubeconfig": c.kube.cni},
+        "policy": {"type": "k8s"},
+        "nodename_file_optional": true,
+        "nodename": c.name,
+        "ipam_lock_file": c.node.dir.path().join("ipam.lock"),
+    });
+    let pod = Netns::new("cmpmac");
+    let cid = format!("mac{u}");
+
+    let bad = calico_args(&ns, "bad-mac", None);
+    let e = err(&c.add(&cid, &pod, &bad, &conf));
+    assert_eq!(e["code"], 7, "{e}");
+    assert!(
+        e["details"].as_str().is_some_and(|d| d.starts_with(
+            "failed to parse MAC address invalid MAC address provided via cni.projectcalico.org/hwAddr"
+        )),
+        "{e}"
+    );
+    c.assert_nothing_left(&pod);
+    assert!(host_local_holds(&data_dir, "net1").is_empty());
+
+    let args = calico_args(&ns, "fixed-mac", None);
+    let r = ok(&c.add(&cid, &pod, &args, &conf));
+    assert_eq!(r["interfaces"][1]["mac"], "ca:fe:ca:fe:ca:fe", "{r}");
+    let link = pod.ip(&["link", "show", "eth0"]);
+    assert!(link.contains("link/ether ca:fe:ca:fe:ca:fe"), "{link}");
+    c.del(&cid, &pod, &args, &conf);
+    c.assert_nothing_left(&pod);
+    assert!(host_local_holds(&data_dir, "net1").is_empty());
+}

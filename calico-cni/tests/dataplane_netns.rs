@@ -236,6 +236,7 @@ fn plan(pod: &Netns, name: &str, ipv4: Option<&str>, ipv6: Option<&str>) -> Plan
         ipv4: ipv4.map(|a| a.parse::<Ipv4Addr>().unwrap_or_else(|e| panic!("{a}: {e}"))),
         ipv6: ipv6.map(|a| a.parse::<Ipv6Addr>().unwrap_or_else(|e| panic!("{a}: {e}"))),
         allow_ip_forwarding: false,
+        pod_mac: None,
     }
 }
 

@@ -583,6 +583,9 @@ fn veth_message(plan: &Plan, host_ns: &NetNs) -> LinkMessage {
         peer = peer.mtu(mtu);
         pod = pod.mtu(mtu);
     }
+    if let Some(mac) = plan.pod_mac {
+        pod = pod.address(mac.to_vec());
+    }
     pod.set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())))
         .build()
 }
@@ -680,6 +683,7 @@ mod tests {
             ipv4: Some(Ipv4Addr::new(10, 0, 0, 1)),
             ipv6: Some("fd00::1".parse().unwrap_or(Ipv6Addr::LOCALHOST)),
             allow_ip_forwarding: false,
+            pod_mac: None,
         };
         let ops: Vec<_> = pod_requests(&plan, 7).into_iter().map(|r| r.op).collect();
         assert_eq!(

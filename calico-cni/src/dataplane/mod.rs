@@ -61,6 +61,9 @@ pub struct Plan {
     pub ipv6: Option<Ipv6Addr>,
     /// `container_settings.allow_ip_forwarding`: lets the pod forward packets.
     pub allow_ip_forwarding: bool,
+    /// The pod interface's MAC (Calico's `cni.projectcalico.org/hwAddr`); the kernel picks
+    /// one otherwise.
+    pub pod_mac: Option<[u8; 6]>,
 }
 
 /// What [`setup`] built.
@@ -349,6 +352,11 @@ impl Plan {
         {
             return invalid(format!("{ip} is not a routable unicast IPv6 address"));
         }
+        if let Some(mac) = self.pod_mac
+            && (mac[0] & 1 == 1 || mac == [0; 6])
+        {
+            return invalid(format!("{} is not a unicast MAC address", format_mac(&mac)));
+        }
         Ok(())
     }
 
@@ -399,6 +407,7 @@ mod tests {
             ipv4: Some(Ipv4Addr::new(10, 0, 0, 1)),
             ipv6: None,
             allow_ip_forwarding: false,
+            pod_mac: None,
         }
     }
 

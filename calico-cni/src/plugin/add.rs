@@ -12,7 +12,7 @@ use libipam::cni::{CniError, CniResult, Command, Interface, IpConfig, Route};
 
 use super::{api_call, dataplane_error, host_ifname, ipam_plugin, runtime};
 use crate::dataplane::{self, IPV4_GATEWAY, IPV6_GATEWAY, Plan};
-use crate::k8s::{self, IpamOverrides};
+use crate::k8s::{self, PodRequests};
 use crate::{host_local, ipam_exec, readiness};
 
 pub fn add(req: &Request) -> Result<CniResult, CniError> {
@@ -24,6 +24,12 @@ pub fn add(req: &Request) -> Result<CniResult, CniError> {
     // Validate before allocating anything: a missing netns or an interface that is already
     // there must not cost an IPAM round trip, nor release what a live attachment holds.
     let ipam = ipam_plugin(req)?;
+    if req.conf.feature_control.ip_addrs_no_ipam && req.env.args.pod().is_none() {
+        // Calico's check: the feature is only for Kubernetes pods (their annotation).
+        return Err(CniError::invalid_config(
+            "requested feature is not supported for this runtime: ip_addrs_no_ipam",
+        ));
+    }
     let host_ifname = host_ifname(req);
     // One runtime for the whole verb: the Kubernetes client lives on it.
     let rt = runtime()?;
@@ -41,7 +47,7 @@ pub fn add(req: &Request) -> Result<CniResult, CniError> {
         api_call(&rt, api.check_ready())?;
     }
     readiness::wait_for(&req.conf.readiness_gates)?;
-    let mut overrides = IpamOverrides::default();
+    let mut overrides = PodRequests::default();
     if let Some(api) = api.as_mut()
         && req.conf.policy.policy_type == "k8s"
         && let Some((namespace, pod)) = req.env.args.pod()
@@ -56,7 +62,12 @@ pub fn add(req: &Request) -> Result<CniResult, CniError> {
             })?
             .annotations;
         let ns_annotations = api_call(&rt, api.namespace_annotations(namespace))?;
-        overrides = IpamOverrides::from_annotations(&annotations, &ns_annotations)?;
+        overrides = PodRequests::from_annotations(
+            &annotations,
+            &ns_annotations,
+            &req.conf.ipam.ipam_type,
+            &req.conf.feature_control,
+        )?;
     }
     let mut stdin = overrides.rewrite_stdin(&req.stdin)?;
     if req.conf.ipam.ipam_type == host_local::HOST_LOCAL && host_local::wants_pod_cidrs(&stdin)? {
@@ -64,12 +75,17 @@ pub fn add(req: &Request) -> Result<CniResult, CniError> {
         stdin = host_local::replace_pod_cidrs(&stdin, &cidrs)?;
     }
 
-    let ipam_result = match &overrides.ip_addrs {
-        None => ipam_exec::add(&ipam, &stdin)?,
-        Some(addrs) => add_specific(&ipam, &stdin, addrs)?,
+    let bypass_ipam = overrides.ip_addrs_no_ipam.is_some();
+    let ipam_result = match (&overrides.ip_addrs, &overrides.ip_addrs_no_ipam) {
+        (_, Some(addrs)) => given_addresses(addrs),
+        (Some(addrs), None) => add_specific(&ipam, &stdin, addrs)?,
+        (None, None) => ipam_exec::add(&ipam, &stdin)?,
     };
     // From here on, every failure releases the addresses before it is reported.
     let undo_ipam = |cause: CniError| -> CniError {
+        if bypass_ipam {
+            return cause;
+        }
         if let Err(e) = ipam_exec::exec(&ipam, Command::Del, &stdin) {
             log!(Error, "releasing addresses after a failed ADD: {e}");
             return CniError::new(
@@ -95,6 +111,7 @@ pub fn add(req: &Request) -> Result<CniResult, CniError> {
         ipv4,
         ipv6,
         allow_ip_forwarding: req.conf.container_settings.allow_ip_forwarding,
+        pod_mac: overrides.pod_mac,
     };
     let applied = match rt.block_on(dataplane::setup(&plan)) {
         Ok(applied) => applied,
@@ -164,6 +181,22 @@ fn node_pod_cidrs(
     };
     let cidrs = api_call(rt, api.node_pod_cidrs(&node))?;
     host_local::PodCidrs::from_node(&node, &cidrs)
+}
+
+/// The `cni.projectcalico.org/ipAddrsNoIpam` path: the pod gets exactly these addresses and
+/// IPAM is not asked (the operator owns them).
+fn given_addresses(addrs: &[IpAddr]) -> CniResult {
+    CniResult {
+        ips: addrs
+            .iter()
+            .map(|&a| IpConfig {
+                address: IpNet::from(a),
+                gateway: None,
+                interface: None,
+            })
+            .collect(),
+        ..Default::default()
+    }
 }
 
 /// The `cni.projectcalico.org/ipAddrs` path: one IPAM ADD per address with `IP=<addr>` in

@@ -40,6 +40,7 @@ pub fn check(req: &Request) -> Result<(), CniError> {
         ipv4: None,
         ipv6: None,
         allow_ip_forwarding: req.conf.container_settings.allow_ip_forwarding,
+        pod_mac: None,
     };
     for ip in prev.ips.iter().filter(|ip| ip.interface == Some(pod_index)) {
         match ip.address.addr() {

@@ -9,10 +9,10 @@ use std::path::PathBuf;
 
 use calico_cni::dataplane::{DEFAULT_HOST_PREFIX, host_veth_name, host_veth_name_for_container};
 use calico_cni::ipam_exec::find_plugin;
-use calico_cni::k8s::IpamOverrides;
+use calico_cni::k8s::PodRequests;
 use calico_ipam::plugin::CalicoIpam;
 use libipam::Datastore;
-use libipam::cni::netconf::DatastoreType;
+use libipam::cni::netconf::{DatastoreType, FeatureControl};
 use libipam::cni::skel::{self, Outcome, Plugin, Request};
 use libipam::cni::{CniArgs, CniError, CniResult, Env, NetConf, SpecVersion};
 use libipam::datastore::local::LocalStore;
@@ -276,7 +276,7 @@ impl CniProbe {
             host.len() <= 15,
             "host veth name {host:?} is longer than 15 bytes"
         );
-        IpamOverrides::default().rewrite_stdin(&req.stdin)?;
+        PodRequests::default().rewrite_stdin(&req.stdin)?;
         Ok(())
     }
 }
@@ -413,13 +413,15 @@ fn annotations(v: Option<&Value>) -> BTreeMap<String, String> {
 pub const ANNOTATIONS: Surface = Surface {
     name: "annotations",
     about: "pod and namespace annotations ({\"pod\": {...}, \"namespace\": {...}}): \
-            IpamOverrides::from_annotations and the rewritten IPAM stdin",
+            PodRequests::from_annotations and the rewritten IPAM stdin",
     tokens: &[
         "\"cni.projectcalico.org/ipv4pools\"",
         "\"cni.projectcalico.org/ipv6pools\"",
         "\"cni.projectcalico.org/ipFamilies\"",
         "\"cni.projectcalico.org/ipAddrs\"",
         "\"cni.projectcalico.org/ipAddrsNoIpam\"",
+        "\"cni.projectcalico.org/floatingIPs\"",
+        "\"cni.projectcalico.org/hwAddr\"",
         "\"pod\"",
         "\"namespace\"",
         "[\\\"10.244.0.0/16\\\"]",
@@ -437,7 +439,12 @@ pub const ANNOTATIONS: Surface = Surface {
             };
             let pod = annotations(v.get("pod"));
             let namespace = annotations(v.get("namespace"));
-            match IpamOverrides::from_annotations(&pod, &namespace) {
+            // Every feature on, so every annotation is parsed.
+            let features = FeatureControl {
+                ip_addrs_no_ipam: true,
+                floating_ips: true,
+            };
+            match PodRequests::from_annotations(&pod, &namespace, "calico-ipam", &features) {
                 Ok(o) => {
                     let stdin = o
                         .rewrite_stdin(ANNOTATED_NETCONF)
@@ -450,11 +457,13 @@ pub const ANNOTATIONS: Surface = Surface {
                         );
                     }
                     format!(
-                        "ok:{}{}{}{}",
+                        "ok:{}{}{}{}{}{}",
                         o.ipv4_pools.is_some(),
                         o.ipv6_pools.is_some(),
                         o.families.is_some(),
-                        o.ip_addrs.is_some()
+                        o.ip_addrs.is_some(),
+                        o.ip_addrs_no_ipam.is_some(),
+                        o.pod_mac.is_some()
                     )
                 }
                 Err(e) => signature(&e.code.to_string(), &e.msg),

@@ -70,6 +70,8 @@ pub struct NetConf {
     pub log_file_path: Option<PathBuf>,
     #[serde(default, deserialize_with = "null_as_default")]
     pub container_settings: ContainerSettings,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub feature_control: FeatureControl,
     #[serde(default, deserialize_with = "unset_as_none")]
     pub ipam_lock_file: Option<PathBuf>,
     /// URLs that must answer 2xx/3xx before ADD goes ahead (Calico's `readiness_gates`).
@@ -143,6 +145,17 @@ pub struct ContainerSettings {
     pub allow_ip_forwarding: bool,
 }
 
+/// The `feature_control` section: pod annotations that need the operator's consent.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct FeatureControl {
+    /// `cni.projectcalico.org/ipAddrsNoIpam`: the pod's addresses are given, IPAM is bypassed.
+    #[serde(default, deserialize_with = "ip_addrs_no_ipam")]
+    pub ip_addrs_no_ipam: bool,
+    /// `cni.projectcalico.org/floatingIPs`: addresses DNATed to the pod.
+    #[serde(default, deserialize_with = "floating_ips")]
+    pub floating_ips: bool,
+}
+
 /// One entry of `cni.dev/valid-attachments` (GC).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Attachment {
@@ -166,6 +179,14 @@ fn assign_ipv6<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
 
 fn allow_ip_forwarding<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
     bool_or_string(d, "container_settings.allow_ip_forwarding", false)
+}
+
+fn ip_addrs_no_ipam<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    bool_or_string(d, "feature_control.ip_addrs_no_ipam", false)
+}
+
+fn floating_ips<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    bool_or_string(d, "feature_control.floating_ips", false)
 }
 
 /// Calico writes booleans as strings (`"true"`); accept both forms, and `null` as `unset`,
@@ -439,6 +460,7 @@ mod tests {
         assert_eq!((c.log_file_path, c.nodename_file), (None, None));
         assert_eq!(c.mtu, Some(0));
         assert_eq!(c.policy.policy_type, "k8s");
+        assert!(!c.feature_control.ip_addrs_no_ipam && !c.feature_control.floating_ips);
     }
 
     #[test]
@@ -450,7 +472,8 @@ mod tests {
             "readiness_gates":null,"cni.dev/valid-attachments":null,
             "ipam":{"type":null,"assign_ipv4":null,"assign_ipv6":null,"ipv4_pools":null,"ipv6_pools":null},
             "kubernetes":{"kubeconfig":null,"node_name":null,"cache_ttl_seconds":null},
-            "policy":{"type":null},"container_settings":{"allow_ip_forwarding":null}}"#,
+            "policy":{"type":null},"container_settings":{"allow_ip_forwarding":null},
+            "feature_control":{"ip_addrs_no_ipam":null,"floating_ips":null}}"#,
         )
         .expect("nulls");
         assert!(c.ipam.assign_ipv4 && !c.ipam.assign_ipv6);
