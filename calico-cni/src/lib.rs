@@ -5,8 +5,6 @@ pub mod flags;
 pub mod host_local;
 pub mod ipam_exec;
 pub mod k8s;
-#[macro_use]
-pub mod log;
 pub mod plugin;
 pub mod probe;
 pub mod readiness;

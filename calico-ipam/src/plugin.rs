@@ -7,7 +7,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use libipam::alloc::{AssignIpArgs, AutoAssignArgs};
 use libipam::cni::skel::{Plugin, Request};
-use libipam::cni::{CniError, CniResult, IpConfig, Route, code};
+use libipam::cni::{CniError, CniResult, IpConfig, NetConf, Route, code, log};
 use libipam::datastore::Datastore;
 use libipam::datastore::kube::CacheConfig;
 use libipam::model::AllowedUse;
@@ -24,6 +24,11 @@ const VERB_TIMEOUT: Duration = Duration::from_secs(90);
 pub struct CalicoIpam;
 
 impl Plugin for CalicoIpam {
+    fn configure(&self, conf: Option<&NetConf>) {
+        let settings = conf.map(log::Settings::from_conf).unwrap_or_default();
+        log::init("ipam", &settings);
+    }
+
     fn add(&self, req: &Request) -> Result<CniResult, CniError> {
         let node = req.conf.node_name()?;
         let (num4, num6) = (

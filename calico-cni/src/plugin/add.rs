@@ -87,7 +87,7 @@ pub fn add(req: &Request) -> Result<CniResult, CniError> {
             return cause;
         }
         if let Err(e) = ipam_exec::exec(&ipam, Command::Del, &stdin) {
-            log!(Error, "releasing addresses after a failed ADD: {e}");
+            tracing::error!(error = %e, "releasing addresses after a failed ADD");
             return CniError::new(
                 cause.code,
                 cause.msg,
@@ -135,21 +135,19 @@ pub fn add(req: &Request) -> Result<CniResult, CniError> {
                 &req.env.ifname,
                 &host_ifname,
             )) {
-                log!(Error, "removing the pod interface after a failed ADD: {t}");
+                tracing::error!(error = %t, "removing the pod interface after a failed ADD");
             }
             return Err(undo_ipam(e));
         }
         api.save();
     }
-    log!(
-        Info,
-        "ADD {} {}: {} <-> {} v4={:?} v6={:?}",
-        req.env.container_id,
-        netns.display(),
-        applied.host_ifname,
-        applied.pod_ifname,
-        ipv4,
-        ipv6
+    tracing::info!(
+        Netns = %netns.display(),
+        HostInterface = applied.host_ifname.as_str(),
+        PodInterface = applied.pod_ifname.as_str(),
+        IPv4 = ipv4.map(|a| a.to_string()).unwrap_or_default().as_str(),
+        IPv6 = ipv6.map(|a| a.to_string()).unwrap_or_default().as_str(),
+        "wired the pod to the host"
     );
     Ok(result(&plan, &applied))
 }

@@ -30,11 +30,9 @@ pub fn del(req: &Request) -> Result<(), CniError> {
     if let Err(e) = release.and_then(ipam_exec::Running::finish) {
         errors.insert(0, e);
     }
-    log!(
-        Info,
-        "DEL {}: {} problem(s)",
-        req.env.container_id,
-        errors.len()
+    tracing::info!(
+        problems = errors.len(),
+        "released the addresses and removed the pod interface"
     );
     let mut iter = errors.into_iter();
     match (iter.next(), iter.next()) {

@@ -6,7 +6,7 @@ mod check;
 mod del;
 
 use libipam::cni::skel::{Plugin, Request};
-use libipam::cni::{CniError, CniResult, Command, NetConf, code};
+use libipam::cni::{CniError, CniResult, Command, NetConf, code, log};
 
 use crate::dataplane::DataplaneError;
 use crate::dataplane::{self, DEFAULT_HOST_PREFIX};
@@ -16,8 +16,9 @@ use crate::{host_local, ipam_exec, k8s};
 pub struct Calico;
 
 impl Plugin for Calico {
-    fn configure(&self, conf: &NetConf) {
-        crate::log::init(conf.log_level.as_deref(), conf.log_file_path.as_deref());
+    fn configure(&self, conf: Option<&NetConf>) {
+        let settings = conf.map(log::Settings::from_conf).unwrap_or_default();
+        log::init("cni-plugin", &settings);
     }
     fn add(&self, req: &Request) -> Result<CniResult, CniError> {
         add::add(req)

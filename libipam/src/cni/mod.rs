@@ -7,6 +7,8 @@ pub mod args;
 pub mod bounds;
 pub mod env;
 pub mod error;
+#[cfg(feature = "cni-log")]
+pub mod log;
 pub mod netconf;
 pub mod result;
 pub mod skel;

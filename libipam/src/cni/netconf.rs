@@ -68,6 +68,14 @@ pub struct NetConf {
     pub log_level: Option<String>,
     #[serde(default, deserialize_with = "unset_as_none")]
     pub log_file_path: Option<PathBuf>,
+    /// Rotation limits, as Calico's: size in MB, age in days, rotated files kept. 0 (Go's unset
+    /// number) means Calico's default: 100, 30, 10.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub log_file_max_size: u64,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub log_file_max_age: u64,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub log_file_max_count: u64,
     #[serde(default, deserialize_with = "null_as_default")]
     pub container_settings: ContainerSettings,
     #[serde(default, deserialize_with = "null_as_default")]
@@ -276,10 +284,11 @@ impl NetConf {
     /// Decode stdin. Broken JSON is code 6; well-formed JSON with wrong field types is code 7.
     pub fn parse(stdin: &[u8]) -> Result<NetConf, CniError> {
         serde_json::from_slice(stdin).map_err(|e| {
+            let details = withhold_strings(&e.to_string());
             if e.is_data() {
-                CniError::invalid_config(e.to_string())
+                CniError::invalid_config(details)
             } else {
-                CniError::decode(e.to_string())
+                CniError::decode(details)
             }
         })
     }
@@ -360,6 +369,40 @@ impl NetConf {
 }
 
 /// Parse a `cniVersion` string into a version we support, or code 1.
+/// serde quotes the offending value (`invalid type: string "…", expected u32`). A credential put
+/// in the wrong field must not come back on stdout or reach the log, so string values are
+/// withheld (Go's encoding/json, which Calico uses, never shows them either); the position stays.
+fn withhold_strings(msg: &str) -> String {
+    const MARK: &str = "string \"";
+    let mut out = String::with_capacity(msg.len());
+    let mut rest = msg;
+    while let Some(i) = rest.find(MARK) {
+        out.push_str(&rest[..i]);
+        out.push_str("a string");
+        // serde writes the value Debug-escaped: the first unescaped quote closes it.
+        let mut chars = rest[i + MARK.len()..].char_indices();
+        let mut end = None;
+        while let Some((j, c)) = chars.next() {
+            match c {
+                '\\' => {
+                    chars.next();
+                }
+                '"' => {
+                    end = Some(i + MARK.len() + j + 1);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        match end {
+            Some(e) => rest = &rest[e..],
+            None => return out,
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 pub fn parse_version(raw: &str) -> Result<SpecVersion, CniError> {
     SpecVersion::parse(raw).ok_or_else(|| {
         let shown = if raw.is_empty() { "(missing)" } else { raw };
@@ -395,6 +438,21 @@ fn os_hostname() -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decode_errors_withhold_string_values() {
+        let e = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"n","mtu":"tok\"en-123"}"#)
+            .expect_err("mtu is a number");
+        assert!(!e.details.contains("en-123"), "{}", e.details);
+        assert!(
+            e.details
+                .contains("invalid type: a string, expected u32 at line 1"),
+            "{}",
+            e.details
+        );
+        assert_eq!(withhold_strings("no strings here"), "no strings here");
+        assert_eq!(withhold_strings(r#"x string "unterminated"#), "x a string");
+    }
 
     #[test]
     fn seed_config_parses_with_string_booleans() {

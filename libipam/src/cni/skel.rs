@@ -18,8 +18,9 @@ pub struct Request {
 
 /// A CNI plugin: one method per verb (VERSION is answered here).
 pub trait Plugin {
-    /// Called once the configuration is decoded, before the verb (e.g. to set up logging).
-    fn configure(&self, _conf: &NetConf) {}
+    /// Called before anything is logged (to set up logging): with the configuration once it is
+    /// decoded, or with `None` when the invocation failed before that.
+    fn configure(&self, _conf: Option<&NetConf>) {}
 
     fn add(&self, req: &Request) -> Result<CniResult, CniError>;
     fn del(&self, req: &Request) -> Result<(), CniError>;
@@ -52,34 +53,67 @@ impl Outcome {
 }
 
 /// Run one invocation. `lookup` reads the environment; `stdin` is the whole of stdin.
+///
+/// Every failure is logged here, at error level with its code, message and details, inside the
+/// verb's span (container ID and pod), so both plugins log every failed verb the same way.
 pub fn run(plugin: &impl Plugin, lookup: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Outcome {
     // Errors are reported in the caller's version when we can tell it.
     let claimed = serde_json::from_slice::<serde_json::Value>(stdin)
         .ok()
         .and_then(|v| v.get("cniVersion")?.as_str().and_then(SpecVersion::parse))
         .unwrap_or(SpecVersion::LATEST);
-    let env = match Env::from_lookup(lookup) {
+    let env = match Env::from_lookup(&lookup) {
         Ok(env) => env,
-        Err(e) => return Outcome::err(&e, claimed),
+        Err(e) => {
+            plugin.configure(None);
+            let command = lookup("CNI_COMMAND").unwrap_or_default();
+            return failed(&command, &e, claimed);
+        }
     };
     if env.command == Command::Version {
         return version_reply(stdin);
     }
-    let conf = match NetConf::parse(stdin) {
-        Ok(c) => c,
-        Err(e) => return Outcome::err(&e, claimed),
+    // The configuration is decoded, its version read and its bounds checked before the plugin
+    // touches anything (its log file included); a configuration that fails is logged to stderr.
+    let checked = match NetConf::parse(stdin) {
+        Err(e) => Err((e, claimed)),
+        Ok(conf) => match parse_version(&conf.cni_version) {
+            Err(e) => Err((e, claimed)),
+            Ok(version) => match bounds::check_netconf(&conf) {
+                Err(e) => Err((e, version)),
+                Ok(()) => Ok((conf, version)),
+            },
+        },
     };
-    let version = match parse_version(&conf.cni_version) {
-        Ok(v) => v,
-        Err(e) => return Outcome::err(&e, claimed),
+    plugin.configure(checked.as_ref().ok().map(|(conf, _)| conf));
+    // After `configure`: a span opened before the logger exists would stay silent.
+    let span = verb_span(&env);
+    let _in_verb = span.enter();
+    let command = env.command.as_str();
+    let (conf, version) = match checked {
+        Ok(ok) => ok,
+        Err((e, version)) => return failed(command, &e, version),
     };
-    // Before the plugin touches anything (its log file included).
-    if let Err(e) = bounds::check_netconf(&conf) {
-        return Outcome::err(&e, version);
+    if let Some((_, pod)) = env.args.pod()
+        && let Ok(node) = conf.node_name()
+    {
+        span.record(
+            "WorkloadEndpoint",
+            workload_endpoint_name(&node, pod, &env.ifname).as_str(),
+        );
     }
-    plugin.configure(&conf);
+    tracing::debug!(
+        IfName = env.ifname.as_str(),
+        Netns = env
+            .netns
+            .as_deref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+            .as_str(),
+        "CNI {command} starting"
+    );
     if let Err(e) = gate(env.command, version) {
-        return Outcome::err(&e, version);
+        return failed(command, &e, version);
     }
     let req = Request {
         env,
@@ -96,9 +130,46 @@ pub fn run(plugin: &impl Plugin, lookup: impl Fn(&str) -> Option<String>, stdin:
         Command::Version => unreachable_version(),
     };
     match result {
-        Ok(out) => Outcome::ok(out),
-        Err(e) => Outcome::err(&e, version),
+        Ok(out) => {
+            tracing::info!("CNI {command} succeeded");
+            Outcome::ok(out)
+        }
+        Err(e) => failed(command, &e, version),
     }
+}
+
+/// The span of one invocation: Calico's identifying fields, on every line logged inside it.
+fn verb_span(env: &Env) -> tracing::Span {
+    let span = tracing::info_span!(
+        "cni",
+        ContainerID = env.container_id.as_str(),
+        Namespace = tracing::field::Empty,
+        Pod = tracing::field::Empty,
+        WorkloadEndpoint = tracing::field::Empty,
+    );
+    if let Some((namespace, pod)) = env.args.pod() {
+        span.record("Namespace", namespace);
+        span.record("Pod", pod);
+    }
+    span
+}
+
+/// Calico's WorkloadEndpoint name for a Kubernetes pod: node, `k8s`, pod and interface joined by
+/// `-`, with each part's own dashes doubled.
+fn workload_endpoint_name(node: &str, pod: &str, ifname: &str) -> String {
+    let esc = |s: &str| s.replace('-', "--");
+    format!("{}-k8s-{}-{}", esc(node), esc(pod), esc(ifname))
+}
+
+/// Log a failed verb and turn it into its outcome.
+fn failed(command: &str, e: &CniError, version: SpecVersion) -> Outcome {
+    tracing::error!(
+        code = e.code,
+        details = e.details.as_str(),
+        "CNI {command} failed: {}",
+        e.msg
+    );
+    Outcome::err(e, version)
 }
 
 /// The whole process for a plugin binary: read stdin, run the verb from the process environment,
