@@ -52,7 +52,7 @@ fn wait_for_one(url: &str, gate: &Gate) -> Result<(), CniError> {
             Ok(()) => return Ok(()),
             Err(why) => why,
         };
-        log!(Warn, "readiness gate {url} not ready yet: {why}");
+        tracing::warn!(reason = why.to_string().as_str(), "readiness gate {url} not ready yet");
         if Instant::now() + POLL_INTERVAL > deadline {
             return Err(CniError::new(
                 code::TRY_AGAIN_LATER,

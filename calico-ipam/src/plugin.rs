@@ -221,13 +221,13 @@ impl Plugin for CalicoIpam {
     }
 }
 
-/// Pools the allocator left out because they do not validate go to stderr, which the runtime
-/// (or calico-cni) copies into its log: one bad pool must be visible, not silently unused.
+/// Pools the allocator left out because they do not validate are logged as warnings (stderr and
+/// the log file): one bad pool must be visible, not silently unused.
 fn warn_ignored_pools<D>(ipam: &libipam::alloc::Ipam<D>) {
     for (name, why) in ipam.ignored_pools() {
-        eprintln!(
-            "calico-ipam Warn [{}] IPPool {name} is ignored (fix it with calico-ipam pool apply): {why}",
-            std::process::id()
+        tracing::warn!(
+            reason = why.as_str(),
+            "IPPool {name} is ignored (fix it with calico-ipam pool apply)"
         );
     }
 }
