@@ -52,7 +52,10 @@ fn wait_for_one(url: &str, gate: &Gate) -> Result<(), CniError> {
             Ok(()) => return Ok(()),
             Err(why) => why,
         };
-        tracing::warn!(reason = why.to_string().as_str(), "readiness gate {url} not ready yet");
+        tracing::warn!(
+            reason = why.to_string().as_str(),
+            "readiness gate {url} not ready yet"
+        );
         if Instant::now() + POLL_INTERVAL > deadline {
             return Err(CniError::new(
                 code::TRY_AGAIN_LATER,
