@@ -5,8 +5,8 @@
 //! of what happened, e.g. "ok" or an error code and message prefix) was never seen before
 //! joins the corpus, so later mutants start from inputs that got further.
 //!
-//! Findings: a panic is caught and reported (exit [`EXIT_PANIC`]); an input that runs longer
-//! than the hang bound is reported by a watchdog thread (exit [`EXIT_HANG`]); anything that
+//! Findings: a panic is caught and reported (exit [`EXIT_PANIC`]); an input that uses more CPU
+//! time than the hang bound is reported by a watchdog thread (exit [`EXIT_HANG`]); anything that
 //! kills the process (abort, stack overflow, allocation failure under the supervisor's
 //! RLIMIT_AS) is seen by the supervisor. Before each execution the input is written to the
 //! "current input" file, so the supervisor can save the input that killed us.
@@ -131,22 +131,58 @@ pub fn read_current(path: &Path) -> Option<(u64, Vec<u8>)> {
     Some((execs, data.get(16..16 + len)?.to_vec()))
 }
 
-/// Milliseconds since `epoch` when the running input started; 0 while idle.
+/// Which input is running: its execution number + 1, or 0 between inputs.
 struct Watch {
-    epoch: Instant,
-    started_ms: AtomicU64,
+    running: AtomicU64,
 }
 
+/// How much longer than the CPU bound an input may sit without using CPU (blocked) before it
+/// counts as hung too.
+const BLOCKED_FACTOR: u32 = 30;
+
+/// CPU time this process has used (user + system).
+fn cpu_time() -> Duration {
+    use nix::sys::resource::{UsageWho, getrusage};
+    getrusage(UsageWho::RUSAGE_SELF)
+        .map(|u| {
+            let t = |tv: nix::sys::time::TimeVal| {
+                Duration::from_secs(tv.tv_sec().max(0) as u64)
+                    + Duration::from_micros(tv.tv_usec().max(0) as u64)
+            };
+            t(u.user_time()) + t(u.system_time())
+        })
+        .unwrap_or_default()
+}
+
+/// The hang bound is CPU time, so a starved process on a loaded machine is not mistaken for a
+/// hung one; an input that blocks without using CPU is caught at `BLOCKED_FACTOR` times the
+/// bound of wall-clock time.
 fn spawn_watchdog(watch: Arc<Watch>, hang: Duration) {
     std::thread::spawn(move || {
+        let mut current = 0;
+        let mut cpu_start = cpu_time();
+        let mut wall_start = Instant::now();
         loop {
             std::thread::sleep(Duration::from_millis(200));
-            let started = watch.started_ms.load(Ordering::Acquire);
-            let now = watch.epoch.elapsed().as_millis() as u64;
-            if started != 0 && now.saturating_sub(started) > hang.as_millis() as u64 {
+            let running = watch.running.load(Ordering::Acquire);
+            if running != current {
+                current = running;
+                cpu_start = cpu_time();
+                wall_start = Instant::now();
+                continue;
+            }
+            if running == 0 {
+                continue;
+            }
+            let cpu = cpu_time().saturating_sub(cpu_start);
+            let wall = wall_start.elapsed();
+            if cpu > hang || wall > hang * BLOCKED_FACTOR {
                 eprintln!(
-                    "FINDING hang: one input ran longer than {} s",
-                    hang.as_secs()
+                    "FINDING hang: one input used {:.1} s of CPU in {:.1} s (bound: {} s of CPU, or {} s blocked)",
+                    cpu.as_secs_f64(),
+                    wall.as_secs_f64(),
+                    hang.as_secs(),
+                    (hang * BLOCKED_FACTOR).as_secs()
                 );
                 std::process::exit(EXIT_HANG);
             }
@@ -187,8 +223,7 @@ pub fn run(surface: &Surface, corpus: Vec<Vec<u8>>, cfg: &RunConfig) -> Stats {
         buf: Vec::new(),
     });
     let watch = Arc::new(Watch {
-        epoch: Instant::now(),
-        started_ms: AtomicU64::new(0),
+        running: AtomicU64::new(0),
     });
     spawn_watchdog(watch.clone(), cfg.hang);
 
@@ -218,12 +253,9 @@ pub fn run(surface: &Surface, corpus: Vec<Vec<u8>>, cfg: &RunConfig) -> Stats {
             eprintln!("cannot write the current input: {e}");
             std::process::exit(2);
         }
-        watch.started_ms.store(
-            (watch.epoch.elapsed().as_millis() as u64).max(1),
-            Ordering::Release,
-        );
+        watch.running.store(execs + 1, Ordering::Release);
         let outcome = execute(&mut *target, &input);
-        watch.started_ms.store(0, Ordering::Release);
+        watch.running.store(0, Ordering::Release);
         execs += 1;
         match outcome {
             Ok(sig) => {

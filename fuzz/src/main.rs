@@ -339,9 +339,9 @@ fn supervise_one(
         let _ = stdout.read_to_string(&mut s);
         s
     });
-    // The child stops itself after `seconds`; past that plus the hang bound and a margin it is
-    // stuck somewhere its watchdog cannot see.
-    let limit = Instant::now() + Duration::from_secs(seconds + hang + 30);
+    // The child stops itself after `seconds`; past that plus its watchdog's wall-clock bound
+    // (30 times the CPU bound) and a margin it is stuck somewhere the watchdog cannot see.
+    let limit = Instant::now() + Duration::from_secs(seconds + hang * 30 + 60);
     let mut overran = false;
     let status = loop {
         match child.try_wait() {
@@ -390,7 +390,10 @@ fn supervise_one(
     let finding = if overran {
         Some((
             "hang",
-            format!("the process overran its {seconds} s by {hang} s + 30 s"),
+            format!(
+                "the process overran its {seconds} s by {} s",
+                hang * 30 + 60
+            ),
         ))
     } else if status.success() {
         None
@@ -419,7 +422,7 @@ fn supervise_one(
         );
         return Ok(report);
     } else if status.code() == Some(EXIT_HANG) {
-        Some(("hang", format!("one input ran longer than {hang} s")))
+        Some(("hang", finding_line(&stderr)))
     } else if let Some(sig) = status.signal() {
         let (kind, what) = if let Some(l) = stderr
             .lines()
@@ -458,14 +461,13 @@ fn supervise_one(
     Ok(report)
 }
 
-/// The panic message a child printed after `FINDING panic: `, else the end of its stderr.
+/// What a child printed after `FINDING <kind>: `, else the end of its stderr.
 fn finding_line(stderr: &str) -> String {
-    match stderr.rfind("FINDING panic: ") {
-        Some(at) => stderr[at + "FINDING panic: ".len()..]
-            .trim()
-            .lines()
-            .collect::<Vec<_>>()
-            .join(" | "),
+    let found = ["FINDING panic: ", "FINDING hang: "]
+        .iter()
+        .find_map(|m| stderr.rfind(m).map(|at| at + m.len()));
+    match found {
+        Some(at) => stderr[at..].trim().lines().collect::<Vec<_>>().join(" | "),
         None => tail(stderr, 6),
     }
 }
