@@ -43,3 +43,7 @@ KUBE_TESTENV_DIR="$(mktemp -d /tmp/calico-rs-kube-calico.XXXXXX)"
 KUBE_TESTENV_CRDS="$CALICO_CRDS" scripts/kube-testenv up "$KUBE_TESTENV_DIR"
 cargo test --workspace --no-fail-fast \
   --test kube_store --test kube --test kube_netns --test calico_compat
+# Fuzzing of every input surface for 150 s in total, each under a memory and a per-input CPU
+# bound (scripts/fuzz.sh; README "Fuzzing"). Any finding fails the run; its input is saved
+# under fuzz-findings/.
+scripts/fuzz.sh 150
