@@ -229,7 +229,7 @@ fn supervise(opts: &Opts) -> Result<ExitCode, String> {
     let seed = opts.num("seed", fastrand::u64(..))?;
     let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
     println!(
-        "fuzzing {} surfaces for {share} s each (seed {seed}; address space <= {mem_mb} MiB, one input <= {hang} s)",
+        "fuzzing {} surfaces for {share} s each (seed {seed}; address space <= {mem_mb} MiB, one input <= {hang} s of CPU)",
         selected.len()
     );
     let mut failed = 0;
