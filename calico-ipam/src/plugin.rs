@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use libipam::alloc::{AssignIpArgs, AutoAssignArgs};
+use libipam::cni::netconf::DatastoreType;
 use libipam::cni::skel::{Plugin, Request};
 use libipam::cni::{CniError, CniResult, IpConfig, NetConf, Route, code, log};
 use libipam::datastore::Datastore;
@@ -242,12 +243,26 @@ fn legacy_handle(req: &Request) -> String {
 }
 
 /// Calico's allocation attributes: kube-controllers' garbage collector needs node, pod and namespace.
+/// The local datastore, which has no pod list, also records the network namespace, so that
+/// `calico-ipam ipam check` can tell an allocation whose namespace is gone (a leak).
 fn attributes(req: &Request, node: &str) -> BTreeMap<String, String> {
     let mut attrs = BTreeMap::new();
     attrs.insert("node".to_string(), node.to_string());
     if let Some((namespace, pod)) = req.env.args.pod() {
         attrs.insert("namespace".to_string(), namespace.to_string());
         attrs.insert("pod".to_string(), pod.to_string());
+    }
+    if req.conf.datastore_type == DatastoreType::Local
+        && let Some(netns) = req
+            .env
+            .netns
+            .as_deref()
+            .filter(|p| !p.as_os_str().is_empty())
+    {
+        attrs.insert(
+            libipam::alloc::audit::NETNS_ATTRIBUTE.to_string(),
+            netns.to_string_lossy().into_owned(),
+        );
     }
     attrs.insert("timestamp".to_string(), go_timestamp(time::now_nanos()));
     attrs

@@ -498,7 +498,7 @@ fn a_stored_pool_with_a_bad_selector_is_ignored_reported_and_harms_no_other() {
     assert_eq!(check.status.code(), Some(3), "{}", text(&check));
     let report = String::from_utf8_lossy(&check.stdout);
     assert!(
-        report.contains("Found 1 problem(s)")
+        report.contains("Check complete; found 1 problems.")
             && report.contains("IPPool aa-bad: nodeSelector: invalid selector"),
         "{report}"
     );

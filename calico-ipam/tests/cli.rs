@@ -185,7 +185,10 @@ fn show_prints_calicoctls_table() {
     assert_eq!(v6["total"], "1208925819614629174706176");
     let who = expect(&store, &["ipam", "show", "--ip", "10.99.0.1"], 0);
     assert!(
-        who.starts_with("IP 10.99.0.1 is in use\nHandle ID: k8s-pod-network.c1\nActive Owner Attributes:\n  namespace: default\n  node: node-a\n  pod: p1\n"),
+        who.starts_with(&format!(
+            "IP 10.99.0.1 is in use\nHandle ID: k8s-pod-network.c1\nActive Owner Attributes:\n  namespace: default\n  netns: {}\n  node: node-a\n  pod: p1\n",
+            common::live_netns()
+        )),
         "{who}"
     );
     let free = expect(&store, &["ipam", "show", "--ip", "10.99.0.9"], 0);
@@ -416,6 +419,205 @@ fn split_replaces_a_pool_by_equal_halves() {
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).contains("not a valid power of 2: 3"),
+        "{}",
+        text(&out)
+    );
+}
+
+/// A real network namespace (`ip netns add`), deleted when dropped.
+struct Netns(String);
+
+impl Netns {
+    fn new(name: &str) -> Netns {
+        let name = format!("{name}-{}", std::process::id());
+        let out = std::process::Command::new("ip")
+            .args(["netns", "add", &name])
+            .output()
+            .expect("run ip (the local check test needs root and iproute2)");
+        assert!(out.status.success(), "ip netns add {name}: {}", text(&out));
+        Netns(name)
+    }
+
+    fn path(&self) -> String {
+        format!("/run/netns/{}", self.0)
+    }
+
+    fn delete(&self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "delete", &self.0])
+            .output();
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        self.delete();
+    }
+}
+
+fn add_in(store: &Store, cid: &str, pod: &str, netns: &str, extra_args: &str) -> Vec<String> {
+    let conf = store.netconf("1.0.0", "node-a").to_string();
+    let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod}{extra_args}");
+    let out = cni(
+        "ADD",
+        cid,
+        &[("CNI_ARGS", &args), ("CNI_NETNS", netns)],
+        conf.as_bytes(),
+    );
+    assert!(out.status.success(), "ADD {cid}: {}", text(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("result");
+    v["ips"]
+        .as_array()
+        .expect("ips")
+        .iter()
+        .map(|i| {
+            i["address"]
+                .as_str()
+                .and_then(|a| a.split('/').next())
+                .expect("address")
+                .to_string()
+        })
+        .collect()
+}
+
+/// The local datastore has no pod list: an allocation is in use while the network namespace
+/// recorded at ADD exists. A pod whose namespace is gone without a DEL is leaked: check exits 3
+/// and names it, and release --from-report frees exactly its addresses, only while they are
+/// still the allocations the report saw.
+#[test]
+fn local_check_finds_addresses_of_vanished_netns_and_release_frees_exactly_them() {
+    let store = Store::new();
+    store.apply_pools(&tiny_pools());
+    let (live, vanished, reused) = (
+        Netns::new("ops-live"),
+        Netns::new("ops-vanished"),
+        Netns::new("ops-reused"),
+    );
+    let live_ips = add_in(&store, "live", "live", &live.path(), "");
+    let gone_ips = add_in(&store, "gone", "gone", &vanished.path(), "");
+    let other_ips = add_in(&store, "other", "other", &reused.path(), "");
+    assert_eq!(
+        expect(&store, &["ipam", "check"], 0).lines().last(),
+        Some("Check complete; found 0 problems.")
+    );
+
+    vanished.delete();
+    reused.delete();
+    let report = store.dir.path().join("report.json");
+    let report = report.to_str().expect("utf8");
+    let out = store.cli(&["ipam", "check", "--show-problem-ips", "-o", report]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let printed = stdout(&out);
+    for ip in gone_ips.iter().chain(&other_ips) {
+        assert!(
+            printed.contains(&format!("  {ip} leaked; attrs Main:k8s-pod-network.")),
+            "{printed}"
+        );
+    }
+    for ip in &live_ips {
+        assert!(!printed.contains(&format!("  {ip} leaked")), "{printed}");
+    }
+    assert!(
+        printed.contains("Check complete; found 4 problems."),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("record the network namespace of their ADD"),
+        "{printed}"
+    );
+    let doc: Value = serde_json::from_slice(&std::fs::read(report).expect("report")).expect("json");
+    assert_eq!(doc["datastoreType"], "local");
+    assert_eq!(doc["allocations"][&gone_ips[0]][0]["inUse"], false);
+    assert_eq!(doc["allocations"][&gone_ips[0]][0]["pod"], "gone");
+    assert_eq!(doc["allocations"][&live_ips[0]][0]["inUse"], true);
+    assert_eq!(
+        doc["allocations"][&live_ips[0]][0]["owners"],
+        serde_json::json!(["Workload(default/live)"])
+    );
+
+    // "other" is cleaned up properly after the report, and its IPv4 address goes to a new pod
+    // (same address, new handle and sequence number): release must leave that one alone.
+    let conf = store.netconf("1.0.0", "node-a").to_string();
+    let del = cni(
+        "DEL",
+        "other",
+        &[(
+            "CNI_ARGS",
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=other",
+        )],
+        conf.as_bytes(),
+    );
+    assert!(del.status.success(), "{}", text(&del));
+    let mut conf4 = store.netconf("1.0.0", "node-a");
+    conf4["ipam"]["assign_ipv6"] = "false".into();
+    let new_ns = Netns::new("ops-new");
+    let out = cni(
+        "ADD",
+        "new",
+        &[
+            (
+                "CNI_ARGS",
+                &format!(
+                    "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=new;IP={}",
+                    other_ips[0]
+                ),
+            ),
+            ("CNI_NETNS", &new_ns.path()),
+        ],
+        conf4.to_string().as_bytes(),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+
+    let out = store.cli(&["ipam", "release", "--from-report", report]);
+    assert!(out.status.success(), "{}", text(&out));
+    let released = stdout(&out);
+    assert!(
+        released.contains("Releasing 4 old IPs...\nReleased 2 IPs successfully"),
+        "{released}"
+    );
+    assert!(
+        released.contains("2 addresses marked as leaked in the report had already been cleaned up"),
+        "{released}"
+    );
+    assert!(
+        !released.contains("unlock"),
+        "the local store has no lock: {released}"
+    );
+
+    // Exactly the vanished pod's addresses were freed; the live pod and the new one keep theirs.
+    for ip in &gone_ips {
+        assert_eq!(
+            expect(&store, &["ipam", "show", "--ip", ip], 0),
+            format!("{ip} is not assigned\n")
+        );
+    }
+    for (ip, holder) in [
+        (&live_ips[0], "live"),
+        (&live_ips[1], "live"),
+        (&other_ips[0], "new"),
+    ] {
+        let who = expect(&store, &["ipam", "show", "--ip", ip], 0);
+        assert!(who.contains(&format!("  pod: {holder}\n")), "{ip}: {who}");
+    }
+    assert_eq!(
+        expect(&store, &["ipam", "check"], 0).lines().last(),
+        Some("Check complete; found 0 problems.")
+    );
+}
+
+#[test]
+fn release_refuses_a_report_of_another_cluster() {
+    let store = Store::new();
+    store.apply_pools(&tiny_pools());
+    let path = write(
+        &store,
+        "foreign.json",
+        r#"{"version":"calico-ipam 0.1.0","clusterGUID":"0123abcd","datastoreLocked":true,"clusterInformationRevision":"7","clusterType":"k8s,kdd","allocations":{}}"#,
+    );
+    let out = store.cli(&["ipam", "release", "--from-report", &path, "--force"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("mismatched cluster GUID"),
         "{}",
         text(&out)
     );

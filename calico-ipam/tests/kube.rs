@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use common::{BIN, cni, seed_pools, text};
 use ipnet::IpNet;
-use kube_env::{KubeEnv, PoolGuard, exclusive, node_yaml, shared, unique};
+use kube_env::{KubeEnv, PoolGuard, exclusive, node_yaml, pod_yaml, shared, unique};
 use serde_json::{Value, json};
 
 /// One simulated node: a name, and the directory of its host-wide lock (and node cache).
@@ -133,6 +133,45 @@ fn cli(kube: &KubeEnv, args: &[&str]) -> Output {
         .env("KUBECONFIG", &kube.cni)
         .output()
         .expect("run calico-ipam")
+}
+
+/// `calico-ipam ARGS` as the cluster admin (`ipam check` lists pods, nodes and services
+/// cluster-wide, as an operator running calicoctl does).
+fn cli_admin(kube: &KubeEnv, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env_remove("CNI_COMMAND")
+        .env("DATASTORE_TYPE", "kubernetes")
+        .env("KUBECONFIG", &kube.admin)
+        .output()
+        .expect("run calico-ipam")
+}
+
+/// `ipam check -o REPORT` as admin: the report. Blocks, handles and affinities must agree
+/// (no inconsistencies); leaks may be reported (these tests' pods have no Pod objects).
+fn check_report(kube: &KubeEnv) -> Value {
+    let f = tempfile::NamedTempFile::new().expect("tmp");
+    let path = f.path().to_str().expect("utf8");
+    let out = cli_admin(kube, &["ipam", "check", "-o", path]);
+    assert!(
+        matches!(out.status.code(), Some(0 | 3)),
+        "check: {}",
+        text(&out)
+    );
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(path).expect("report")).expect("report json");
+    assert!(
+        report.get("inconsistencies").is_none(),
+        "inconsistent IPAM: {}\n{}",
+        report["inconsistencies"],
+        text(&out)
+    );
+    report
+}
+
+/// Whether a report counts `ip` in use.
+fn reported_in_use(report: &Value, ip: IpAddr) -> Option<bool> {
+    report["allocations"][ip.to_string()][0]["inUse"].as_bool()
 }
 
 fn cli_ok(kube: &KubeEnv, args: &[&str]) -> String {
@@ -457,8 +496,14 @@ fn seed_pools_then_200_dual_stack_pods_on_4_nodes() {
     assert!(!selected.is_empty());
     assert!(selected.iter().all(|a| a["spec"]["node"] == n0.as_str()));
 
-    let check = cli(&kube, &["check"]);
-    assert!(check.status.success(), "check: {}", text(&check));
+    // check agrees with itself, and compares with pods: these pods have no Pod objects, so
+    // every one of their addresses is reported as leaked.
+    let report = check_report(&kube);
+    for out in &adds {
+        for ip in addresses(out) {
+            assert_eq!(reported_in_use(&report, ip.addr()), Some(false), "{ip}");
+        }
+    }
 
     // DEL of all: no handles, no allocations left.
     let c = confs.clone();
@@ -483,8 +528,7 @@ fn seed_pools_then_200_dual_stack_pods_on_4_nodes() {
             assert_eq!(in_use(&b), 0, "{cidr} still holds addresses: {b}");
         }
     }
-    let check = cli(&kube, &["check"]);
-    assert!(check.status.success(), "check: {}", text(&check));
+    check_report(&kube);
     cli_ok(&kube, &["pool", "delete", "ipv4-pool"]);
     cli_ok(&kube, &["pool", "delete", "ipv6-pool"]);
     eprintln!(
@@ -612,8 +656,7 @@ fn borrowing_strict_affinity_and_configured_block_limit() {
             assert_eq!(in_use(&blk), 0, "{cidr}");
         }
     }
-    let check = cli(&kube, &["check"]);
-    assert!(check.status.success(), "check: {}", text(&check));
+    check_report(&kube);
 }
 
 #[test]
@@ -1299,4 +1342,235 @@ fn ip_reservations_and_namespace_selectors_are_honoured() {
         assert!(out.status.success(), "{}", text(&out));
     }
     kube.delete("/apis/crd.projectcalico.org/v1/ipreservations/t-resv");
+}
+
+/// Restores ClusterInformation `default` (unlocks the datastore) when dropped, also when the
+/// test fails.
+struct ClusterInfoGuard<'a> {
+    kube: &'a KubeEnv,
+    original: Value,
+}
+
+impl ClusterInfoGuard<'_> {
+    const PATH: &'static str = "/apis/crd.projectcalico.org/v1/clusterinformations/default";
+
+    fn new(kube: &KubeEnv) -> ClusterInfoGuard<'_> {
+        let original = kube
+            .get_json(Self::PATH)
+            .expect("kube-testenv creates ClusterInformation default");
+        ClusterInfoGuard { kube, original }
+    }
+
+    /// `calicoctl datastore migrate lock`: datastoreReady false.
+    fn set_ready(&self, ready: bool) {
+        let mut ci = self.kube.get_json(Self::PATH).expect("ClusterInformation");
+        ci["spec"]["datastoreReady"] = json!(ready);
+        self.kube.apply(&ci.to_string());
+    }
+}
+
+impl Drop for ClusterInfoGuard<'_> {
+    fn drop(&mut self) {
+        let ready = self.original["spec"]["datastoreReady"]
+            .as_bool()
+            .unwrap_or(true);
+        self.set_ready(ready);
+    }
+}
+
+/// Issue 11: a pod deleted together with its node keeps its addresses. `ipam check` compares
+/// allocations with the pods and nodes of the API server, exits 3 and names the address; its
+/// report drives `ipam release --from-report`, which frees exactly those addresses (only with
+/// the datastore locked, as calicoctl requires) and leaves the live pod's alone.
+#[test]
+fn check_names_the_address_of_a_pod_deleted_with_its_node_and_release_frees_exactly_it() {
+    let kube = KubeEnv::get();
+    // Locks the datastore and lists every pod: nothing else may run meanwhile.
+    let _x = exclusive();
+    let tag = format!("leak{}", unique());
+    let _pools = guard(
+        &kube,
+        &["t-leak-v4", "t-leak-v6"],
+        &["10.84.0.0/24", "fd00:84::/120"],
+    );
+    apply_pools(
+        &kube,
+        &private_pools(
+            "t-leak",
+            "10.84.0.0/24",
+            28,
+            Some(("fd00:84::/120", 124)),
+            &tag,
+        ),
+    );
+    let keep = Node::new(&kube, "leak-keep", &[("calico-rs-test", &tag)]);
+    let gone = Node::new(&kube, "leak-gone", &[("calico-rs-test", &tag)]);
+    let (keep_pod, gone_pod) = (format!("keep-{tag}"), format!("gone-{tag}"));
+    let keep_ips = addresses(&add(&keep.conf(&kube, true, Some(0)), "keep", &keep_pod));
+    let gone_ips = addresses(&add(&gone.conf(&kube, true, Some(0)), "gone", &gone_pod));
+    // The pods as calico-cni leaves them: scheduled, with Calico's podIPs annotation.
+    for (pod, node, ips) in [
+        (&keep_pod, &keep.name, &keep_ips),
+        (&gone_pod, &gone.name, &gone_ips),
+    ] {
+        let ips: Vec<String> = ips
+            .iter()
+            .map(|n| IpNet::from(n.addr()).to_string())
+            .collect();
+        kube.apply(&pod_yaml(
+            "default",
+            pod,
+            node,
+            &[("cni.projectcalico.org/podIPs", &ips.join(","))],
+        ));
+    }
+    let ci = ClusterInfoGuard::new(&kube);
+    let dir = tempfile::tempdir().expect("tmp");
+    let report_path = |n: &str| dir.path().join(n).to_str().expect("utf8").to_string();
+
+    // While both pods live, none of their addresses is leaked.
+    let report = check_report(&kube);
+    for ip in keep_ips.iter().chain(&gone_ips) {
+        assert_eq!(reported_in_use(&report, ip.addr()), Some(true), "{ip}");
+    }
+
+    // The node goes, and its pod with it (no DEL ever reaches calico-ipam).
+    kube.delete(&format!("/api/v1/namespaces/default/pods/{gone_pod}"));
+    kube.delete(&format!("/api/v1/nodes/{}", gone.name));
+
+    let unlocked = report_path("unlocked.json");
+    let out = cli_admin(
+        &kube,
+        &["ipam", "check", "--show-problem-ips", "-o", &unlocked],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for ip in &gone_ips {
+        assert!(
+            stdout.contains(&format!(
+                "  {} leaked; attrs Main:{}",
+                ip.addr(),
+                handle_of("gone")
+            )) && stdout.contains(&format!("pod={gone_pod}")),
+            "check must name {ip}: {stdout}"
+        );
+    }
+    assert!(
+        stdout.contains(&format!(
+            "is affine to node {}, which does not exist",
+            gone.name
+        )),
+        "{stdout}"
+    );
+    for ip in &keep_ips {
+        assert!(
+            !stdout.contains(&format!("  {} leaked", ip.addr())),
+            "{stdout}"
+        );
+    }
+
+    // calicoctl's rule: no release from a report unless the datastore is locked (or --force).
+    let out = cli_admin(&kube, &["ipam", "release", "--from-report", &unlocked]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("data store is not locked"),
+        "{}",
+        text(&out)
+    );
+
+    // Lock, report again (the lock changed ClusterInformation, so the first report is stale).
+    ci.set_ready(false);
+    let out = cli_admin(&kube, &["ipam", "release", "--from-report", &unlocked]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("stale"),
+        "{}",
+        text(&out)
+    );
+    let locked = report_path("locked.json");
+    let out = cli_admin(&kube, &["ipam", "check", "-o", &locked]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(&locked).expect("report")).expect("json");
+    assert_eq!(report["datastoreLocked"], true);
+    let ci_now = kube.get_json(ClusterInfoGuard::PATH).expect("ci");
+    assert_eq!(report["clusterGUID"], ci_now["spec"]["clusterGUID"]);
+    assert_eq!(
+        report["clusterInformationRevision"],
+        ci_now["metadata"]["resourceVersion"]
+    );
+    for ip in &gone_ips {
+        let a = &report["allocations"][ip.addr().to_string()][0];
+        assert_eq!(a["inUse"], false, "{a}");
+        assert_eq!(a["pod"], gone_pod.as_str(), "{a}");
+        assert_eq!(a["node"], gone.name.as_str(), "{a}");
+        assert_eq!(a["handle"], handle_of("gone"), "{a}");
+        assert!(a["sequenceNumber"].is_u64(), "{a}");
+    }
+    for ip in &keep_ips {
+        let a = &report["allocations"][ip.addr().to_string()][0];
+        assert_eq!(a["inUse"], true, "{a}");
+        assert_eq!(
+            a["owners"],
+            json!([format!("Workload(default/{keep_pod})")]),
+            "{a}"
+        );
+    }
+    // Everything the report calls leaked (this test's addresses, and any other test's left
+    // behind without a pod) is what release frees.
+    let leaked: Vec<String> = report["allocations"]
+        .as_object()
+        .expect("allocations")
+        .values()
+        .flat_map(|v| v.as_array().cloned().unwrap_or_default())
+        .filter(|a| a["inUse"] == false)
+        .filter_map(|a| a["ip"].as_str().map(String::from))
+        .collect();
+
+    let out = cli_admin(&kube, &["ipam", "release", "--from-report", &locked]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("Releasing {} old IPs...", leaked.len()))
+            && stdout.contains(&format!("Released {} IPs successfully", leaked.len()))
+            && stdout.contains("You may now unlock the data store."),
+        "{stdout}"
+    );
+    ci.set_ready(true);
+
+    let all = blocks(&kube);
+    for ip in &gone_ips {
+        let (_, b) = block_of(&all, ip.addr());
+        let held = b["spec"]["attributes"]
+            .as_array()
+            .expect("attributes")
+            .iter()
+            .any(|a| a["handle_id"] == handle_of("gone"));
+        assert!(!held, "{ip} still allocated: {b}");
+    }
+    for ip in &keep_ips {
+        let (cidr, b) = block_of(&all, ip.addr());
+        assert_eq!(
+            attribute(b, cidr, ip.addr())["secondary"]["pod"],
+            keep_pod.as_str(),
+            "the live pod keeps {ip}"
+        );
+    }
+    assert!(
+        kube.get_json(&format!(
+            "/apis/crd.projectcalico.org/v1/ipamhandles/{}",
+            handle_of("gone").to_lowercase()
+        ))
+        .is_none(),
+        "the leaked handle goes with its addresses"
+    );
+    let report = check_report(&kube);
+    for ip in &gone_ips {
+        assert_eq!(reported_in_use(&report, ip.addr()), None, "{ip} released");
+    }
+    assert!(
+        del(&keep.conf(&kube, true, Some(0)), "keep", &keep_pod)
+            .status
+            .success()
+    );
+    kube.delete(&format!("/api/v1/namespaces/default/pods/{keep_pod}"));
 }

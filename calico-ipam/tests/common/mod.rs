@@ -121,7 +121,7 @@ pub fn cni_in(
     cmd.env_clear()
         .env("CNI_COMMAND", command)
         .env("CNI_CONTAINERID", container_id)
-        .env("CNI_NETNS", "/var/run/netns/test")
+        .env("CNI_NETNS", live_netns())
         .env("CNI_IFNAME", "eth0")
         .env("CNI_PATH", "/opt/cni/bin")
         .stdin(Stdio::piped())
@@ -142,6 +142,13 @@ pub fn cni_in(
         .write_all(stdin)
         .expect("write stdin");
     child.wait_with_output().expect("wait")
+}
+
+/// A network namespace path that exists while the test runs (the test's own): calico-ipam
+/// records it in the local store, and `ipam check` counts an allocation as in use while it
+/// exists.
+pub fn live_netns() -> String {
+    format!("/proc/{}/ns/net", std::process::id())
 }
 
 pub fn text(out: &Output) -> String {

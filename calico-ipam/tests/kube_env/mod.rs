@@ -237,6 +237,24 @@ pub fn node_yaml(name: &str, labels: &[(&str, &str)]) -> String {
     format!("apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels:\n{labels}---\n")
 }
 
+/// A Pod on `node` with annotations (no kubelet runs it; it only says which addresses a live
+/// pod holds, as Calico's `cni.projectcalico.org/podIPs` annotation does).
+pub fn pod_yaml(ns: &str, name: &str, node: &str, annotations: &[(&str, &str)]) -> String {
+    let ann: String = annotations
+        .iter()
+        .map(|(k, v)| format!("    {k}: '{v}'\n"))
+        .collect();
+    let ann = if ann.is_empty() {
+        String::new()
+    } else {
+        format!("  annotations:\n{ann}")
+    };
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {ns}\n{ann}\
+         spec:\n  nodeName: {node}\n  containers: [{{name: c, image: pause}}]\n---\n"
+    )
+}
+
 /// A short suffix unique to this test process and call.
 pub fn unique() -> String {
     use std::sync::atomic::{AtomicU32, Ordering};

@@ -3,11 +3,13 @@
 //! - `assign`: auto-assign and assign-a-specific-address;
 //! - `claim`: finding and claiming new blocks, reclaiming empty ones;
 //! - `release`: release by handle and by address;
-//! - `report`: `check`, `usage` and `blocks`.
+//! - `report`: `check`, `usage` and `blocks`;
+//! - `audit`: allocations against the workloads and nodes using them (pure).
 //!
 //! Every read-modify-write step runs inside [`retry_on_conflict`]; nothing else loops.
 
 mod assign;
+pub mod audit;
 mod claim;
 mod pools;
 mod release;
@@ -25,6 +27,7 @@ use crate::error::{IpamError, Result};
 use crate::model::{AllowedUse, BlockAffinity, Cooldown, IpamBlock, IpamConfig, IpamHandle, time};
 use crate::retry::{DATASTORE_RETRIES, retry_on_conflict};
 
+pub use release::ExpectedAllocation;
 pub use report::{AddressOwner, BlockUsage, PoolUsage, Problem};
 
 /// Arguments of [`Ipam::auto_assign`].

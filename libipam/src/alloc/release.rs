@@ -15,6 +15,40 @@ use crate::error::{IpamError, Result};
 use crate::model::{Cooldown, IpamBlock, IpamHandle, ReleaseOutcome, time};
 use crate::retry::{DATASTORE_RETRIES, retry_on_conflict};
 
+/// An allocation as a report recorded it, for [`Ipam::release_if_unchanged`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpectedAllocation {
+    /// The address.
+    pub ip: IpAddr,
+    /// Its handle then (`None`: any).
+    pub handle: Option<String>,
+    /// Its sequence number then (`None`: any).
+    pub sequence_number: Option<u64>,
+}
+
+impl ExpectedAllocation {
+    /// Whether `block` still holds this allocation.
+    fn matches(&self, block: &IpamBlock) -> bool {
+        let Some(ord) = block.ordinal(self.ip) else {
+            return false;
+        };
+        let attr = block
+            .allocations
+            .get(ord as usize)
+            .copied()
+            .flatten()
+            .and_then(|i| block.attributes.get(i as usize));
+        let Some(attr) = attr else {
+            return false;
+        };
+        let handle_ok = self.handle.is_none() || attr.handle() == self.handle.as_deref();
+        let seq_ok = self.sequence_number.is_none()
+            || block.sequence_number_for_allocation.get(&ord.to_string())
+                == self.sequence_number.as_ref();
+        handle_ok && seq_ok
+    }
+}
+
 impl<D: Datastore> Ipam<D> {
     /// Releases every address held by `handle_id`; returns them. An unknown handle releases
     /// nothing and is not an error (DEL is idempotent).
@@ -102,10 +136,48 @@ impl<D: Datastore> Ipam<D> {
 
     /// Releases the given addresses wherever they are; returns those that were not allocated.
     pub async fn release_ips(&self, ips: &[IpAddr]) -> Result<Vec<IpAddr>> {
-        self.grouped(self.release_ips_in_group(ips)).await
+        self.grouped(self.release_ips_in_group(ips, &BTreeMap::new()))
+            .await
     }
 
-    async fn release_ips_in_group(&self, ips: &[IpAddr]) -> Result<Vec<IpAddr>> {
+    /// Releases each address only if it is still the allocation a report saw: the same handle
+    /// and sequence number (Calico's `ReleaseOptions`; an address released and allocated again
+    /// since has a new sequence number). Returns those not released: gone or changed.
+    pub async fn release_if_unchanged(
+        &self,
+        expected: &[ExpectedAllocation],
+    ) -> Result<Vec<IpAddr>> {
+        let ips: Vec<IpAddr> = expected.iter().map(|e| e.ip).collect();
+        let by_ip: BTreeMap<IpAddr, &ExpectedAllocation> =
+            expected.iter().map(|e| (e.ip, e)).collect();
+        self.grouped(self.release_ips_in_group(&ips, &by_ip)).await
+    }
+
+    /// Deletes a handle only if it is still at `revision` (a leaked handle found by a report);
+    /// false if it is gone or changed.
+    pub async fn delete_handle_if_unchanged(
+        &self,
+        handle_id: &str,
+        revision: &str,
+    ) -> Result<bool> {
+        let Some(h) = self.get_handle(handle_id).await? else {
+            return Ok(false);
+        };
+        if h.revision.0 != revision {
+            return Ok(false);
+        }
+        match self.store.delete_handle(&h).await {
+            Ok(()) => Ok(true),
+            Err(DatastoreError::Conflict | DatastoreError::NotFound) => Ok(false),
+            Err(e) => Err(IpamError::store(format!("delete handle {handle_id}"))(e)),
+        }
+    }
+
+    async fn release_ips_in_group(
+        &self,
+        ips: &[IpAddr],
+        expected: &BTreeMap<IpAddr, &ExpectedAllocation>,
+    ) -> Result<Vec<IpAddr>> {
         let pools = self.load_pools().await?;
         let mut by_block: BTreeMap<IpNet, Vec<IpAddr>> = BTreeMap::new();
         let mut unallocated = Vec::new();
@@ -152,7 +224,12 @@ impl<D: Datastore> Ipam<D> {
                 };
                 let release = |b: &mut Versioned<IpamBlock>| {
                     b.value.garbage_collect(cooldown);
-                    b.value.release_with(&ips, cooldown)
+                    let (same, changed): (Vec<IpAddr>, Vec<IpAddr>) = ips
+                        .iter()
+                        .partition(|ip| expected.get(ip).is_none_or(|e| e.matches(&b.value)));
+                    let mut outcome = b.value.release_with(&same, cooldown);
+                    outcome.unallocated.extend(changed);
+                    outcome
                 };
                 let mut outcome = release(&mut block);
                 if !outcome.unallocated.is_empty()

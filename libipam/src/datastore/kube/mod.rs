@@ -21,6 +21,7 @@
 
 mod cache;
 pub mod decode;
+mod inventory;
 mod objects;
 
 use std::collections::BTreeMap;
@@ -48,6 +49,7 @@ use crate::names;
 
 pub use cache::{CacheConfig, NodeCache};
 use decode::{WithStatus, pool_from, versioned};
+pub use inventory::ClusterFacts;
 use objects::{
     BLOCK_AFFINITY, CLUSTER_INFORMATION, ClusterInformationSpec, Crd, IP_POOL, IP_RESERVATION,
     IPAM_BLOCK, IPAM_CONFIG, IPAM_HANDLE, Kind, SINGLETON, SoftDelete,
