@@ -257,6 +257,12 @@ fn a_disabled_or_deleted_pool_is_never_used_by_the_next_add() {
     ));
     assert!(v4_of(&cni("ADD", "c1", &[], conf.as_bytes())).starts_with("10.61.0."));
 
+    // b holds c1's address: deleting it needs it disabled first (as Calico advises).
+    let out = store.cli(&["pool", "delete", "b"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let disable = r#"{"spec":{"disabled":true}}"#;
+    let out = store.cli(&["patch", "ippool", "b", "-p", disable]);
+    assert!(out.status.success(), "{}", text(&out));
     let out = store.cli(&["pool", "delete", "b"]);
     assert!(out.status.success(), "{}", text(&out));
     store.apply_pools(&pool_yaml("c", "10.62.0.0/24", false));
