@@ -353,6 +353,7 @@ pub struct PodRequests {
 
 pub const ANNOTATION_FLOATING_IPS: &str = "cni.projectcalico.org/floatingIPs";
 pub const ANNOTATION_HW_ADDR: &str = "cni.projectcalico.org/hwAddr";
+pub const ANNOTATION_ALLOWED_SOURCE_PREFIXES: &str = "cni.projectcalico.org/allowedSourcePrefixes";
 
 impl PodRequests {
     /// Reads Calico's annotations as Calico does: pool and family choices (calico-ipam only)
@@ -448,6 +449,14 @@ impl PodRequests {
             }
             // Felix reads the addresses from the pod; only their form is checked here.
             json_strings(raw)?;
+        }
+        if let Some(raw) = own(ANNOTATION_ALLOWED_SOURCE_PREFIXES) {
+            // Felix reads the prefixes from the pod; Calico refuses the ADD if one is malformed.
+            for prefix in json_strings(raw)? {
+                prefix.parse::<IpNet>().map_err(|e| {
+                    CniError::invalid_config(format!("failed to parse '{prefix}' as a CIDR: {e}"))
+                })?;
+            }
         }
         let pod_mac = own(ANNOTATION_HW_ADDR)
             .map(|raw| {
@@ -807,6 +816,21 @@ mod tests {
                 off(),
                 "error parsing ipFamilies: [\"IPv5\"]",
             ),
+            (
+                vec![(
+                    ANNOTATION_ALLOWED_SOURCE_PREFIXES,
+                    r#"["8.8.8.8/32","1.1.1.0"]"#,
+                )],
+                "host-local",
+                off(),
+                "failed to parse '1.1.1.0' as a CIDR",
+            ),
+            (
+                vec![(ANNOTATION_ALLOWED_SOURCE_PREFIXES, "8.8.8.8/32")],
+                "host-local",
+                off(),
+                "failed to parse '8.8.8.8/32' as JSON",
+            ),
         ] {
             let got = say(&pod, ipam, features).expect_err(says);
             assert!(got.starts_with(says), "{got:?} should start with {says:?}");
@@ -816,6 +840,10 @@ mod tests {
                 (ANNOTATION_IP_ADDRS_NO_IPAM, r#"["10.0.0.1"]"#),
                 (ANNOTATION_FLOATING_IPS, r#"["1.1.1.1"]"#),
                 (ANNOTATION_HW_ADDR, "ca:fe:ca:fe:ca:fe"),
+                (
+                    ANNOTATION_ALLOWED_SOURCE_PREFIXES,
+                    r#"["8.8.8.8/32","1.1.1.0/24"]"#,
+                ),
             ]),
             &BTreeMap::new(),
             "calico-ipam",

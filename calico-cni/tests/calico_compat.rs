@@ -944,3 +944,53 @@ fn hw_addr_annotation_sets_the_pod_mac() {
     c.assert_nothing_left(&pod);
     assert!(host_local_holds(&data_dir, "net1").is_empty());
 }
+
+/// k8s spec 1641 "using source IP spoofing annotation should look at the source spoofing
+/// disabling annotation": a pod with valid `allowedSourcePrefixes` is networked (Felix reads
+/// them from the pod); a malformed prefix fails the ADD with Calico's error, leaving nothing.
+#[test]
+fn allowed_source_prefixes_are_checked() {
+    let _g = shared();
+    let c = Cluster::new("");
+    let (_pool, ns) = annotated_setup(
+        &c,
+        "10.170.0.0/24",
+        &[
+            (
+                "spoofer",
+                &[(
+                    "cni.projectcalico.org/allowedSourcePrefixes",
+                    "[\"8.8.8.8/32\",\"1.1.1.0/24\"]",
+                )],
+            ),
+            (
+                "bad-prefix",
+                &[(
+                    "cni.projectcalico.org/allowedSourcePrefixes",
+                    "[\"1.1.1.0\"]",
+                )],
+            ),
+        ],
+    );
+    let conf = featured_netconf(&c, Value::Null);
+    let pod = Netns::new("cmpsp");
+    let cid = format!("spoof{}", c.u);
+
+    let bad = calico_args(&ns, "bad-prefix", None);
+    let e = err(&c.add(&cid, &pod, &bad, &conf));
+    assert_eq!(e["code"], 7, "{e}");
+    assert!(
+        e["details"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("failed to parse '1.1.1.0' as a CIDR")),
+        "{e}"
+    );
+    c.assert_nothing_left(&pod);
+    assert!(!handle_exists(&c, &format!("calico-uts.{cid}")));
+
+    let args = calico_args(&ns, "spoofer", None);
+    let r = ok(&c.add(&cid, &pod, &args, &conf));
+    assert_calico_result(&r, &pod, 1);
+    c.del(&cid, &pod, &args, &conf);
+    c.assert_nothing_left(&pod);
+}
