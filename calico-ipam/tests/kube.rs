@@ -1428,6 +1428,15 @@ fn check_names_the_address_of_a_pod_deleted_with_its_node_and_release_frees_exac
     let dir = tempfile::tempdir().expect("tmp");
     let report_path = |n: &str| dir.path().join(n).to_str().expect("utf8").to_string();
 
+    // The CNI plugin's own account may not list pods: check says what it needs.
+    let out = cli(&kube, &["ipam", "check"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("use a kubeconfig allowed to"),
+        "{}",
+        text(&out)
+    );
+
     // While both pods live, none of their addresses is leaked.
     let report = check_report(&kube);
     for ip in keep_ips.iter().chain(&gone_ips) {

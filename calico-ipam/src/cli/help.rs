@@ -70,7 +70,8 @@ Checks that the IPAM data agrees with itself and with what uses it:
     whose pod or node is gone is leaked;
   - every pod address in an active pool is allocated;
   - every handle holds addresses; every block affine to a node belongs to an existing node.
-With the kubernetes datastore, pods and nodes are read from the API server. The local
+With the kubernetes datastore, pods, nodes and services are listed from the API server (the
+kubeconfig must allow that, as for calicoctl; the CNI plugin's account does not). The local
 datastore has no pod list: an address counts as used while the network namespace its ADD
 was given still exists; addresses recorded without one cannot be judged and are listed as
 such (they are not counted as problems).

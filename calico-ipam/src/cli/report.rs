@@ -56,7 +56,10 @@ pub fn check(store: &StoreConfig, opts: &CheckOptions) -> Result<i32> {
             Store::Kube(k) => {
                 let conn = k.connection();
                 let facts = conn.cluster_facts().await?;
-                let liveness = conn.workload_liveness().await?;
+                let liveness = conn.workload_liveness().await.context(
+                    "ipam check lists every pod, node and service, as calicoctl does: use a \
+                     kubeconfig allowed to (the CNI plugin's own account is not)",
+                )?;
                 (true, facts, Temporaries::default(), Some(liveness))
             }
         };
