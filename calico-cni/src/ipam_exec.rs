@@ -54,9 +54,12 @@ pub fn start_with_args(
     extra: Option<&str>,
 ) -> Result<Running, CniError> {
     let args = delegated_args(std::env::var("CNI_ARGS").ok().as_deref(), extra);
-    let mut child = Process::new(binary)
+    let mut process = Process::new(binary);
+    die_with_parent(&mut process);
+    let mut child = process
         .env("CNI_ARGS", args)
         .env("CNI_COMMAND", command.as_str())
+        .env(PARENT_PID_VAR, std::process::id().to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -70,13 +73,45 @@ pub fn start_with_args(
         })?;
     if let Some(mut pipe) = child.stdin.take() {
         // A plugin that exits without reading stdin closes the pipe; its exit status tells.
-        // The netconf is far smaller than a pipe buffer, so this never waits on the child.
+        // Plugins read all of stdin before they write anything, so a netconf larger than the
+        // pipe buffer only waits for the plugin to read it.
         let _ = pipe.write_all(stdin);
     }
     Ok(Running {
         child,
         binary: binary.to_path_buf(),
     })
+}
+
+/// Tells a delegated plugin which process ran it, so that it can tell when that process is
+/// gone: calico-ipam allocates nothing once its parent is not this pid any more.
+pub const PARENT_PID_VAR: &str = "CALICO_CNI_PID";
+
+/// A delegated plugin must not outlive calico-cni: when the runtime kills calico-cni (its ADD
+/// timeout), an IPAM plugin left running would finish an allocation nobody will ever use,
+/// after the runtime's DEL has already run. The kernel sends the child SIGKILL when calico-cni
+/// dies (`PR_SET_PDEATHSIG`, kept across `execve` for a binary that is not set-user-ID).
+///
+/// `PR_SET_PDEATHSIG` fires when the *thread* that forked exits; calico-cni forks from its
+/// main thread only, which lives until the process exits. A parent that died between `fork`
+/// and the `prctl` is caught by comparing `getppid` with our pid afterwards: the child then
+/// fails before `exec`, and the spawn reports an error nobody is left to read.
+fn die_with_parent(process: &mut Process) {
+    use std::os::unix::process::CommandExt;
+    let parent = nix::unistd::getpid();
+    // SAFETY: the closure runs in the forked child before `execve`, where only
+    // async-signal-safe operations are allowed. It makes two system calls (prctl, getppid)
+    // and builds `io::Error`s from an errno or an `ErrorKind`, neither of which allocates; it
+    // takes no lock and touches no state shared with other threads.
+    unsafe {
+        process.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+            if nix::unistd::getppid() != parent {
+                return Err(std::io::ErrorKind::Other.into());
+            }
+            Ok(())
+        });
+    }
 }
 
 impl Running {

@@ -1,11 +1,9 @@
 //! The `calico` CNI plugin: a thin adapter from the process to `plugin::Calico`, plus Calico's
 //! two flags (`-v`, `-t`).
 
-use std::io::Read;
-
 use calico_cni::plugin::Calico;
 use calico_cni::{flags, probe};
-use libipam::cni::{SpecVersion, skel};
+use libipam::cni::{SpecVersion, bounds, skel};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -29,11 +27,9 @@ fn main() {
         return;
     }
     if flags.test_connection {
-        let mut stdin = Vec::new();
-        let outcome = std::io::stdin()
-            .read_to_end(&mut stdin)
-            .map_err(|_| "failed to read from stdin".to_owned())
-            .and_then(|_| probe::run(&stdin));
+        let outcome = bounds::read_stdin(std::io::stdin().lock())
+            .map_err(|e| format!("failed to read from stdin: {}", e.details))
+            .and_then(|stdin| probe::run(&stdin));
         if let Err(e) = outcome {
             eprintln!("calico-cni: data store connection failed: {e}");
             print!("{}", probe::failure_json(&e));

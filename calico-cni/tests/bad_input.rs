@@ -160,3 +160,33 @@ fn bad_paths_and_names_are_refused_before_anything_is_made() {
         }
     }
 }
+
+/// A 50 MB netconf is refused after 1 MiB, before the IPAM plugin or anything else runs.
+#[test]
+fn a_netconf_over_1_mib_is_refused_unread() {
+    let s = Scratch::new();
+    let conf = s.netconf();
+    let big = padded(&conf, 50 << 20);
+    for command in ["ADD", "DEL", "VERSION"] {
+        let out = s.cni(command, &[], &big);
+        let err = cni_error(&out, command);
+        assert_eq!(err["code"], 7, "{command}: {err}");
+        assert!(
+            err["details"]
+                .as_str()
+                .is_some_and(|d| d.contains("larger than 1048576 bytes (1 MiB)")),
+            "{err}"
+        );
+        s.assert_nothing_created(command);
+    }
+}
+
+/// `conf` with a `"padding"` string of `n` bytes added.
+fn padded(conf: &Value, n: usize) -> Vec<u8> {
+    let mut out = conf.to_string().into_bytes();
+    out.pop(); // the closing brace
+    out.extend_from_slice(b",\"padding\":\"");
+    out.resize(out.len() + n, b'x');
+    out.extend_from_slice(b"\"}");
+    out
+}

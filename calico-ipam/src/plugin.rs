@@ -53,6 +53,8 @@ impl Plugin for CalicoIpam {
         let cfg = store_config(req, Some(&node));
         let marker = upgrade::marker_path(req.conf.ipam_lock_file());
         let _lock = lock::acquire(req.conf.ipam_lock_file());
+        // The lock may have taken long; the plugin that ran us may have been killed meanwhile.
+        check_parent_alive()?;
         let assigned: Result<Vec<IpNet>, CniError> = run(async {
             let store = open(&cfg).await?;
             if let Store::Kube(kube) = &store {
@@ -220,6 +222,25 @@ impl Plugin for CalicoIpam {
             })
         })?
     }
+}
+
+/// calico-cni names itself in `CALICO_CNI_PID` when it runs us. If our parent is no longer that
+/// process, calico-cni has died (normally the kernel's SIGKILL, requested by calico-cni, ends
+/// us first): nobody will use what an ADD allocates now, and the runtime's DEL for it may
+/// already have run, so nothing is allocated.
+fn check_parent_alive() -> Result<(), CniError> {
+    let Some(pid) = std::env::var("CALICO_CNI_PID")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+    else {
+        return Ok(());
+    };
+    if std::os::unix::process::parent_id() == pid {
+        return Ok(());
+    }
+    Err(CniError::try_again(format!(
+        "calico-cni (pid {pid}), which ran this IPAM request, has exited: nothing was allocated"
+    )))
 }
 
 /// Pools the allocator left out because they do not validate are logged as warnings (stderr and

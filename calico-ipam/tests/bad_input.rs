@@ -372,6 +372,69 @@ fn cases(store: &Store) -> Vec<Case> {
     ]
 }
 
+/// A 50 MB netconf: refused after reading 1 MiB of it, naming the limit (it once took 5.3 s
+/// and 1.9 GB just to read cniVersion).
+#[test]
+fn a_netconf_over_1_mib_is_refused_unread() {
+    let store = Store::new();
+    store.apply_pools(&common::tiny_pools());
+    let before = store.snapshot();
+    let conf = store.netconf("1.0.0", "node-a");
+    let big = padded(&conf, 50 << 20);
+    for command in ["ADD", "DEL", "VERSION"] {
+        let out = cni(command, "big1", &[], &big);
+        assert_eq!(out.status.code(), Some(1), "{command}: {}", text(&out));
+        let err: Value = serde_json::from_slice(&out.stdout).expect("CNI error");
+        assert_eq!(err["code"], 7, "{command}: {err}");
+        assert!(
+            err["details"]
+                .as_str()
+                .is_some_and(|d| d.contains("larger than 1048576 bytes (1 MiB)")),
+            "{err}"
+        );
+        assert_eq!(store.snapshot(), before, "{command}: the datastore changed");
+    }
+    // Just under the bound is read and decoded as usual.
+    let out = cni("ADD", "big2", &[], &padded(&conf, 1_000_000));
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+/// Run by a calico-cni that has since died (its pid is no longer our parent): nothing is
+/// allocated.
+#[test]
+fn an_add_whose_calico_cni_is_gone_allocates_nothing() {
+    let store = Store::new();
+    store.apply_pools(&common::tiny_pools());
+    let before = store.snapshot();
+    let conf = store.netconf("1.0.0", "node-a").to_string();
+    // Pid 1 is not the parent of a process this test starts.
+    let out = cni(
+        "ADD",
+        "orphan1",
+        &[("CALICO_CNI_PID", "1")],
+        conf.as_bytes(),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err: Value = serde_json::from_slice(&out.stdout).expect("CNI error");
+    assert_eq!(err["code"], 11, "{err}");
+    assert!(
+        err["details"].as_str().is_some_and(
+            |d| d.contains("calico-cni (pid 1)") && d.contains("nothing was allocated")
+        ),
+        "{err}"
+    );
+    assert_eq!(store.snapshot(), before, "the datastore changed");
+    // Run by its real parent it allocates.
+    let me = std::process::id().to_string();
+    let out = cni(
+        "ADD",
+        "orphan1",
+        &[("CALICO_CNI_PID", &me)],
+        conf.as_bytes(),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+}
+
 /// A `'static` string for the case table.
 fn leak(s: String) -> &'static str {
     Box::leak(s.into_boxed_str())
@@ -545,4 +608,14 @@ fn relative_paths_create_nothing_in_the_working_directory() {
             );
         }
     }
+}
+
+/// `conf` with a `"padding"` string of `n` bytes added.
+fn padded(conf: &Value, n: usize) -> Vec<u8> {
+    let mut out = conf.to_string().into_bytes();
+    out.pop(); // the closing brace
+    out.extend_from_slice(b",\"padding\":\"");
+    out.resize(out.len() + n, b'x');
+    out.extend_from_slice(b"\"}");
+    out
 }

@@ -1,8 +1,6 @@
 //! IPPools and the IPAM configuration as resources: `get ippool`, `apply -f`, `patch ippool`,
 //! `delete ippool` (and the older `pool apply|list|delete`).
 
-use std::io::Read;
-
 use anyhow::{Context, Result, bail};
 use libipam::datastore::Datastore;
 use libipam::model::{IpPool, IpPoolSpec};
@@ -15,18 +13,32 @@ use super::{exit, with_store};
 use crate::store::StoreConfig;
 use crate::with_ipam;
 
+/// Largest file `apply -f` reads. Resource files hold a few pools (a few hundred bytes each);
+/// past this it is refused before anything is parsed.
+pub const MAX_RESOURCE_FILE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// The text of `file` (`-` = stdin), at most [`MAX_RESOURCE_FILE_BYTES`].
+fn read_resources(file: &str) -> Result<String> {
+    let read = if file == "-" {
+        libipam::cni::bounds::read_at_most(std::io::stdin().lock(), MAX_RESOURCE_FILE_BYTES)
+            .context("reading stdin")?
+    } else {
+        let f = std::fs::File::open(file).with_context(|| format!("reading {file}"))?;
+        libipam::cni::bounds::read_at_most(f, MAX_RESOURCE_FILE_BYTES)
+            .with_context(|| format!("reading {file}"))?
+    };
+    let Some(bytes) = read else {
+        bail!(
+            "{file} is larger than {MAX_RESOURCE_FILE_BYTES} bytes (4 MiB), the most apply reads"
+        );
+    };
+    String::from_utf8(bytes).with_context(|| format!("{file} is not UTF-8 text"))
+}
+
 /// Create or update every resource in `file` (`-` = stdin). All documents are validated —
 /// against each other and the pools already stored — before anything is written.
 pub fn apply(store: &StoreConfig, file: &str) -> Result<i32> {
-    let text = if file == "-" {
-        let mut s = String::new();
-        std::io::stdin()
-            .read_to_string(&mut s)
-            .context("reading stdin")?;
-        s
-    } else {
-        std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?
-    };
+    let text = read_resources(file)?;
     let docs = resources::parse(&text).with_context(|| format!("in {file}"))?;
     if docs.is_empty() {
         bail!("{file} holds no resource");

@@ -2,6 +2,7 @@
 //! to a datastore: the size of each input, the network name's spelling, and paths that must be
 //! absolute. libipam/DESIGN.md lists every bound and what happens past it.
 
+use std::io::{self, Read};
 use std::path::Path;
 
 use super::{CniError, NetConf};
@@ -28,6 +29,35 @@ pub const MAX_NAMESPACE_LEN: usize = 63;
 
 /// Longest node name (a Kubernetes Node's name), from any source.
 pub const MAX_NODE_NAME_LEN: usize = 253;
+
+/// Reads all of `r` when it holds at most `limit` bytes; `Ok(None)` when it holds more (it is
+/// then left unread past `limit + 1` bytes).
+pub fn read_at_most(r: impl Read, limit: u64) -> io::Result<Option<Vec<u8>>> {
+    let mut buf = Vec::new();
+    r.take(limit.saturating_add(1)).read_to_end(&mut buf)?;
+    Ok((buf.len() as u64 <= limit).then_some(buf))
+}
+
+/// A plugin's stdin: at most [`MAX_STDIN_BYTES`], else code 7 naming the limit; a read
+/// failure is code 5.
+pub fn read_stdin(r: impl Read) -> Result<Vec<u8>, CniError> {
+    match read_at_most(r, MAX_STDIN_BYTES) {
+        Ok(Some(stdin)) => Ok(stdin),
+        Ok(None) => Err(stdin_too_large()),
+        Err(e) => Err(CniError::new(
+            super::code::IO,
+            "cannot read stdin",
+            e.to_string(),
+        )),
+    }
+}
+
+/// The error for a netconf over [`MAX_STDIN_BYTES`].
+pub fn stdin_too_large() -> CniError {
+    CniError::invalid_config(format!(
+        "the network configuration on stdin is larger than {MAX_STDIN_BYTES} bytes (1 MiB), the most a plugin reads"
+    ))
+}
 
 /// How much of a rejected value a message repeats.
 const SHOWN: usize = 64;
@@ -165,6 +195,24 @@ mod tests {
         let huge = "x".repeat(50 << 20);
         let e = check_network_name(&huge).expect_err("huge");
         assert!(e.details.len() < 200, "a message repeats only the start");
+    }
+
+    #[test]
+    fn stdin_is_read_up_to_its_bound() {
+        let limit = MAX_STDIN_BYTES as usize;
+        let exact = vec![b' '; limit];
+        assert_eq!(read_stdin(&exact[..]).expect("at the limit").len(), limit);
+        let over = vec![b' '; limit + 1];
+        let e = read_stdin(&over[..]).expect_err("over");
+        assert_eq!(e.code, 7);
+        assert!(
+            e.details.contains("larger than 1048576 bytes"),
+            "{}",
+            e.details
+        );
+        // An endless stream is read only up to the bound.
+        let e = read_stdin(std::io::repeat(b'x')).expect_err("endless");
+        assert_eq!(e.code, 7);
     }
 
     #[test]

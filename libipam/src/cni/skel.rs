@@ -57,28 +57,29 @@ impl Outcome {
 /// Every failure is logged here, at error level with its code, message and details, inside the
 /// verb's span (container ID and pod), so both plugins log every failed verb the same way.
 pub fn run(plugin: &impl Plugin, lookup: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Outcome {
-    // Errors are reported in the caller's version when we can tell it.
-    let claimed = serde_json::from_slice::<serde_json::Value>(stdin)
-        .ok()
-        .and_then(|v| v.get("cniVersion")?.as_str().and_then(SpecVersion::parse))
-        .unwrap_or(SpecVersion::LATEST);
+    if stdin.len() as u64 > bounds::MAX_STDIN_BYTES {
+        plugin.configure(None);
+        let command = lookup("CNI_COMMAND").unwrap_or_default();
+        return failed(&command, &bounds::stdin_too_large(), SpecVersion::LATEST);
+    }
     let env = match Env::from_lookup(&lookup) {
         Ok(env) => env,
         Err(e) => {
             plugin.configure(None);
             let command = lookup("CNI_COMMAND").unwrap_or_default();
-            return failed(&command, &e, claimed);
+            return failed(&command, &e, claimed_version(stdin));
         }
     };
     if env.command == Command::Version {
         return version_reply(stdin);
     }
-    // The configuration is decoded, its version read and its bounds checked before the plugin
-    // touches anything (its log file included); a configuration that fails is logged to stderr.
+    // The configuration is decoded (the one decode of stdin on the way to a verb), its
+    // version read and its bounds checked before the plugin touches anything (its log file
+    // included); a configuration that fails is logged to stderr.
     let checked = match NetConf::parse(stdin) {
-        Err(e) => Err((e, claimed)),
+        Err(e) => Err((e, claimed_version(stdin))),
         Ok(conf) => match parse_version(&conf.cni_version) {
-            Err(e) => Err((e, claimed)),
+            Err(e) => Err((e, SpecVersion::LATEST)),
             Ok(version) => match bounds::check_netconf(&conf) {
                 Err(e) => Err((e, version)),
                 Ok(()) => Ok((conf, version)),
@@ -180,15 +181,18 @@ fn failed(command: &str, e: &CniError, version: SpecVersion) -> Outcome {
 /// attachment, so nothing may be left of it. Other outcomes that cannot be written only show
 /// in the exit status.
 pub fn main(plugin: &impl Plugin) -> ! {
-    use std::io::{Read, Write};
+    use std::io::Write;
     let env = |k: &str| std::env::var(k).ok();
-    let mut stdin = Vec::new();
-    let outcome = match std::io::stdin().read_to_end(&mut stdin) {
-        Ok(_) => run(plugin, env, &stdin),
-        Err(e) => Outcome::err(
-            &CniError::new(super::code::IO, "cannot read stdin", e.to_string()),
-            SpecVersion::LATEST,
-        ),
+    let (stdin, outcome) = match bounds::read_stdin(std::io::stdin().lock()) {
+        Ok(stdin) => {
+            let outcome = run(plugin, env, &stdin);
+            (stdin, outcome)
+        }
+        Err(e) => {
+            plugin.configure(None);
+            let command = env("CNI_COMMAND").unwrap_or_default();
+            (Vec::new(), failed(&command, &e, SpecVersion::LATEST))
+        }
     };
     let mut out = std::io::stdout().lock();
     let written = out
@@ -217,6 +221,15 @@ pub fn main(plugin: &impl Plugin) -> ! {
         std::process::exit(1)
     }
     std::process::exit(outcome.exit_code)
+}
+
+/// The `cniVersion` the caller claims, for an error found before the netconf decoded (it is
+/// reported in that version when it is one we know). Only failures pay for this second decode.
+fn claimed_version(stdin: &[u8]) -> SpecVersion {
+    serde_json::from_slice::<serde_json::Value>(stdin)
+        .ok()
+        .and_then(|v| v.get("cniVersion")?.as_str().and_then(SpecVersion::parse))
+        .unwrap_or(SpecVersion::LATEST)
 }
 
 fn unreachable_version() -> Result<String, CniError> {
