@@ -2,7 +2,10 @@
 # Sequential ADD and DEL of dual-stack pods through the whole plugin, calico-cni + calico-ipam
 # (local store) beside Debian's ptp + host-local doing the same, in one node netns, in the same
 # run; plus the kernel's floor: two `ip -batch` runs doing the same links, addresses and routes,
-# and a bare `ip link del` of the same veth. Prints medians and ratios.
+# and a bare `ip link del` of the same veth. Prints medians and ratios, the syncs (fsync,
+# fdatasync, sync_file_range, syncfs) per ADD and per DEL counted with strace in separate runs,
+# and the disk's sync cost. The store lives on the real disk: BENCH_DIR (default /var/tmp),
+# never a tmpfs.
 #   scripts/bench-cni.sh [COUNT]     (default 50 pods per plugin)
 # Root. Everything happens in namespaces this script creates and removes.
 set -euo pipefail
@@ -14,7 +17,10 @@ export PATH="$HOME/.cargo/bin:$PATH"
 scripts/install-deps.sh
 REL=$(scripts/build-release.sh)
 
-WORK=$(mktemp -d /tmp/bench-cni.XXXX)
+SYNCS=${SYNCS:-10}   # pods per sync count
+WORK=$(mktemp -d "${BENCH_DIR:-/var/tmp}/bench-cni.XXXX")
+FS=$(stat -f -c %T "$WORK")
+[ "$FS" != tmpfs ] || { echo "bench-cni.sh: $WORK is on tmpfs; set BENCH_DIR to a disk" >&2; rm -rf "$WORK"; exit 1; }
 NODE=bcni-node-$$
 T=$PWD/scripts/bench/timer.py
 mkdir "$WORK/bin"
@@ -23,6 +29,7 @@ cp "$REL/calico-ipam" "$WORK/bin/calico-ipam"
 ln -s /usr/lib/cni/host-local /usr/lib/cni/ptp "$WORK/bin/"
 cleanup() {
   for i in $(seq 0 $((COUNT - 1))); do drop_netns "bc-$$-$i" "bp-$$-$i" "bf-$$-$i"; done
+  for i in $(seq "$COUNT" $((COUNT + SYNCS - 1))); do drop_netns "bc-$$-$i" "bp-$$-$i"; done
   drop_netns "$NODE"
   rm -rf "$WORK"
 }
@@ -30,6 +37,7 @@ trap cleanup EXIT
 
 make_node "$NODE"
 for i in $(seq 0 $((COUNT - 1))); do make_pod "bc-$$-$i"; make_pod "bp-$$-$i"; make_pod "bf-$$-$i"; done
+for i in $(seq "$COUNT" $((COUNT + SYNCS - 1))); do make_pod "bc-$$-$i"; make_pod "bp-$$-$i"; done
 DATASTORE_TYPE=local DATASTORE_PATH=$WORK/store "$WORK/bin/calico-ipam" pool apply -f testdata/pools/seed-pools.yaml >/dev/null
 
 jq -nc --arg store "$WORK/store" --arg lock "$WORK/ipam.lock" '{
@@ -77,13 +85,34 @@ R_PTP_DEL=$(STDIN_FILE=$WORK/ptp.json ID_PREFIX=p in_node python3 $T "ptp+host-l
   CNI_COMMAND=DEL "CNI_NETNS=/var/run/netns/bp-$$-{i}" "${cni_env[@]}" "$WORK/bin/ptp")
 R_FL_DEL=$(in_node python3 $T "ip link del (kernel floor) DEL" "$COUNT" -- ip link del "bfl{i}")
 
+# Syncs, counted on pods of their own (strace slows every system call).
+syncs() { # syncs LABEL CONF PREFIX NETNS-PREFIX VERB BIN
+  STDIN_FILE=$2 ID_PREFIX=$3 ID_START=$COUNT COUNT_SYNCS=1 in_node python3 $T "$1" "$SYNCS" -- \
+    CNI_COMMAND="$5" "CNI_NETNS=/var/run/netns/$4-$$-{i}" "${cni_env[@]}" "$6" | jq .syncs_per_run
+}
+S_CA_ADD=$(syncs "calico-cni ADD" "$WORK/calico.json" c bc ADD "$WORK/bin/calico")
+S_CA_DEL=$(syncs "calico-cni DEL" "$WORK/calico.json" c bc DEL "$WORK/bin/calico")
+S_PTP_ADD=$(syncs "ptp+host-local ADD" "$WORK/ptp.json" p bp ADD "$WORK/bin/ptp")
+S_PTP_DEL=$(syncs "ptp+host-local DEL" "$WORK/ptp.json" p bp DEL "$WORK/bin/ptp")
+SYNC_COST=$(python3 scripts/bench/synccost.py "$WORK")
+
 median() { jq -r .median_ms <<<"$1"; }
 ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
-printf '\n%-34s %10s %10s %10s\n' "measurement" "median ms" "p10 ms" "p90 ms"
-for r in "$R_CA_ADD" "$R_PTP_ADD" "$R_FL_ADD" "$R_CA_DEL" "$R_PTP_DEL" "$R_FL_DEL"; do
-  jq -r '[.label, .median_ms, .p10_ms, .p90_ms] | @tsv' <<<"$r" | awk -F'\t' '{printf "%-34s %10s %10s %10s\n", $1, $2, $3, $4}'
-done
+printf '\n%-34s %10s %10s %10s %8s\n' "measurement" "median ms" "p10 ms" "p90 ms" "syncs"
+row() { # row RESULT SYNCS
+  jq -r --arg s "$2" '[.label, .median_ms, .p10_ms, .p90_ms, $s] | @tsv' <<<"$1" |
+    awk -F'\t' '{printf "%-34s %10s %10s %10s %8s\n", $1, $2, $3, $4, $5}'
+}
+row "$R_CA_ADD" "$S_CA_ADD"
+row "$R_PTP_ADD" "$S_PTP_ADD"
+row "$R_FL_ADD" ""
+row "$R_CA_DEL" "$S_CA_DEL"
+row "$R_PTP_DEL" "$S_PTP_DEL"
+row "$R_FL_DEL" ""
 echo
+echo "syncs: fsync+fdatasync+sync_file_range+syncfs per operation, all processes, mean of $SYNCS (strace -c -f)"
+echo "store: $WORK/store ($FS, $(df --output=source "$WORK" | tail -1))"
+echo "sync cost of that disk, medians: $(jq -r '"4 KiB overwrite + fdatasync \(.overwrite_fdatasync_ms) ms, 4 KiB append + fdatasync \(.append_fdatasync_ms) ms, durable file replace (write, fsync, rename, fsync dir) \(.durable_replace_ms) ms"' <<<"$SYNC_COST")"
 echo "ADD: ptp+host-local / calico-cni = $(ratio "$(median "$R_PTP_ADD")" "$(median "$R_CA_ADD")")x"
 echo "ADD: calico-cni / ip -batch floor = $(ratio "$(median "$R_CA_ADD")" "$(median "$R_FL_ADD")")x"
 echo "DEL: calico-cni / ip link del = $(ratio "$(median "$R_CA_DEL")" "$(median "$R_FL_DEL")")x"

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Whole-process ADD and DEL latency of calico-ipam (local store, dual-stack) beside Debian's
 # host-local doing the same dual-stack ranges, in the same run; then calico-ipam's ADD again once
-# the store holds 5,000 blocks claimed by simulated nodes. Prints medians and ratios.
+# the store holds 5,000 blocks claimed by simulated nodes. Prints medians and ratios, the syncs
+# (fsync, fdatasync, sync_file_range, syncfs) per ADD and per DEL counted with strace in separate
+# runs, and the disk's sync cost. The stores live on the real disk: BENCH_DIR (default /var/tmp),
+# never a tmpfs.
 #   scripts/bench-ipam.sh [COUNT]      (default 200 pods per measurement)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,8 +14,11 @@ scripts/install-deps.sh
 REL=$(scripts/build-release.sh)
 IPAM=$REL/calico-ipam
 HOSTLOCAL=/usr/lib/cni/host-local
-WORK=$(mktemp -d /tmp/bench-ipam.XXXX)
+SYNCS=${SYNCS:-20}   # runs per sync count
+WORK=$(mktemp -d "${BENCH_DIR:-/var/tmp}/bench-ipam.XXXX")
 trap 'rm -rf "$WORK"' EXIT
+FS=$(stat -f -c %T "$WORK")
+[ "$FS" != tmpfs ] || { echo "bench-ipam.sh: $WORK is on tmpfs; set BENCH_DIR to a disk" >&2; exit 1; }
 T=scripts/bench/timer.py
 CNIENV=(CNI_NETNS=/var/run/netns/bench CNI_IFNAME=eth0 CNI_PATH=/usr/lib/cni)
 
@@ -40,6 +46,16 @@ R_CA_ADD=$(run "calico-ipam ADD (empty store)" "$IPAM" "$WORK/calico.json" ADD c
 R_HL_DEL=$(run "host-local DEL" "$HOSTLOCAL" "$WORK/host-local.json" DEL hl)
 R_CA_DEL=$(run "calico-ipam DEL" "$IPAM" "$WORK/calico.json" DEL ca)
 
+# Syncs, counted in runs of their own (strace slows every system call).
+syncs() { # syncs LABEL BIN CONF VERB PREFIX
+  STDIN_FILE=$3 ID_PREFIX=$5 COUNT_SYNCS=1 python3 $T "$1" "$SYNCS" -- CNI_COMMAND="$4" "${CNIENV[@]}" "$2" | jq .syncs_per_run
+}
+S_HL_ADD=$(syncs "host-local ADD" "$HOSTLOCAL" "$WORK/host-local.json" ADD hls)
+S_HL_DEL=$(syncs "host-local DEL" "$HOSTLOCAL" "$WORK/host-local.json" DEL hls)
+S_CA_ADD=$(syncs "calico-ipam ADD" "$IPAM" "$WORK/calico.json" ADD cas)
+S_CA_DEL=$(syncs "calico-ipam DEL" "$IPAM" "$WORK/calico.json" DEL cas)
+SYNC_COST=$(python3 scripts/bench/synccost.py "$WORK")
+
 # 5,000 blocks: 2,500 simulated nodes each claim one IPv4 /26 and one IPv6 /122 block.
 echo "# filling the store with 5,000 blocks from 2,500 simulated nodes" >&2
 for i in $(seq 0 2499); do
@@ -52,11 +68,20 @@ R_CA_ADD_FULL=$(run "calico-ipam ADD (5,000-block store)" "$IPAM" "$WORK/calico.
 
 median() { jq -r .median_ms <<<"$1"; }
 ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
-printf '\n%-40s %10s %10s %10s\n' "measurement" "median ms" "p10 ms" "p90 ms"
-for r in "$R_HL_ADD" "$R_CA_ADD" "$R_CA_ADD_FULL" "$R_HL_DEL" "$R_CA_DEL"; do
-  jq -r '[.label, .median_ms, .p10_ms, .p90_ms] | @tsv' <<<"$r" | awk -F'\t' '{printf "%-40s %10s %10s %10s\n", $1, $2, $3, $4}'
-done
+printf '\n%-40s %10s %10s %10s %8s\n' "measurement" "median ms" "p10 ms" "p90 ms" "syncs"
+row() { # row RESULT SYNCS
+  jq -r --arg s "$2" '[.label, .median_ms, .p10_ms, .p90_ms, $s] | @tsv' <<<"$1" |
+    awk -F'\t' '{printf "%-40s %10s %10s %10s %8s\n", $1, $2, $3, $4, $5}'
+}
+row "$R_HL_ADD" "$S_HL_ADD"
+row "$R_CA_ADD" "$S_CA_ADD"
+row "$R_CA_ADD_FULL" ""
+row "$R_HL_DEL" "$S_HL_DEL"
+row "$R_CA_DEL" "$S_CA_DEL"
 echo
+echo "syncs: fsync+fdatasync+sync_file_range+syncfs per operation, all processes, mean of $SYNCS (strace -c -f)"
+echo "store: $WORK ($FS, $(df --output=source "$WORK" | tail -1))"
+echo "sync cost of that disk, medians: $(jq -r '"4 KiB overwrite + fdatasync \(.overwrite_fdatasync_ms) ms, 4 KiB append + fdatasync \(.append_fdatasync_ms) ms, durable file replace (write, fsync, rename, fsync dir) \(.durable_replace_ms) ms"' <<<"$SYNC_COST")"
 echo "blocks in the filled store: $BLOCKS"
 echo "ADD: calico-ipam / host-local = $(ratio "$(median "$R_CA_ADD")" "$(median "$R_HL_ADD")")"
 echo "DEL: calico-ipam / host-local = $(ratio "$(median "$R_CA_DEL")" "$(median "$R_HL_DEL")")"

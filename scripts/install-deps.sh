@@ -3,7 +3,7 @@
 # Idempotent: packages already present are not fetched again.
 set -euo pipefail
 
-packages=(iproute2 iputils-ping jq procps containernetworking-plugins hyperfine)
+packages=(iproute2 iputils-ping jq procps containernetworking-plugins hyperfine strace)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

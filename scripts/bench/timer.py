@@ -8,13 +8,30 @@ are timed together)
 Every run gets CNI_CONTAINERID=<prefix><i> (prefix from $ID_PREFIX) and "{i}" in any ENV value
 replaced by its index; prints one JSON line with
 the median, p10, p90 and mean in milliseconds. A failing run aborts the benchmark.
+
+With COUNT_SYNCS=1 every command runs under `strace -f -c` instead and the line holds
+"syncs_per_run": the fsync, fdatasync, sync_file_range and syncfs calls of all its processes,
+divided by COUNT (no timings: strace slows every system call down).
 """
 import json
 import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+
+SYNC_CALLS = "fsync,fdatasync,sync_file_range,syncfs"
+
+
+def strace_calls(path: str) -> int:
+    """The 'total' calls of an `strace -c` summary (0 when nothing was traced)."""
+    with open(path) as f:
+        for line in f:
+            words = line.split()
+            if words and words[-1] == "total":
+                return int(words[3])
+    return 0
 
 
 def main() -> int:
@@ -36,6 +53,8 @@ def main() -> int:
     commands.append(current)
     prefix = os.environ.get("ID_PREFIX", "bench")
     first = int(os.environ.get("ID_START", "0"))
+    count_syncs = os.environ.get("COUNT_SYNCS") == "1"
+    syncs = 0
     samples = []
     for i in range(first, first + count):
         for k, v in templated.items():
@@ -44,12 +63,22 @@ def main() -> int:
         argvs = [[w.replace("{i}", str(i)) for w in c] for c in commands]
         t0 = time.perf_counter_ns()
         for argv in argvs:
+            trace = None
+            if count_syncs:
+                trace = tempfile.NamedTemporaryFile(suffix=".strace")
+                argv = ["strace", "-f", "-c", "-o", trace.name, "-e", f"trace={SYNC_CALLS}"] + argv
             p = subprocess.run(argv, input=stdin, env=env, capture_output=True)
             if p.returncode != 0:
                 sys.stderr.write(f"{label}: run {i} failed: {p.stdout.decode()} {p.stderr.decode()}\n")
                 return 1
+            if trace is not None:
+                syncs += strace_calls(trace.name)
+                trace.close()
         t1 = time.perf_counter_ns()
         samples.append((t1 - t0) / 1e6)
+    if count_syncs:
+        print(json.dumps({"label": label, "n": count, "syncs_per_run": round(syncs / count, 2)}))
+        return 0
     q = statistics.quantiles(samples, n=10)
     print(json.dumps({"label": label, "n": count, "median_ms": round(statistics.median(samples), 3),
                       "p10_ms": round(q[0], 3), "p90_ms": round(q[-1], 3),
