@@ -15,11 +15,11 @@ COUNT=${1:-50}
 [ "$(id -u)" = 0 ] || { echo "bench-cni.sh: run as root" >&2; exit 1; }
 export PATH="$HOME/.cargo/bin:$PATH"
 scripts/install-deps.sh
-REL=$(scripts/build-release.sh)
+REL=${FROM:-$(scripts/build-release.sh)}   # FROM=DIR: binaries built already (as bench-kdd.sh)
 
 SYNCS=${SYNCS:-10}   # pods per sync count
 WORK=$(mktemp -d "${BENCH_DIR:-/var/tmp}/bench-cni.XXXX")
-FS=$(stat -f -c %T "$WORK")
+FS=$(stat -f -c %T "$WORK")   # "tmpfs", or "ext2/ext3" for ext4 and the like
 [ "$FS" != tmpfs ] || { echo "bench-cni.sh: $WORK is on tmpfs; set BENCH_DIR to a disk" >&2; rm -rf "$WORK"; exit 1; }
 NODE=bcni-node-$$
 T=$PWD/scripts/bench/timer.py
@@ -111,7 +111,7 @@ row "$R_PTP_DEL" "$S_PTP_DEL"
 row "$R_FL_DEL" ""
 echo
 echo "syncs: fsync+fdatasync+sync_file_range+syncfs per operation, all processes, mean of $SYNCS (strace -c -f)"
-echo "store: $WORK/store ($FS, $(df --output=source "$WORK" | tail -1))"
+echo "store: $WORK/store ($(df --output=fstype,source "$WORK" | tail -1 | xargs))"
 echo "sync cost of that disk, medians: $(jq -r '"4 KiB overwrite + fdatasync \(.overwrite_fdatasync_ms) ms, 4 KiB append + fdatasync \(.append_fdatasync_ms) ms, durable file replace (write, fsync, rename, fsync dir) \(.durable_replace_ms) ms"' <<<"$SYNC_COST")"
 echo "ADD: ptp+host-local / calico-cni = $(ratio "$(median "$R_PTP_ADD")" "$(median "$R_CA_ADD")")x"
 echo "ADD: calico-cni / ip -batch floor = $(ratio "$(median "$R_CA_ADD")" "$(median "$R_FL_ADD")")x"

@@ -11,13 +11,13 @@ cd "$(dirname "$0")/.."
 COUNT=${1:-200}
 export PATH="$HOME/.cargo/bin:$PATH"
 scripts/install-deps.sh
-REL=$(scripts/build-release.sh)
+REL=${FROM:-$(scripts/build-release.sh)}   # FROM=DIR: binaries built already (as bench-kdd.sh)
 IPAM=$REL/calico-ipam
 HOSTLOCAL=/usr/lib/cni/host-local
 SYNCS=${SYNCS:-20}   # runs per sync count
 WORK=$(mktemp -d "${BENCH_DIR:-/var/tmp}/bench-ipam.XXXX")
 trap 'rm -rf "$WORK"' EXIT
-FS=$(stat -f -c %T "$WORK")
+FS=$(stat -f -c %T "$WORK")   # "tmpfs", or "ext2/ext3" for ext4 and the like
 [ "$FS" != tmpfs ] || { echo "bench-ipam.sh: $WORK is on tmpfs; set BENCH_DIR to a disk" >&2; exit 1; }
 T=scripts/bench/timer.py
 CNIENV=(CNI_NETNS=/var/run/netns/bench CNI_IFNAME=eth0 CNI_PATH=/usr/lib/cni)
@@ -80,7 +80,7 @@ row "$R_HL_DEL" "$S_HL_DEL"
 row "$R_CA_DEL" "$S_CA_DEL"
 echo
 echo "syncs: fsync+fdatasync+sync_file_range+syncfs per operation, all processes, mean of $SYNCS (strace -c -f)"
-echo "store: $WORK ($FS, $(df --output=source "$WORK" | tail -1))"
+echo "store: $WORK ($(df --output=fstype,source "$WORK" | tail -1 | xargs))"
 echo "sync cost of that disk, medians: $(jq -r '"4 KiB overwrite + fdatasync \(.overwrite_fdatasync_ms) ms, 4 KiB append + fdatasync \(.append_fdatasync_ms) ms, durable file replace (write, fsync, rename, fsync dir) \(.durable_replace_ms) ms"' <<<"$SYNC_COST")"
 echo "blocks in the filled store: $BLOCKS"
 echo "ADD: calico-ipam / host-local = $(ratio "$(median "$R_CA_ADD")" "$(median "$R_HL_ADD")")"

@@ -286,11 +286,8 @@ fn write_atomically(path: &Path, file: &File) -> std::io::Result<()> {
         .recursive(true)
         .mode(0o700)
         .create(dir)?;
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("cache"),
-        std::process::id()
-    ));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("cache");
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let mut f = fs::OpenOptions::new()
         .create(true)
         .truncate(true)
@@ -301,7 +298,32 @@ fn write_atomically(path: &Path, file: &File) -> std::io::Result<()> {
     drop(f);
     fs::rename(&tmp, path).inspect_err(|_| {
         let _ = fs::remove_file(&tmp);
-    })
+    })?;
+    sweep_dead_temporaries(dir, &format!(".{name}."));
+    Ok(())
+}
+
+/// Removes `<prefix><pid>.tmp` files in `dir` whose writer is no longer running (killed
+/// between writing and renaming). A file whose pid is alive is never touched: it may be in
+/// use (or the pid was reused; it goes once that process is gone).
+fn sweep_dead_temporaries(dir: &Path, prefix: &str) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(pid) = file_name
+            .to_str()
+            .and_then(|n| n.strip_prefix(prefix))
+            .and_then(|n| n.strip_suffix(".tmp"))
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new("/proc").join(pid.to_string()).exists() {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
 }
 
 #[cfg(test)]
@@ -315,6 +337,30 @@ mod tests {
             node: "node-a".into(),
             ttl: Duration::from_secs(ttl),
         }
+    }
+
+    #[test]
+    fn temporaries_of_dead_writers_are_swept_and_live_ones_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c = cfg(dir.path(), 60);
+        let sub = dir.path().join("sub");
+        fs::create_dir_all(&sub).expect("mkdir");
+        // A pid above the kernel's limit (4194304) never runs; pid 1 always does.
+        let dead = sub.join(".node-a.json.4194400.tmp");
+        let live = sub.join(".node-a.json.1.tmp");
+        let other = sub.join(".other.json.4194400.tmp");
+        for f in [&dead, &live, &other] {
+            fs::write(f, b"{").expect("write");
+        }
+        let mut cache = NodeCache::load(&c, "https://a:6443");
+        cache.set_config(None);
+        cache.save();
+        assert!(c.path.exists());
+        assert!(!dead.exists(), "a dead writer's temporary is removed");
+        assert!(live.exists(), "a live writer's temporary is kept");
+        assert!(other.exists(), "another file's temporaries are not ours");
+        let own = sub.join(format!(".node-a.json.{}.tmp", std::process::id()));
+        assert!(!own.exists(), "ours was renamed into place");
     }
 
     #[test]
