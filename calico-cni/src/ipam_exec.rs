@@ -27,6 +27,49 @@ pub fn find_plugin(plugin: &str, path: &[PathBuf]) -> Result<PathBuf, CniError> 
         })
 }
 
+/// How many delegations deep this calico-cni runs: absent (0) when a runtime ran it; every
+/// plugin calico-cni runs gets one more.
+pub const DEPTH_VAR: &str = "CALICO_CNI_DELEGATION_DEPTH";
+
+/// The depth at which calico-cni refuses to delegate again. A sane chain is one deep (calico-cni
+/// → calico-ipam); an `ipam.type` that leads back to calico-cni (a wrapper script, a copy under
+/// another name) would otherwise fork without end.
+pub const MAX_DELEGATION_DEPTH: u32 = 4;
+
+fn depth() -> u32 {
+    std::env::var(DEPTH_VAR)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Refuses (code 7) an IPAM plugin that is this very binary (`ipam.type: calico`, compared by
+/// device and inode, so symlinks and hard links are caught), and any delegation from a
+/// calico-cni already [`MAX_DELEGATION_DEPTH`] deep.
+pub fn check_delegation(ipam_type: &str, binary: &Path) -> Result<(), CniError> {
+    use std::os::unix::fs::MetadataExt;
+    let depth = depth();
+    if depth >= MAX_DELEGATION_DEPTH {
+        return Err(CniError::invalid_config(format!(
+            "IPAM delegation is {depth} plugins deep ({DEPTH_VAR}={depth}), the most calico-cni allows is {MAX_DELEGATION_DEPTH}: ipam.type \"{ipam_type}\" leads back to calico-cni; name an IPAM plugin such as calico-ipam or host-local"
+        )));
+    }
+    let (Ok(me), Ok(it)) = (
+        std::fs::metadata("/proc/self/exe"),
+        std::fs::metadata(binary),
+    ) else {
+        // Not knowing ourselves is no reason to refuse; the depth bound still holds.
+        return Ok(());
+    };
+    if (me.dev(), me.ino()) == (it.dev(), it.ino()) {
+        return Err(CniError::invalid_config(format!(
+            "ipam.type \"{ipam_type}\" is calico-cni itself ({}): a CNI plugin cannot be its own IPAM plugin; name an IPAM plugin such as calico-ipam or host-local",
+            binary.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Run `binary` for `command` with `stdin`. Success returns stdout; failure the plugin's own CNI
 /// error, or one describing how it failed.
 pub fn exec(binary: &Path, command: Command, stdin: &[u8]) -> Result<Vec<u8>, CniError> {
@@ -60,6 +103,7 @@ pub fn start_with_args(
         .env("CNI_ARGS", args)
         .env("CNI_COMMAND", command.as_str())
         .env(PARENT_PID_VAR, std::process::id().to_string())
+        .env(DEPTH_VAR, (depth() + 1).to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

@@ -190,3 +190,105 @@ fn padded(conf: &Value, n: usize) -> Vec<u8> {
     out.extend_from_slice(b"\"}");
     out
 }
+
+/// Live (not zombie) processes whose environment holds `var=value`.
+fn live_with_env(var: &str, value: &str) -> Vec<u32> {
+    let needle = format!("{var}={value}");
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let marked = std::fs::read(entry.path().join("environ"))
+            .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == needle.as_bytes()));
+        let state = std::fs::read_to_string(entry.path().join("stat"))
+            .ok()
+            .and_then(|st| st.rsplit_once(") ").and_then(|(_, r)| r.chars().next()));
+        if marked && !matches!(state, Some('Z' | 'X') | None) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// `ipam.type: "calico"` names calico-cni itself (through a symlink, as install-cni lays it
+/// out): refused before it runs anything, instead of executing itself without end.
+#[test]
+fn calico_cni_is_not_its_own_ipam_plugin() {
+    let s = Scratch::new();
+    std::os::unix::fs::symlink(CNI, s.bin().join("calico")).expect("symlink");
+    std::fs::hard_link(CNI, s.bin().join("calico-hardlink")).expect("hard link");
+    let mark = format!("self-{}", std::process::id());
+    for ipam_type in ["calico", "calico-hardlink"] {
+        let mut conf = s.netconf();
+        conf["ipam"]["type"] = json!(ipam_type);
+        conf["cniVersion"] = json!("1.1.0");
+        for command in ["ADD", "DEL", "STATUS", "GC"] {
+            let out = s.cni(command, &[("MARK", &mark)], conf.to_string().as_bytes());
+            let err = cni_error(&out, command);
+            assert_eq!(err["code"], 7, "{ipam_type} {command}: {err}");
+            let details = err["details"].as_str().unwrap_or("");
+            assert!(
+                details.starts_with(&format!("ipam.type \"{ipam_type}\" is calico-cni itself")),
+                "{ipam_type} {command}: {err}"
+            );
+            assert!(
+                !details.contains("DELEGATION_DEPTH"),
+                "refused at once, not by the depth bound: {err}"
+            );
+            s.assert_nothing_created(command);
+            assert!(live_with_env("MARK", &mark).is_empty(), "processes left");
+        }
+    }
+}
+
+/// An IPAM plugin that runs calico-cni again (a wrapper script: not the same binary, so only
+/// the depth bound can stop it) ends after a bounded number of rounds with code 7 naming the
+/// depth, and leaves no process.
+#[test]
+fn a_delegation_loop_is_cut_at_the_depth_bound() {
+    let s = Scratch::new();
+    let count = s.dir.path().join("rounds");
+    let script = s.bin().join("loop-ipam");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\necho round >> \"$ROUNDS\"\nexec \"$CALICO_CNI\"\n",
+    )
+    .expect("script");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let mut conf = s.netconf();
+    conf["ipam"]["type"] = json!("loop-ipam");
+    conf["cniVersion"] = json!("1.1.0");
+    let mark = format!("loop-{}", std::process::id());
+    let rounds_path = count.to_str().expect("utf8").to_string();
+    for command in ["STATUS", "GC"] {
+        let _ = std::fs::remove_file(&count);
+        let env = [
+            ("ROUNDS", rounds_path.as_str()),
+            ("CALICO_CNI", CNI),
+            ("MARK", mark.as_str()),
+        ];
+        let out = s.cni(command, &env, conf.to_string().as_bytes());
+        let err = cni_error(&out, command);
+        assert_eq!(err["code"], 7, "{command}: {err}");
+        assert_eq!(
+            err["details"],
+            "IPAM delegation is 4 plugins deep (CALICO_CNI_DELEGATION_DEPTH=4), the most calico-cni allows is 4: ipam.type \"loop-ipam\" leads back to calico-cni; name an IPAM plugin such as calico-ipam or host-local",
+            "{command}"
+        );
+        let rounds = std::fs::read_to_string(&count).expect("rounds");
+        assert_eq!(
+            rounds.lines().count(),
+            4,
+            "{command}: the wrapper ran {rounds:?}"
+        );
+        assert!(live_with_env("MARK", &mark).is_empty(), "processes left");
+        assert!(
+            std::fs::read_dir(s.cwd.path())
+                .expect("cwd")
+                .next()
+                .is_none()
+        );
+    }
+}

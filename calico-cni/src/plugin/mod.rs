@@ -39,14 +39,18 @@ impl Plugin for Calico {
     }
 }
 
-/// The IPAM plugin binary named by `ipam.type`.
+/// The IPAM plugin binary named by `ipam.type`; never calico-cni itself, nor past the
+/// delegation depth bound.
 fn ipam_plugin(req: &Request) -> Result<std::path::PathBuf, CniError> {
-    if req.conf.ipam.ipam_type.is_empty() {
+    let ipam_type = &req.conf.ipam.ipam_type;
+    if ipam_type.is_empty() {
         return Err(CniError::invalid_config(
             "ipam.type is missing: name an IPAM plugin such as calico-ipam or host-local",
         ));
     }
-    ipam_exec::find_plugin(&req.conf.ipam.ipam_type, &req.env.path)
+    let binary = ipam_exec::find_plugin(ipam_type, &req.env.path)?;
+    ipam_exec::check_delegation(ipam_type, &binary)?;
+    Ok(binary)
 }
 
 /// The IPAM plugin's stdin for every verb but ADD: host-local's `usePodCidr` pseudo-subnets
