@@ -19,11 +19,13 @@ scripts/lint.sh
 cargo clippy --workspace --all-targets -- -D warnings
 # The integration tests of each crate run the other crate's binary too: build them all first.
 cargo build --workspace --bins
+# The kube-apiserver launcher is built (cold: ~10 min on 2 cores) before anything uses it, so
+# no test's own timeout has to cover that build (test-install-cni starts one).
+scripts/kube-testenv build >/dev/null
 # The real CNI clients: cnitool, containerd's CRI and podman drive our plugins from a conflist.
 scripts/test-runtimes.sh --from "${CARGO_TARGET_DIR:-target}/debug"
 # One kube-apiserver (+ etcd) for every Kubernetes-datastore test binary, removed on exit
 # whatever happens; the tests find it through KUBE_TESTENV_DIR and fail without it.
-scripts/kube-testenv build >/dev/null
 KUBE_TESTENV_DIR="$(mktemp -d /tmp/calico-rs-kube.XXXXXX)"
 export KUBE_TESTENV_DIR
 trap 'scripts/kube-testenv down "$KUBE_TESTENV_DIR" || true' EXIT
