@@ -13,9 +13,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use libipam::alloc::Problem;
 use libipam::alloc::audit::{self, Allocation, Audit, Liveness, NETNS_ATTRIBUTE};
-use libipam::datastore::Datastore;
+use libipam::alloc::{Checked, Problem};
 use libipam::datastore::kube::ClusterFacts;
 use libipam::datastore::local::Temporaries;
 use libipam::model::{IpPool, IpamBlock};
@@ -64,18 +63,16 @@ pub fn check(store: &StoreConfig, opts: &CheckOptions) -> Result<i32> {
             }
         };
         with_ipam!(store, |ipam| {
-            let problems = ipam.check().await?;
-            let ds = ipam.store();
-            let blocks: Vec<IpamBlock> = ds
-                .list_blocks()
-                .await?
-                .into_iter()
-                .map(|b| b.value)
-                .collect();
-            let handles = ds.list_handles().await?;
-            let pools = ds.list_pools().await?;
+            // Every object read once, each on its own: one that cannot be read is a problem
+            // of its own, and the rest is still checked.
+            let Checked {
+                problems,
+                inventory,
+            } = ipam.check_all().await?;
+            let blocks: Vec<IpamBlock> = inventory.blocks.into_iter().map(|b| b.value).collect();
+            let pools = inventory.pools;
             let liveness = listed.unwrap_or_else(|| netns_liveness(&blocks));
-            let audit = audit::audit(&blocks, &handles, &pools, &liveness);
+            let audit = audit::audit(&blocks, &inventory.handles, &pools, &liveness);
             Ok::<_, anyhow::Error>(Gathered {
                 kubernetes,
                 facts,
@@ -266,7 +263,9 @@ fn print_check(g: &Gathered, o: &CheckOptions) -> usize {
             a.blocks_of_missing_nodes.len()
         );
     }
-    println!("Checking blocks, handles and affinities against each other...");
+    println!(
+        "Reading every IPAM object on its own (config, pools, reservations, blocks, handles, affinities) and checking them against each other..."
+    );
     for p in &g.problems {
         println!("  {p}");
     }

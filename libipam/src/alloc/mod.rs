@@ -28,7 +28,7 @@ use crate::model::{AllowedUse, BlockAffinity, Cooldown, IpamBlock, IpamConfig, I
 use crate::retry::{DATASTORE_RETRIES, retry_on_conflict};
 
 pub use release::ExpectedAllocation;
-pub use report::{AddressOwner, BlockUsage, PoolUsage, Problem};
+pub use report::{AddressOwner, BlockUsage, Checked, PoolUsage, Problem, check_inventory};
 
 /// Arguments of [`Ipam::auto_assign`].
 #[derive(Debug, Clone)]

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use super::{Ipam, ds};
-use crate::datastore::Datastore;
+use crate::datastore::{Datastore, Inventory};
 use crate::error::{IpamError, Result};
 use crate::model::{AffinityState, AffinityType, IpPool, IpamBlock};
 use crate::{names, validate};
@@ -86,153 +86,214 @@ fn problem(object: impl Into<String>, message: impl Into<String>) -> Problem {
     }
 }
 
-impl<D: Datastore> Ipam<D> {
-    /// Cross-checks blocks, handles and affinities:
-    /// - every block is internally consistent;
-    /// - every allocation's handle exists and counts it;
-    /// - every block a handle lists exists and holds addresses for it;
-    /// - every confirmed affinity's block exists and names the affinity's node;
-    /// - every `host:` block has an affinity;
-    /// - every pool validates (a bad one is left out of allocation) and overlaps no other.
-    pub async fn check(&self) -> Result<Vec<Problem>> {
-        let mut problems = self.pool_problems().await?;
-        let blocks = self.store.list_blocks().await.map_err(ds("list blocks"))?;
-        let handles = self
-            .store
-            .list_handles()
-            .await
-            .map_err(ds("list handles"))?;
-        let affinities = self
-            .store
-            .list_affinities()
-            .await
-            .map_err(ds("list affinities"))?;
-        let by_cidr: BTreeMap<IpNet, &IpamBlock> =
-            blocks.iter().map(|b| (b.value.cidr, &b.value)).collect();
-        let handle_counts: BTreeMap<String, (&str, &BTreeMap<String, i64>)> = handles
-            .iter()
-            .map(|h| {
-                (
-                    names::handle_object_name(&h.value.handle_id),
-                    (h.value.handle_id.as_str(), &h.value.block),
-                )
-            })
-            .collect();
+/// Everything wrong with `inv`:
+/// - every object that could not be read (it fails the requests that read it);
+/// - the IPAMConfig's and reservations' values the allocator cannot use;
+/// - every pool that does not validate (it is left out of allocation) or overlaps another;
+/// - every block that is internally inconsistent;
+/// - every allocation's handle exists and counts it; every block a handle lists exists and
+///   holds addresses for it;
+/// - every confirmed affinity's block exists and names the affinity's node; every `host:`
+///   block has an affinity.
+pub fn check_inventory(inv: &Inventory) -> Vec<Problem> {
+    let mut problems: Vec<Problem> = inv
+        .unusable
+        .iter()
+        .map(|u| problem(&u.object, &u.reason))
+        .collect();
+    problems.extend(config_problems(inv));
+    problems.extend(pool_problems(&inv.pools));
+    problems.extend(object_problems(inv));
+    problems
+}
 
-        for b in by_cidr.values() {
-            let subject = format!("block {}", b.cidr);
-            problems.extend(
-                b.consistency_problems()
-                    .into_iter()
-                    .map(|m| problem(&subject, m)),
-            );
-            for (handle, n) in b.handle_counts() {
-                match handle_counts.get(&names::handle_object_name(&handle)) {
-                    None => problems.push(problem(
-                        &subject,
-                        format!("holds {n} address(es) for handle {handle}, which does not exist"),
-                    )),
-                    Some((_, counts)) => {
-                        let counted = counts.get(&b.cidr.to_string()).copied().unwrap_or(0);
-                        if counted < i64::from(n) {
-                            problems.push(problem(
-                                &subject,
-                                format!(
-                                    "holds {n} address(es) for handle {handle}, but the handle counts {counted}"
-                                ),
-                            ));
-                        }
+/// Values of the IPAMConfig and the reservations that decode but mean nothing.
+fn config_problems(inv: &Inventory) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    if let Some(mode) = inv
+        .config
+        .as_ref()
+        .and_then(|c| c.kube_virt_vm_address_persistence.as_deref())
+        .filter(|m| !matches!(*m, "Enabled" | "Disabled"))
+    {
+        problems.push(problem(
+            "IPAMConfig default",
+            format!("kubeVirtVMAddressPersistence {mode:?} is not Enabled or Disabled"),
+        ));
+    }
+    for r in &inv.reservations {
+        for entry in &r.spec.reserved_cidrs {
+            let e = entry.trim();
+            if e.parse::<IpNet>().is_err() && e.parse::<IpAddr>().is_err() {
+                problems.push(problem(
+                    format!("IPReservation {}", r.name),
+                    format!("{entry:?} is neither a CIDR nor an address: it reserves nothing"),
+                ));
+            }
+        }
+    }
+    problems
+}
+
+/// Every pool that does not validate, or overlaps a pool before it in name order.
+fn pool_problems(pools: &[IpPool]) -> Vec<Problem> {
+    let mut pools = pools.to_vec();
+    pools.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut problems = Vec::new();
+    for (i, pool) in pools.iter().enumerate() {
+        let pool = pool.clone().with_defaults();
+        let subject = format!("IPPool {}", pool.name);
+        if let Err(e) = validate::validate_pool(&pool) {
+            problems.push(problem(
+                subject,
+                format!("{e} (no address is allocated from it until this is fixed)"),
+            ));
+        } else if let Err(e) = validate::validate_new_pool(&pool, &pools[..i]) {
+            problems.push(problem(subject, e.to_string()));
+        }
+    }
+    problems
+}
+
+/// Blocks, handles and affinities, on their own and against each other.
+fn object_problems(inv: &Inventory) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let by_cidr: BTreeMap<IpNet, &IpamBlock> = inv
+        .blocks
+        .iter()
+        .map(|b| (b.value.cidr, &b.value))
+        .collect();
+    let handle_counts: BTreeMap<String, (&str, &BTreeMap<String, i64>)> = inv
+        .handles
+        .iter()
+        .map(|h| {
+            (
+                names::handle_object_name(&h.value.handle_id),
+                (h.value.handle_id.as_str(), &h.value.block),
+            )
+        })
+        .collect();
+
+    for b in by_cidr.values() {
+        let subject = format!("block {}", b.cidr);
+        problems.extend(
+            b.consistency_problems()
+                .into_iter()
+                .map(|m| problem(&subject, m)),
+        );
+        for (handle, n) in b.handle_counts() {
+            match handle_counts.get(&names::handle_object_name(&handle)) {
+                None => problems.push(problem(
+                    &subject,
+                    format!("holds {n} address(es) for handle {handle}, which does not exist"),
+                )),
+                Some((_, counts)) => {
+                    let counted = counts.get(&b.cidr.to_string()).copied().unwrap_or(0);
+                    if counted < i64::from(n) {
+                        problems.push(problem(
+                            &subject,
+                            format!(
+                                "holds {n} address(es) for handle {handle}, but the handle counts {counted}"
+                            ),
+                        ));
                     }
                 }
             }
         }
+    }
 
-        for (handle_id, counts) in handle_counts.values() {
-            let subject = format!("handle {handle_id}");
-            for (key, count) in counts.iter() {
-                let Ok(cidr) = key.parse::<IpNet>() else {
-                    problems.push(problem(
-                        &subject,
-                        format!("lists {key:?}, which is not a CIDR"),
-                    ));
-                    continue;
-                };
-                match by_cidr.get(&cidr) {
-                    None => problems.push(problem(
-                        &subject,
-                        format!("counts {count} address(es) in block {cidr}, which does not exist"),
-                    )),
-                    Some(b) if b.ips_for_handle(handle_id).is_empty() => problems.push(problem(
-                        &subject,
-                        format!(
-                            "counts {count} address(es) in block {cidr}, which holds none for it"
-                        ),
-                    )),
-                    Some(_) => {}
-                }
-            }
-        }
-
-        let mut affine: BTreeSet<(String, IpNet)> = BTreeSet::new();
-        for a in &affinities {
-            let a = &a.value;
-            if a.affinity_type != AffinityType::Host {
+    for (handle_id, counts) in handle_counts.values() {
+        let subject = format!("handle {handle_id}");
+        for (key, count) in counts.iter() {
+            let Ok(cidr) = key.parse::<IpNet>() else {
+                problems.push(problem(
+                    &subject,
+                    format!("lists {key:?}, which is not a CIDR"),
+                ));
                 continue;
-            }
-            affine.insert((a.node.clone(), a.cidr));
-            if a.state != AffinityState::Confirmed {
-                continue;
-            }
-            let subject = format!("affinity of {} for {}", a.node, a.cidr);
-            match by_cidr.get(&a.cidr) {
+            };
+            match by_cidr.get(&cidr) {
                 None => problems.push(problem(
                     &subject,
-                    format!("is confirmed, but block {} does not exist", a.cidr),
+                    format!("counts {count} address(es) in block {cidr}, which does not exist"),
                 )),
-                Some(b) if !b.is_affine_to(&a.node) => problems.push(problem(
+                Some(b) if b.ips_for_handle(handle_id).is_empty() => problems.push(problem(
                     &subject,
-                    format!(
-                        "is confirmed, but block {} is affine to {}",
-                        a.cidr,
-                        b.affinity.as_deref().unwrap_or("nobody")
-                    ),
+                    format!("counts {count} address(es) in block {cidr}, which holds none for it"),
                 )),
                 Some(_) => {}
             }
         }
-        for b in by_cidr.values() {
-            if let Some(host) = b.host()
-                && !affine.contains(&(host.to_owned(), b.cidr))
-            {
-                problems.push(problem(
-                    format!("block {}", b.cidr),
-                    format!("is affine to host {host}, but {host} has no affinity for it"),
-                ));
-            }
-        }
-        Ok(problems)
     }
 
-    /// Every stored pool that does not validate, or overlaps a pool before it in name order.
-    async fn pool_problems(&self) -> Result<Vec<Problem>> {
-        let mut pools = self.store.list_pools().await.map_err(ds("list IP pools"))?;
-        pools.sort_by(|a, b| a.name.cmp(&b.name));
-        let mut problems = Vec::new();
-        for (i, pool) in pools.iter().enumerate() {
-            let pool = pool.clone().with_defaults();
-            let subject = format!("IPPool {}", pool.name);
-            if let Err(e) = validate::validate_pool(&pool) {
-                problems.push(problem(
-                    subject,
-                    format!("{e} (no address is allocated from it until this is fixed)"),
-                ));
-            } else if let Err(e) = validate::validate_new_pool(&pool, &pools[..i]) {
-                problems.push(problem(subject, e.to_string()));
-            }
+    let mut affine: BTreeSet<(String, IpNet)> = BTreeSet::new();
+    for a in &inv.affinities {
+        let a = &a.value;
+        if a.affinity_type != AffinityType::Host {
+            continue;
         }
-        Ok(problems)
+        affine.insert((a.node.clone(), a.cidr));
+        if a.state != AffinityState::Confirmed {
+            continue;
+        }
+        let subject = format!("affinity of {} for {}", a.node, a.cidr);
+        match by_cidr.get(&a.cidr) {
+            None => problems.push(problem(
+                &subject,
+                format!("is confirmed, but block {} does not exist", a.cidr),
+            )),
+            Some(b) if !b.is_affine_to(&a.node) => problems.push(problem(
+                &subject,
+                format!(
+                    "is confirmed, but block {} is affine to {}",
+                    a.cidr,
+                    b.affinity.as_deref().unwrap_or("nobody")
+                ),
+            )),
+            Some(_) => {}
+        }
+    }
+    for b in by_cidr.values() {
+        if let Some(host) = b.host()
+            && !affine.contains(&(host.to_owned(), b.cidr))
+        {
+            problems.push(problem(
+                format!("block {}", b.cidr),
+                format!("is affine to host {host}, but {host} has no affinity for it"),
+            ));
+        }
+    }
+    problems
+}
+
+/// What [`Ipam::check_all`] read, and the problems it found in it.
+#[derive(Debug, Clone, Default)]
+pub struct Checked {
+    /// Every problem, one per object and fault.
+    pub problems: Vec<Problem>,
+    /// Everything read (objects that could not be read are among the problems).
+    pub inventory: Inventory,
+}
+
+impl<D: Datastore> Ipam<D> {
+    /// The problems [`Ipam::check_all`] finds.
+    pub async fn check(&self) -> Result<Vec<Problem>> {
+        Ok(self.check_all().await?.problems)
     }
 
+    /// Reads every object the allocator depends on, each on its own ([`Datastore::inventory`]),
+    /// and checks them (see [`check_inventory`]).
+    pub async fn check_all(&self) -> Result<Checked> {
+        let inventory = self
+            .store
+            .inventory()
+            .await
+            .map_err(ds("read the IPAM objects"))?;
+        Ok(Checked {
+            problems: check_inventory(&inventory),
+            inventory,
+        })
+    }
     /// Validates `pool` (on its own and against the other pools; a pool with the same name is
     /// replaced), fills in Calico's defaults and stores it. Returns what was stored.
     pub async fn apply_pool(&self, pool: IpPool) -> Result<IpPool> {

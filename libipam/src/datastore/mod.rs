@@ -77,6 +77,36 @@ pub enum DatastoreError {
 /// Result of a datastore call.
 pub type DsResult<T> = Result<T, DatastoreError>;
 
+/// An object that exists in the datastore but cannot be used as it is: it does not decode,
+/// or (local store) its file name does not match what it holds, so lookups by key miss it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unusable {
+    /// Where it is: `IPPool file pools/x.json` (local), `IPAMBlock 10-0-0-0-26` (Kubernetes).
+    pub object: String,
+    /// Why it cannot be used.
+    pub reason: String,
+}
+
+/// Every object the allocator depends on, read one by one, for `check`: an object that
+/// cannot be decoded is listed in `unusable` instead of failing the whole read.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Inventory {
+    /// The `default` IPAMConfig; `None` when there is none (Calico's defaults apply).
+    pub config: Option<IpamConfig>,
+    /// Every pool, by name.
+    pub pools: Vec<IpPool>,
+    /// Every reservation.
+    pub reservations: Vec<IpReservation>,
+    /// Every block (soft-deleted ones left out).
+    pub blocks: Vec<Versioned<IpamBlock>>,
+    /// Every affinity of every host (soft-deleted ones left out).
+    pub affinities: Vec<Versioned<BlockAffinity>>,
+    /// Every handle (soft-deleted ones left out).
+    pub handles: Vec<Versioned<IpamHandle>>,
+    /// The objects above that could not be read.
+    pub unusable: Vec<Unusable>,
+}
+
 /// Storage for Calico's IPAM objects with revision-checked writes.
 ///
 /// The allocator reads this host's affinities once per request ([`Datastore::list_host_affinities`],
@@ -177,4 +207,21 @@ pub trait Datastore {
     async fn delete_handle(&self, handle: &Versioned<IpamHandle>) -> DsResult<()>;
     /// All handles.
     async fn list_handles(&self) -> DsResult<Vec<Versioned<IpamHandle>>>;
+
+    /// Everything `check` reads. A backend that can read objects one by one overrides this so
+    /// that one object that does not decode is reported in [`Inventory::unusable`] rather than
+    /// failing the listing of its kind (which is what the allocator's reads do).
+    async fn inventory(&self) -> DsResult<Inventory> {
+        let mut pools = self.list_pools().await?;
+        pools.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Inventory {
+            config: Some(self.get_config().await?),
+            pools,
+            reservations: self.list_reservations().await?,
+            blocks: self.list_blocks().await?,
+            affinities: self.list_affinities().await?,
+            handles: self.list_handles().await?,
+            unusable: Vec::new(),
+        })
+    }
 }

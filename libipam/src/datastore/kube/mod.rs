@@ -23,6 +23,7 @@ mod cache;
 pub mod decode;
 mod inventory;
 mod objects;
+mod scan;
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -40,7 +41,7 @@ use crate::error::error_chain;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{Datastore, DatastoreError, DsResult, Revision, Versioned};
+use super::{Datastore, DatastoreError, DsResult, Inventory, Revision, Versioned};
 use crate::model::{
     AffinityType, BlockAffinity, IpPool, IpPoolSpec, IpReservation, IpReservationSpec, IpamBlock,
     IpamConfig, IpamHandle, time,
@@ -800,6 +801,11 @@ impl Datastore for KubeStore {
             .filter(|o| !o.spec.deleted)
             .map(versioned)
             .collect())
+    }
+
+    /// Every object listed raw and decoded one by one (`scan.rs`); never from the cache.
+    async fn inventory(&self) -> DsResult<Inventory> {
+        self.read_inventory().await
     }
 }
 

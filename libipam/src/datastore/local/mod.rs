@@ -29,6 +29,7 @@
 
 mod files;
 mod hooks;
+mod inventory;
 mod journal;
 mod writer;
 
@@ -41,7 +42,7 @@ use ipnet::IpNet;
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Serialize};
 
-use super::{Datastore, DatastoreError, DsResult, Revision, Versioned};
+use super::{Datastore, DatastoreError, DsResult, Inventory, Revision, Versioned};
 use crate::model::{BlockAffinity, IpPool, IpReservation, IpamBlock, IpamConfig, IpamHandle, time};
 use crate::names;
 pub use files::file_stem;
@@ -603,6 +604,10 @@ impl Datastore for LocalStore {
             .into_iter()
             .filter(|h| !h.value.deleted)
             .collect())
+    }
+
+    async fn inventory(&self) -> DsResult<Inventory> {
+        self.read_inventory()
     }
 }
 
