@@ -181,6 +181,80 @@ fn a_netconf_over_1_mib_is_refused_unread() {
     }
 }
 
+/// Issue 10 item 8: a wrong type names the field's path; anything but a JSON object is a
+/// decoding failure (code 6). Read field by field, the array below is a netconf for the
+/// scratch store (it was, and calico-cni and calico-ipam allocated a pair from it).
+#[test]
+fn wrong_types_name_their_field_and_a_json_array_is_no_netconf() {
+    let s = Scratch::new();
+    std::os::unix::fs::symlink(
+        Path::new(CNI).with_file_name("calico-ipam"),
+        s.bin().join("calico-ipam"),
+    )
+    .expect("link calico-ipam");
+    let base = s.netconf();
+    let edit = |f: &dyn Fn(&mut Value)| {
+        let mut v = base.clone();
+        f(&mut v);
+        v.to_string()
+    };
+    let positional = json!([
+        "1.0.0",
+        "k8s-pod-network",
+        "calico",
+        "local",
+        s.dir.path().join("store"),
+        "node-a",
+        null,
+        null,
+        {"type": "calico-ipam", "assign_ipv4": "true", "assign_ipv6": "true"}
+    ]);
+    let cases: Vec<(&str, String, u64, &str)> = vec![
+        (
+            "mtu of the wrong type",
+            edit(&|v| v["mtu"] = json!("1500")),
+            7,
+            "mtu: invalid type: a string, expected u32 at line 1",
+        ),
+        (
+            "a nested boolean of the wrong type",
+            edit(&|v| v["ipam"]["assign_ipv6"] = json!(5)),
+            7,
+            "ipam.assign_ipv6 must be true or false",
+        ),
+        (
+            "a nested section as an array",
+            edit(&|v| v["container_settings"] = json!([true])),
+            7,
+            "container_settings: invalid type: sequence, expected a JSON object",
+        ),
+        (
+            "the netconf as a JSON array",
+            positional.to_string(),
+            6,
+            "the network configuration must be a JSON object: invalid type: sequence",
+        ),
+        (
+            "the netconf as a number",
+            "1".into(),
+            6,
+            "the network configuration must be a JSON object: invalid type: integer",
+        ),
+    ];
+    for (case, conf, code, says) in cases {
+        for command in ["ADD", "DEL", "CHECK"] {
+            let out = s.cni(command, &[], conf.as_bytes());
+            let err = cni_error(&out, case);
+            assert_eq!(err["code"], code, "{case} {command}: {err}");
+            assert!(
+                err["details"].as_str().is_some_and(|d| d.contains(says)),
+                "{case} {command}: {err}"
+            );
+            s.assert_nothing_created(&format!("{case} {command}"));
+        }
+    }
+}
+
 /// `conf` with a `"padding"` string of `n` bytes added.
 fn padded(conf: &Value, n: usize) -> Vec<u8> {
     let mut out = conf.to_string().into_bytes();

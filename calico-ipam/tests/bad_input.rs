@@ -67,6 +67,59 @@ fn cases(store: &Store) -> Vec<Case> {
             6,
             "decode",
         ),
+        // Issue 10 item 8: a wrong type names the field's path, not only a line and column.
+        case(
+            "mtu of the wrong type",
+            "ADD",
+            vec![],
+            with(&base, |v| v["mtu"] = json!("1500")),
+            7,
+            "mtu: invalid type: a string, expected u32 at line 1",
+        ),
+        case(
+            "a pool list entry of the wrong type",
+            "ADD",
+            vec![],
+            with(&base, |v| v["ipam"]["ipv4_pools"] = json!(["v4", 7])),
+            7,
+            "ipam.ipv4_pools[1]: invalid type: integer `7`, expected a string",
+        ),
+        case(
+            "the ipam section as an array",
+            "ADD",
+            vec![],
+            with(&base, |v| {
+                v["ipam"] = json!(["calico-ipam", "true", "true"])
+            }),
+            7,
+            "ipam: invalid type: sequence, expected a JSON object",
+        ),
+        // Read field by field, this array is a netconf for this store (it was, and was
+        // allocated a pair): anything but an object is a decoding failure.
+        case(
+            "the netconf as a JSON array",
+            "ADD",
+            vec![],
+            json!([
+                "1.0.0",
+                "k8s-pod-network",
+                "calico",
+                "local",
+                store.path(),
+                "node-a"
+            ])
+            .to_string(),
+            6,
+            "the network configuration must be a JSON object: invalid type: sequence, expected a JSON object",
+        ),
+        case(
+            "the netconf as a JSON string",
+            "DEL",
+            vec![],
+            json!(ok).to_string(),
+            6,
+            "the network configuration must be a JSON object: invalid type: a string",
+        ),
         case(
             "unknown cniVersion",
             "ADD",

@@ -4,7 +4,10 @@
 //! and other plugins put anything in a plugin's configuration). Legacy spellings are normalised
 //! here, once: `"assign_ipv4": "true"` and `true` both become `bool`, `null` lists become empty.
 
+use serde::de::{MapAccess, Visitor, value::MapAccessDeserializer};
 use serde::{Deserialize, Deserializer};
+use std::fmt;
+use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -58,11 +61,11 @@ pub struct NetConf {
     pub nodename_file: Option<PathBuf>,
     #[serde(default)]
     pub mtu: Option<u32>,
-    #[serde(default, deserialize_with = "null_as_default")]
+    #[serde(default, deserialize_with = "section")]
     pub ipam: IpamConf,
-    #[serde(default, deserialize_with = "null_as_default")]
+    #[serde(default, deserialize_with = "section")]
     pub kubernetes: KubernetesConf,
-    #[serde(default, deserialize_with = "null_as_default")]
+    #[serde(default, deserialize_with = "section")]
     pub policy: PolicyConf,
     #[serde(default, deserialize_with = "unset_as_none")]
     pub log_level: Option<String>,
@@ -76,9 +79,9 @@ pub struct NetConf {
     pub log_file_max_age: u64,
     #[serde(default, deserialize_with = "null_as_default")]
     pub log_file_max_count: u64,
-    #[serde(default, deserialize_with = "null_as_default")]
+    #[serde(default, deserialize_with = "section")]
     pub container_settings: ContainerSettings,
-    #[serde(default, deserialize_with = "null_as_default")]
+    #[serde(default, deserialize_with = "section")]
     pub feature_control: FeatureControl,
     #[serde(default, deserialize_with = "unset_as_none")]
     pub ipam_lock_file: Option<PathBuf>,
@@ -90,7 +93,7 @@ pub struct NetConf {
     #[serde(
         rename = "cni.dev/valid-attachments",
         default,
-        deserialize_with = "null_as_empty"
+        deserialize_with = "objects"
     )]
     pub valid_attachments: Vec<Attachment>,
 }
@@ -226,6 +229,51 @@ where
     Ok(Option::<Vec<T>>::deserialize(d)?.unwrap_or_default())
 }
 
+/// `T`, read from a JSON object only. serde's derived structs also take a JSON array as their
+/// fields in order (`["1.0.0", "net"]` was once read as a netconf, and allocated a pair);
+/// every struct of the netconf is read through this instead.
+struct Object<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Fields<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for Fields<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(MapAccessDeserializer::new(map))
+            }
+        }
+        d.deserialize_map(Fields(PhantomData)).map(Object)
+    }
+}
+
+/// A section (`ipam`, `kubernetes`, ...): a JSON object, or `null` for its defaults.
+fn section<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<Object<T>>::deserialize(d)?
+        .map(|o| o.0)
+        .unwrap_or_default())
+}
+
+/// A list of JSON objects (`null` = none).
+fn objects<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Ok(Option::<Vec<Object<T>>>::deserialize(d)?
+        .unwrap_or_default()
+        .into_iter()
+        .map(|o| o.0)
+        .collect())
+}
+
 /// `null` strings and sections are unset: the field's default.
 fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
 where
@@ -281,14 +329,28 @@ fn readiness_gates<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Er
 }
 
 impl NetConf {
-    /// Decode stdin. Broken JSON is code 6; well-formed JSON with wrong field types is code 7.
+    /// Decode stdin. Broken JSON, and JSON that is not an object, is code 6 (the reference
+    /// skel's decoding failure); an object with a field of the wrong type is code 7, naming the
+    /// field's path (`ipam.assign_ipv4`, `cni.dev/valid-attachments[0].containerID`).
     pub fn parse(stdin: &[u8]) -> Result<NetConf, CniError> {
-        serde_json::from_slice(stdin).map_err(|e| {
-            let details = withhold_strings(&e.to_string());
-            if e.is_data() {
-                CniError::invalid_config(details)
+        let mut de = serde_json::Deserializer::from_slice(stdin);
+        let decoded = serde_path_to_error::deserialize::<_, Object<NetConf>>(&mut de)
+            .map_err(|e| (e.path().to_string(), e.into_inner()))
+            .and_then(|conf| de.end().map(|()| conf.0).map_err(|e| (".".into(), e)));
+        decoded.map_err(|(path, e)| {
+            let msg = withhold_strings(&e.to_string());
+            if !e.is_data() {
+                // Broken JSON: its position is what helps.
+                CniError::decode(msg)
+            } else if path == "." {
+                // Every field has a default, so only the whole document can be of a wrong type.
+                CniError::decode(format!(
+                    "the network configuration must be a JSON object: {msg}"
+                ))
+            } else if msg.starts_with(&path) {
+                CniError::invalid_config(msg)
             } else {
-                CniError::decode(details)
+                CniError::invalid_config(format!("{path}: {msg}"))
             }
         })
     }
@@ -550,10 +612,36 @@ mod tests {
     fn wrong_types_are_still_refused() {
         for (bad, says) in [
             (r#"{"ipam":{"assign_ipv4":1}}"#, "ipam.assign_ipv4"),
-            (r#"{"ipam":{"ipv4_pools":"10.0.0.0/8"}}"#, "sequence"),
-            (r#"{"mtu":"1500"}"#, "u32"),
-            (r#"{"nodename":7}"#, "string"),
-            (r#"{"ipam":7}"#, "IpamConf"),
+            (
+                r#"{"ipam":{"ipv4_pools":"10.0.0.0/8"}}"#,
+                "ipam.ipv4_pools: invalid type",
+            ),
+            (
+                r#"{"ipam":{"ipv6_pools":["a",7]}}"#,
+                "ipam.ipv6_pools[1]: invalid type",
+            ),
+            (
+                r#"{"mtu":"1500"}"#,
+                "mtu: invalid type: a string, expected u32",
+            ),
+            (r#"{"nodename":7}"#, "nodename: invalid type: integer `7`"),
+            (
+                r#"{"ipam":7}"#,
+                "ipam: invalid type: integer `7`, expected a JSON object",
+            ),
+            (
+                r#"{"ipam":["calico-ipam",true]}"#,
+                "ipam: invalid type: sequence",
+            ),
+            (
+                r#"{"kubernetes":{"cache_ttl_seconds":-1}}"#,
+                "kubernetes.cache_ttl_seconds:",
+            ),
+            (r#"{"policy":["k8s"]}"#, "policy: invalid type: sequence"),
+            (
+                r#"{"cni.dev/valid-attachments":[["c1","eth0"]]}"#,
+                "cni.dev/valid-attachments[0]: invalid type: sequence",
+            ),
             (r#"{"datastore_type":"etcdv3"}"#, "etcdv3"),
             (
                 r#"{"readiness_gates":"http://localhost:9099/x"}"#,
@@ -564,6 +652,27 @@ mod tests {
             let e = NetConf::parse(bad.as_bytes()).expect_err(bad);
             assert_eq!(e.code, 7, "{bad}: {e:?}");
             assert!(e.details.contains(says), "{bad}: {}", e.details);
+        }
+    }
+
+    #[test]
+    fn anything_but_an_object_is_code_6() {
+        for (doc, says) in [
+            (r#"["1.0.0","net"]"#, "sequence"),
+            (r#""1.0.0""#, "string"),
+            ("7", "integer"),
+            ("true", "boolean"),
+            ("null", "null"),
+        ] {
+            let e = NetConf::parse(doc.as_bytes()).expect_err(doc);
+            assert_eq!(e.code, 6, "{doc}: {e:?}");
+            assert!(
+                e.details
+                    .starts_with("the network configuration must be a JSON object: invalid type")
+                    && e.details.contains(says),
+                "{doc}: {}",
+                e.details
+            );
         }
     }
 
