@@ -85,6 +85,21 @@ pub fn wants_pod_cidrs(stdin: &[u8]) -> Result<bool, CniError> {
     Ok(found)
 }
 
+/// Whether host-local's configuration (pseudo-subnets already replaced) has an IPv6 subnet or
+/// range: the pod then gets an IPv6 address.
+pub fn has_ipv6(stdin: &[u8]) -> Result<bool, CniError> {
+    let mut conf = parse(stdin)?;
+    let mut found = false;
+    visit_subnets(&mut conf, &mut |subnet| {
+        found |= subnet.as_str().is_some_and(|s| {
+            matches!(pseudo(subnet), Some(Family::V6))
+                || s.parse::<ipnet::IpNet>().is_ok_and(|n| n.addr().is_ipv6())
+        });
+        Ok(())
+    })?;
+    Ok(found)
+}
+
 /// `stdin` with every pseudo-subnet replaced by `cidrs`; unchanged (byte for byte) when there
 /// is none.
 pub fn replace_pod_cidrs(stdin: &[u8], cidrs: &PodCidrs) -> Result<Vec<u8>, CniError> {

@@ -5,6 +5,7 @@ pub mod flags;
 pub mod host_local;
 pub mod ipam_exec;
 pub mod k8s;
+pub mod mtu;
 pub mod plugin;
 pub mod probe;
 pub mod readiness;

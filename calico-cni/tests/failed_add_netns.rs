@@ -275,3 +275,75 @@ fn an_add_whose_result_cannot_be_written_is_undone() {
     );
     assert_nothing_left(&node, &pod, &[]);
 }
+
+/// Issue 10 item 8: an `mtu` the pod's families cannot have is refused (code 7, the bound
+/// named) before anything is allocated or made. It used to fail half-way through on an IPv6
+/// sysctl (the kernel turns IPv6 off under 1280) or on creating the veth (under 68).
+#[test]
+fn an_mtu_too_small_for_the_pods_families_is_refused_before_anything_is_made() {
+    let node = tiny_node();
+    let pod = Netns::new("cmtu");
+    let ipv6_min = "MTU too small for IPv6 (minimum 1280)";
+    let ipv4_min = "MTU too small for IPv4 (minimum 68)";
+    let host_local = |v6: bool| {
+        let mut ranges = vec![json!([{"subnet": "10.97.0.0/24"}])];
+        if v6 {
+            ranges.push(json!([{"subnet": "fd00:97::/64"}]));
+        }
+        json!({"type": "host-local", "dataDir": node.dir.path().join("host-local"), "ranges": ranges})
+    };
+    let cases: Vec<(u32, Value, &str)> = vec![
+        (
+            1279,
+            json!({"type": "calico-ipam", "assign_ipv6": "true"}),
+            ipv6_min,
+        ),
+        (
+            100,
+            json!({"type": "calico-ipam", "assign_ipv6": "true"}),
+            ipv6_min,
+        ),
+        (
+            60,
+            json!({"type": "calico-ipam", "assign_ipv6": "true"}),
+            ipv6_min,
+        ),
+        (
+            67,
+            json!({"type": "calico-ipam", "assign_ipv6": "false"}),
+            ipv4_min,
+        ),
+        (
+            65536,
+            json!({"type": "calico-ipam", "assign_ipv6": "false"}),
+            "MTU too large for a veth (maximum 65535)",
+        ),
+        (1000, host_local(true), ipv6_min),
+        (50, host_local(false), ipv4_min),
+    ];
+    for (mtu, ipam, says) in cases {
+        let mut conf = node.netconf("1.0.0");
+        conf["mtu"] = json!(mtu);
+        conf["ipam"] = ipam.clone();
+        let out = node.cni_with_args("ADD", "mtu1", &pod.path(), &pod_args(), &conf);
+        let e = failure(&out);
+        assert_eq!(e["code"], 7, "mtu {mtu} {ipam}: {e}");
+        let details = e["details"].as_str().unwrap_or_default();
+        assert!(
+            details.starts_with(says) && details.contains(&format!("mtu is {mtu}")),
+            "mtu {mtu} {ipam}: {e}"
+        );
+        assert_nothing_left(&node, &pod, &[]);
+        assert!(
+            !node.dir.path().join("host-local").exists(),
+            "host-local was run: {ipam}"
+        );
+    }
+    // The IPv6 bound is IPv6's: an IPv4-only pod takes 1000.
+    let mut conf = node.netconf("1.0.0");
+    conf["mtu"] = json!(1000);
+    conf["ipam"]["assign_ipv6"] = json!("false");
+    let out = node.cni_with_args("ADD", "mtu2", &pod.path(), &pod_args(), &conf);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(pod.ip(&["link", "show", "eth0"]).contains("mtu 1000"));
+}

@@ -13,7 +13,7 @@ use libipam::cni::{CniError, CniResult, Command, Interface, IpConfig, Route};
 use super::{api_call, dataplane_error, host_ifname, ipam_plugin, runtime};
 use crate::dataplane::{self, IPV4_GATEWAY, IPV6_GATEWAY, Plan};
 use crate::k8s::{self, PodRequests};
-use crate::{host_local, ipam_exec, readiness};
+use crate::{host_local, ipam_exec, mtu, readiness};
 
 pub fn add(req: &Request) -> Result<CniResult, CniError> {
     let netns = req
@@ -75,6 +75,8 @@ pub fn add(req: &Request) -> Result<CniResult, CniError> {
         stdin = host_local::replace_pod_cidrs(&stdin, &cidrs)?;
     }
 
+    mtu::check(req.conf.mtu, gets_ipv6(req, &overrides, &stdin)?)?;
+
     let bypass_ipam = overrides.ip_addrs_no_ipam.is_some();
     let ipam_result = match (&overrides.ip_addrs, &overrides.ip_addrs_no_ipam) {
         (_, Some(addrs)) => given_addresses(addrs),
@@ -103,6 +105,10 @@ pub fn add(req: &Request) -> Result<CniResult, CniError> {
         Ok(a) => a,
         Err(e) => return Err(undo_ipam(e)),
     };
+    // An IPAM plugin whose families could not be told beforehand.
+    if let Err(e) = mtu::check(req.conf.mtu, Some(ipv6.is_some())) {
+        return Err(undo_ipam(e));
+    }
     let plan = Plan {
         netns: netns.clone(),
         host_ifname: host_ifname.clone(),
@@ -150,6 +156,32 @@ pub fn add(req: &Request) -> Result<CniResult, CniError> {
         "wired the pod to the host"
     );
     Ok(result(&plan, &applied))
+}
+
+/// Whether the pod will get an IPv6 address, as far as it is known before IPAM runs: the
+/// annotated addresses, calico-ipam's `assign_ipv6` (after the annotations), host-local's
+/// ranges; `None` for another IPAM plugin.
+fn gets_ipv6(
+    req: &Request,
+    overrides: &PodRequests,
+    stdin: &[u8],
+) -> Result<Option<bool>, CniError> {
+    if let Some(addrs) = overrides
+        .ip_addrs_no_ipam
+        .as_ref()
+        .or(overrides.ip_addrs.as_ref())
+    {
+        return Ok(Some(addrs.iter().any(IpAddr::is_ipv6)));
+    }
+    Ok(match req.conf.ipam.ipam_type.as_str() {
+        "calico-ipam" => Some(
+            overrides
+                .families
+                .map_or(req.conf.ipam.assign_ipv6, |(_, v6)| v6),
+        ),
+        host_local::HOST_LOCAL => Some(host_local::has_ipv6(stdin)?),
+        _ => None,
+    })
 }
 
 /// The Node's pod CIDRs for host-local's `usePodCidr`: the Node is `kubernetes.node_name`, else
