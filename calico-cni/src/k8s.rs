@@ -349,6 +349,9 @@ pub struct PodRequests {
     pub ip_addrs_no_ipam: Option<Vec<IpAddr>>,
     /// The pod interface's MAC (`hwAddr`).
     pub pod_mac: Option<[u8; 6]>,
+    /// Where `ipv4_pools` and `ipv6_pools` came from (`the pod's cni.projectcalico.org/ipv4pools
+    /// annotation`), for errors: calico-ipam only sees `ipam.ipv4_pools`.
+    pub pools_from: [Option<String>; 2],
 }
 
 pub const ANNOTATION_FLOATING_IPS: &str = "cni.projectcalico.org/floatingIPs";
@@ -372,6 +375,15 @@ impl PodRequests {
                 .filter(|v| !v.is_empty())
                 .or_else(|| namespace.get(key))
                 .filter(|v| !v.is_empty())
+        };
+        // Which object's annotation `pick` takes, for messages.
+        let origin = |key: &str| {
+            let on = if pod.get(key).is_some_and(|v| !v.is_empty()) {
+                "pod's"
+            } else {
+                "namespace's"
+            };
+            format!("the {on} {key} annotation")
         };
         let list = |key: &str| -> Result<Option<Vec<String>>, CniError> {
             if !calico_ipam {
@@ -468,13 +480,44 @@ impl PodRequests {
                 })
             })
             .transpose()?;
+        let ipv4_pools = list(ANNOTATION_IPV4_POOLS)?;
+        let ipv6_pools = list(ANNOTATION_IPV6_POOLS)?;
+        let mut pools_from = [None, None];
+        for (i, (key, pools, ipv6)) in [
+            (ANNOTATION_IPV4_POOLS, &ipv4_pools, false),
+            (ANNOTATION_IPV6_POOLS, &ipv6_pools, true),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let Some(pools) = pools else { continue };
+            let from = origin(key);
+            // Entries are pool names or CIDRs; a CIDR's family is known here, a name's only
+            // to calico-ipam (see `name_pool_origin`).
+            if let Some(cidr) = pools
+                .iter()
+                .filter_map(|p| p.trim().parse::<IpNet>().ok())
+                .find(|c| c.addr().is_ipv6() != ipv6)
+            {
+                let (is, wants) = if ipv6 {
+                    ("IPv4", "IPv6")
+                } else {
+                    ("IPv6", "IPv4")
+                };
+                return Err(CniError::invalid_config(format!(
+                    "{from} lists {cidr}, an {is} CIDR: it takes {wants} pools (names or CIDRs) only"
+                )));
+            }
+            pools_from[i] = Some(from);
+        }
         Ok(PodRequests {
-            ipv4_pools: list(ANNOTATION_IPV4_POOLS)?,
-            ipv6_pools: list(ANNOTATION_IPV6_POOLS)?,
+            ipv4_pools,
+            ipv6_pools,
             families,
             ip_addrs,
             ip_addrs_no_ipam,
             pod_mac,
+            pools_from,
         })
     }
 
@@ -507,6 +550,24 @@ impl PodRequests {
 }
 
 const CALICO_IPAM: &str = "calico-ipam";
+
+impl PodRequests {
+    /// An IPAM error about `ipam.ipv4_pools` / `ipv6_pools` (calico-ipam's wording) that an
+    /// annotation filled in, with the annotation named instead.
+    pub fn name_pool_origin(&self, mut e: CniError) -> CniError {
+        for (list, from) in ["ipv4_pools", "ipv6_pools"].iter().zip(&self.pools_from) {
+            if let Some(from) = from {
+                let named = format!("{from} (ipam.{list})");
+                for text in [&mut e.msg, &mut e.details] {
+                    if text.starts_with(list) {
+                        *text = text.replacen(list, &named, 1);
+                    }
+                }
+            }
+        }
+        e
+    }
+}
 
 /// A JSON list of strings, or Calico's error.
 fn json_strings(raw: &str) -> Result<Vec<String>, CniError> {
@@ -699,6 +760,44 @@ mod tests {
         assert_eq!(out["ipam"]["assign_ipv6"], "true");
         let none = PodRequests::default();
         assert_eq!(none.rewrite_stdin(stdin).expect("same"), stdin.to_vec());
+    }
+
+    /// Issue 10 item 8: a pool annotation of the wrong family names the annotation, not
+    /// `ipam.ipv4_pools`.
+    #[test]
+    fn a_pool_cidr_of_the_wrong_family_names_its_annotation() {
+        let ns = map(&[(ANNOTATION_IPV6_POOLS, r#"["10.9.0.0/16"]"#)]);
+        let pod = map(&[(ANNOTATION_IPV4_POOLS, r#"["v4-pool", "fd00:10:244::/48"]"#)]);
+        let e = read(&pod, &ns).expect_err("IPv6 CIDR in ipv4pools");
+        assert_eq!(e.code, 7);
+        assert_eq!(
+            e.details,
+            "the pod's cni.projectcalico.org/ipv4pools annotation lists fd00:10:244::/48, an \
+             IPv6 CIDR: it takes IPv4 pools (names or CIDRs) only"
+        );
+        let e = read(&BTreeMap::new(), &ns).expect_err("IPv4 CIDR in ipv6pools");
+        assert_eq!(
+            e.details,
+            "the namespace's cni.projectcalico.org/ipv6pools annotation lists 10.9.0.0/16, an \
+             IPv4 CIDR: it takes IPv6 pools (names or CIDRs) only"
+        );
+        // A pool name's family is calico-ipam's to find; its error names the annotation.
+        let o = read(
+            &map(&[(ANNOTATION_IPV4_POOLS, r#"["v6-pool"]"#)]),
+            &BTreeMap::new(),
+        )
+        .expect("names pass");
+        let e = o.name_pool_origin(CniError::invalid_config(
+            "ipv4_pools contains fd00::/48 which is an IPv6 pool",
+        ));
+        assert_eq!(
+            e.details,
+            "the pod's cni.projectcalico.org/ipv4pools annotation (ipam.ipv4_pools) contains \
+             fd00::/48 which is an IPv6 pool"
+        );
+        let untouched = PodRequests::default()
+            .name_pool_origin(CniError::invalid_config("ipv4_pools contains x"));
+        assert_eq!(untouched.details, "ipv4_pools contains x");
     }
 
     #[test]

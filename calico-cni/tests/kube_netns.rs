@@ -217,6 +217,96 @@ fn dual_stack_pods_in_the_kubernetes_datastore() {
     assert!(node.cali_links().is_empty(), "{:?}", node.cali_links());
 }
 
+/// Issue 10 item 8: a pool annotation of the wrong family (a CIDR, or the name of a pool of
+/// the other family) is reported naming the annotation and where it is, not calico-ipam's
+/// `ipam.ipv4_pools`; code 7, nothing allocated or made.
+#[test]
+fn a_pool_annotation_of_the_wrong_family_names_the_annotation() {
+    let kube = KubeEnv::get();
+    let _x = exclusive();
+    let u = unique();
+    let tag = format!("cniwf{u}");
+    let node = Node::new();
+    let _fwd = Forwarder::new(&node.ns, server_port(&kube.server));
+    let name = format!("cni-wf-{u}");
+    kube.purge_ipam(&["10.94.0.0/24", "fd00:94::/112"]);
+    let _pools = PoolGuard {
+        kube: &kube,
+        names: vec!["t-cniwf-v4".into(), "t-cniwf-v6".into()],
+    };
+    let (pods_ns, annotated_ns) = (format!("wf-{u}"), format!("wf6-{u}"));
+    let sel = format!("calico-rs-test == '{tag}'");
+    kube.apply(&format!(
+        "{node}\
+         apiVersion: crd.projectcalico.org/v1\nkind: IPPool\nmetadata: {{name: t-cniwf-v4}}\n\
+         spec: {{cidr: 10.94.0.0/24, nodeSelector: \"{sel}\"}}\n---\n\
+         apiVersion: crd.projectcalico.org/v1\nkind: IPPool\nmetadata: {{name: t-cniwf-v6}}\n\
+         spec: {{cidr: 'fd00:94::/112', nodeSelector: \"{sel}\"}}\n---\n\
+         {plain}{annotated}{p1}{p2}{p3}",
+        node = node_yaml(&name, &[("calico-rs-test", &tag)]),
+        plain = namespace_yaml(&pods_ns, &[]),
+        annotated = namespace_yaml(
+            &annotated_ns,
+            &[("cni.projectcalico.org/ipv6pools", "[\"10.94.0.0/24\"]")]
+        ),
+        p1 = pod_yaml(
+            &pods_ns,
+            "cidr",
+            &name,
+            &[("cni.projectcalico.org/ipv4pools", "[\"fd00:94::/112\"]")]
+        ),
+        p2 = pod_yaml(
+            &pods_ns,
+            "named",
+            &name,
+            &[("cni.projectcalico.org/ipv4pools", "[\"t-cniwf-v6\"]")]
+        ),
+        p3 = pod_yaml(&annotated_ns, "fromns", &name, &[]),
+    ));
+    let conf = conf(&node, &name, &kube.cni);
+    let pod = Netns::new("kwf");
+    for (ns, pod_name, says) in [
+        (
+            &pods_ns,
+            "cidr",
+            "the pod's cni.projectcalico.org/ipv4pools annotation lists fd00:94::/112, an IPv6 \
+             CIDR: it takes IPv4 pools (names or CIDRs) only",
+        ),
+        (
+            &pods_ns,
+            "named",
+            "the pod's cni.projectcalico.org/ipv4pools annotation (ipam.ipv4_pools) contains \
+             fd00:94::/112 which is an IPv6 pool",
+        ),
+        (
+            &annotated_ns,
+            "fromns",
+            "the namespace's cni.projectcalico.org/ipv6pools annotation lists 10.94.0.0/24, an \
+             IPv4 CIDR: it takes IPv6 pools (names or CIDRs) only",
+        ),
+    ] {
+        let cid = format!("wf{pod_name}{u}");
+        let out = node.cni("ADD", &cid, &pod.path(), Some((ns, pod_name)), &conf);
+        let e = error(&out);
+        assert_eq!(e["code"], 7, "{pod_name}: {e}");
+        let said = format!(
+            "{} {}",
+            e["msg"].as_str().unwrap_or_default(),
+            e["details"].as_str().unwrap_or_default()
+        );
+        assert!(said.contains(says), "{pod_name}: {e}");
+        assert!(pod_links(&pod).is_empty(), "{:?}", pod_links(&pod));
+        assert!(node.cali_links().is_empty(), "{:?}", node.cali_links());
+        assert!(
+            kube.get_json(&format!(
+                "/apis/crd.projectcalico.org/v1/ipamhandles/k8s-pod-network.{cid}"
+            ))
+            .is_none(),
+            "{pod_name}: a handle was made"
+        );
+    }
+}
+
 #[test]
 fn unreachable_api_server_is_code_11_and_leaves_the_pod_netns_empty() {
     let kube = KubeEnv::get();

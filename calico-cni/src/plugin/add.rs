@@ -80,8 +80,10 @@ pub fn add(req: &Request) -> Result<CniResult, CniError> {
     let bypass_ipam = overrides.ip_addrs_no_ipam.is_some();
     let ipam_result = match (&overrides.ip_addrs, &overrides.ip_addrs_no_ipam) {
         (_, Some(addrs)) => given_addresses(addrs),
-        (Some(addrs), None) => add_specific(&ipam, &stdin, addrs)?,
-        (None, None) => ipam_exec::add(&ipam, &stdin)?,
+        (Some(addrs), None) => {
+            add_specific(&ipam, &stdin, addrs).map_err(|e| overrides.name_pool_origin(e))?
+        }
+        (None, None) => ipam_exec::add(&ipam, &stdin).map_err(|e| overrides.name_pool_origin(e))?,
     };
     // From here on, every failure releases the addresses before it is reported.
     let undo_ipam = |cause: CniError| -> CniError {
