@@ -52,7 +52,7 @@ impl Plugin for CalicoIpam {
         let namespace = req.env.args.pod().map(|(ns, _)| ns.to_string());
         let cfg = store_config(req, Some(&node));
         let marker = upgrade::marker_path(req.conf.ipam_lock_file());
-        let _lock = lock::acquire(req.conf.ipam_lock_file());
+        let _lock = lock::acquire(req.conf.ipam_lock_file())?;
         // The lock may have taken long; the plugin that ran us may have been killed meanwhile.
         check_parent_alive()?;
         let assigned: Result<Vec<IpNet>, CniError> = run(async {
@@ -124,7 +124,7 @@ impl Plugin for CalicoIpam {
         let primary = req.conf.handle_id(&req.env.container_id);
         let legacy = legacy_handle(req);
         let cfg = store_config(req, req.conf.node_name().ok().as_deref());
-        let _lock = lock::acquire(req.conf.ipam_lock_file());
+        let _lock = lock::acquire_for_release(req.conf.ipam_lock_file());
         run(async {
             let store = open(&cfg).await?;
             with_ipam!(store, |ipam| {
@@ -190,7 +190,7 @@ impl Plugin for CalicoIpam {
             .map(|a| req.conf.handle_id(&a.container_id))
             .collect();
         let cfg = store_config(req, req.conf.node_name().ok().as_deref());
-        let _lock = lock::acquire(req.conf.ipam_lock_file());
+        let _lock = lock::acquire_for_release(req.conf.ipam_lock_file());
         run(async {
             let store = open(&cfg).await?;
             with_ipam!(store, |ipam| {
