@@ -59,7 +59,7 @@ impl<D: Datastore> Ipam<D> {
     }
 
     /// Writes an affinity of this host, keeping the request's copy current. A conflict marks
-    /// the copy stale; `NotFound` drops it.
+    /// the copy stale; `NotFound` drops it and is a conflict too.
     async fn put_affinity(
         &self,
         req: &mut Request<'_>,
@@ -74,12 +74,19 @@ impl<D: Datastore> Ipam<D> {
                 req.affinities.insert(cidr, Some(aff.clone()));
                 Ok(())
             }
+            // Deleted since we read it (another writer of this host dropped it as stale, or
+            // released the block): a lost race like a revision conflict, retried from fresh
+            // reads rather than failing the ADD.
+            Err(DatastoreError::NotFound) => {
+                req.affinities.remove(&cidr);
+                Err(IpamError::conflict(format!(
+                    "set affinity of {} for {cidr} to {}: deleted concurrently",
+                    req.host,
+                    state.as_str()
+                )))
+            }
             Err(e) => {
-                if e == DatastoreError::NotFound {
-                    req.affinities.remove(&cidr);
-                } else {
-                    req.affinities.insert(cidr, None);
-                }
+                req.affinities.insert(cidr, None);
                 Err(IpamError::store(format!(
                     "set affinity of {} for {cidr} to {}",
                     req.host,
