@@ -643,10 +643,15 @@ fn now_ms() -> u64 {
     libipam::model::time::now_nanos() / 1_000_000
 }
 
+/// The largest cache file read; a larger one was not written by calico-cni and is ignored
+/// (the cache starts empty).
+pub const MAX_CACHE_FILE_BYTES: u64 = 16 << 20;
+
 impl CniCache {
     fn load(path: &Path, server: &str, ttl: Duration) -> CniCache {
-        let file = fs::read(path)
+        let file = fs::File::open(path)
             .ok()
+            .and_then(|f| libipam::cni::bounds::read_at_most(f, MAX_CACHE_FILE_BYTES).ok()?)
             .and_then(|d| serde_json::from_slice::<CniCacheFile>(&d).ok())
             .filter(|f| f.server == server)
             .unwrap_or_else(|| CniCacheFile {

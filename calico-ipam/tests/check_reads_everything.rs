@@ -150,3 +150,32 @@ fn config_and_reservation_values_that_mean_nothing_are_named() {
         ],
     );
 }
+
+/// An object file over the bound (16 MiB) is not read whole: check names it, and an ADD that
+/// needs it fails naming the bound, changing nothing.
+#[test]
+fn an_object_file_over_the_bound_is_refused_unread() {
+    let store = populated();
+    let rel = "pools/tiny-v4.json";
+    let path = store.path().join(rel);
+    let mut big = std::fs::read(&path).expect("pool");
+    big.resize(17 << 20, b' ');
+    std::fs::write(&path, &big).expect("write");
+    check_finds(
+        &store,
+        "large",
+        &[&format!(
+            "  IPPool file {rel}: cannot be read ({rel}: larger than 16777216 bytes (16 MiB), the most an object file may hold"
+        )],
+    );
+    let before = store.snapshot();
+    let conf = store.netconf("1.0.0", "node-a").to_string();
+    let out = cni("ADD", "c2", &[], conf.as_bytes());
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("larger than 16777216 bytes (16 MiB)"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(store.snapshot(), before, "the ADD changed the store");
+}

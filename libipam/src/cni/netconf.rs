@@ -479,13 +479,16 @@ pub fn parse_version(raw: &str) -> Result<SpecVersion, CniError> {
     })
 }
 
+/// How much of `nodename_file` is read: a node name is at most 253 bytes.
+pub const MAX_NODENAME_FILE_BYTES: u64 = 4096;
+
 /// The start of a small text file (a node name): never more than a few KiB, whatever is there.
 fn read_start(path: &Path) -> Option<String> {
     use std::io::Read;
     let mut text = String::new();
     std::fs::File::open(path)
         .ok()?
-        .take(4096)
+        .take(MAX_NODENAME_FILE_BYTES)
         .read_to_string(&mut text)
         .ok()?;
     Some(text)

@@ -118,11 +118,25 @@ fn now_ms() -> u64 {
     crate::model::time::now_nanos() / 1_000_000
 }
 
+/// The largest cache file read: [`MAX_HANDLES`] handles and a node's blocks are far less; a
+/// larger file was not written by calico-ipam and is ignored (the cache starts empty).
+pub const MAX_CACHE_FILE_BYTES: u64 = 16 << 20;
+
+fn read_bounded(path: &std::path::Path) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let mut data = Vec::new();
+    fs::File::open(path)
+        .ok()?
+        .take(MAX_CACHE_FILE_BYTES + 1)
+        .read_to_end(&mut data)
+        .ok()?;
+    (data.len() as u64 <= MAX_CACHE_FILE_BYTES).then_some(data)
+}
+
 impl NodeCache {
     /// Loads the cache for `cfg.node` on `server`; anything unusable starts empty.
     pub fn load(cfg: &CacheConfig, server: &str) -> NodeCache {
-        let file = fs::read(&cfg.path)
-            .ok()
+        let file = read_bounded(&cfg.path)
             .and_then(|data| serde_json::from_slice::<File>(&data).ok())
             .filter(|f| f.format == FORMAT && f.server == server && f.node == cfg.node)
             .unwrap_or_else(|| File {
@@ -337,6 +351,21 @@ mod tests {
             node: "node-a".into(),
             ttl: Duration::from_secs(ttl),
         }
+    }
+
+    #[test]
+    fn a_cache_file_over_the_bound_is_ignored_unread() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c = cfg(dir.path(), 60);
+        let mut cache = NodeCache::load(&c, "https://a:6443");
+        cache.set_config(Some(IpamConfig::default()));
+        cache.save();
+        assert!(NodeCache::load(&c, "https://a:6443").config().is_some());
+        // The same file, padded past the bound with whitespace (still valid JSON).
+        let mut big = fs::read(&c.path).expect("cache");
+        big.resize(MAX_CACHE_FILE_BYTES as usize + 1, b' ');
+        fs::write(&c.path, big).expect("write");
+        assert!(NodeCache::load(&c, "https://a:6443").config().is_none());
     }
 
     #[test]

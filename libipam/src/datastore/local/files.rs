@@ -5,7 +5,7 @@
 //! kinds in [`KINDS`], and `affinities/<host stem>/<cidr name>.json`.
 
 use std::fs::{self, DirBuilder, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
@@ -80,14 +80,30 @@ pub(super) fn valid_path(rel: &str) -> bool {
     }
 }
 
+/// The largest object file read. calico-ipam's largest objects are blocks: 4,096 addresses
+/// at most (a /20 or /116 block), a few MiB with every attribute; a larger file was not
+/// written by it, and is refused rather than read whole.
+pub const MAX_OBJECT_FILE_BYTES: u64 = 16 << 20;
+
 /// The bytes of one object file; `None` when it does not exist.
 pub(super) fn read(root: &Path, rel: &str) -> Result<Option<Vec<u8>>, DatastoreError> {
     let path = root.join(rel);
-    match fs::read(&path) {
-        Ok(d) => Ok(Some(d)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io_err(&path, e)),
+    let file = match fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(&path, e)),
+    };
+    let mut data = Vec::new();
+    file.take(MAX_OBJECT_FILE_BYTES + 1)
+        .read_to_end(&mut data)
+        .map_err(|e| io_err(&path, e))?;
+    if data.len() as u64 > MAX_OBJECT_FILE_BYTES {
+        return Err(DatastoreError::Other(format!(
+            "{rel}: larger than {MAX_OBJECT_FILE_BYTES} bytes (16 MiB), the most an object file \
+             may hold: it was not written by calico-ipam"
+        )));
     }
+    Ok(Some(data))
 }
 
 /// Replaces (or creates) one object file: the bytes go to `.<name>.tmp` beside it, which is

@@ -31,8 +31,20 @@ impl Reader<'_> {
         kind: &str,
         rel: &str,
     ) -> DsResult<Option<Versioned<T>>> {
-        let Some(data) = self.store.bytes(rel)? else {
-            return Ok(None); // Removed since it was listed.
+        let data = match self.store.bytes(rel) {
+            Ok(Some(data)) => data,
+            Ok(None) => return Ok(None), // Removed since it was listed.
+            Err(e) => {
+                self.unusable(
+                    kind,
+                    rel,
+                    format!(
+                        "cannot be read ({e}): every request that reads it fails until it is \
+                         fixed"
+                    ),
+                );
+                return Ok(None);
+            }
         };
         match serde_json::from_slice::<EnvelopeIn<T>>(&data) {
             Ok(env) => Ok(Some(Versioned {

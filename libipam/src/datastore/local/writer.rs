@@ -495,7 +495,8 @@ fn rebuild(root: &Path, state: &BTreeMap<String, Vec<u8>>) -> DsResult<()> {
         }
     }
     for (rel, data) in state {
-        if files::read(root, rel)?.as_ref() != Some(data) {
+        // A file that cannot be read (too large, say) is replaced like one that differs.
+        if files::read(root, rel).ok().flatten().as_ref() != Some(data) {
             files::put(root, rel, data).map_err(|e| io_err(&root.join(rel), e))?;
         }
     }
