@@ -17,7 +17,7 @@ fn git(args: &[&str]) -> Option<String> {
     (!s.is_empty()).then_some(s)
 }
 
-fn main() {
+pub fn main() {
     println!("cargo:rerun-if-env-changed=CALICO_RS_GIT_COMMIT");
     let commit = match std::env::var("CALICO_RS_GIT_COMMIT") {
         Ok(c) if !c.trim().is_empty() => c.trim().to_string(),

@@ -1,12 +1,46 @@
 //! IPAM by delegation, the CNI way: run the plugin named in `ipam.type` from `CNI_PATH` with our
 //! environment (`CNI_COMMAND` set, `IgnoreUnknown=1` put in front of `CNI_ARGS` as Calico does)
 //! and the stdin the verb hands over.
+//!
+//! When that plugin is calico-ipam of this very build ([`crate::ipam_identity`]) and the
+//! netconf allows it (`ipam_in_process`, default on), its code runs in this process instead, on
+//! a thread of its own: the same dispatcher and verbs with the same environment and stdin, so
+//! the same stdout bytes and exit status, read back the same way; the same host lock and store
+//! lock; the same log lines (component `ipam`, this process's pid). A calico-cni that is
+//! killed takes the allocation in progress with it, as the kernel takes an exec'd calico-ipam
+//! with it (`PR_SET_PDEATHSIG`, below).
 
 use std::io::Write;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command as Process, Stdio};
+use std::process::{Child, Command as Process, ExitStatus, Stdio};
+use std::thread::JoinHandle;
 
+use libipam::cni::skel::Outcome;
 use libipam::cni::{CniError, CniResult, Command, code};
+
+use crate::ipam_identity;
+
+/// The IPAM plugin of an invocation: the binary `ipam.type` names in `CNI_PATH`, and whether
+/// its code runs in this process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpamPlugin {
+    pub binary: PathBuf,
+    pub in_process: bool,
+}
+
+impl IpamPlugin {
+    /// `binary`, run in this process when `allow_in_process` and it is calico-ipam of this
+    /// build; run as a process otherwise.
+    pub fn new(binary: PathBuf, allow_in_process: bool) -> IpamPlugin {
+        let in_process = allow_in_process && ipam_identity::same_build(&binary);
+        IpamPlugin { binary, in_process }
+    }
+}
+
+/// calico-ipam's verbs run on a thread with the main thread's stack size, so in-process code
+/// has the room the binary's main thread has.
+const IN_PROCESS_STACK: usize = 8 << 20;
 
 /// Find `plugin` in the `CNI_PATH` directories (first hit wins).
 pub fn find_plugin(plugin: &str, path: &[PathBuf]) -> Result<PathBuf, CniError> {
@@ -70,33 +104,87 @@ pub fn check_delegation(ipam_type: &str, binary: &Path) -> Result<(), CniError> 
     Ok(())
 }
 
-/// Run `binary` for `command` with `stdin`. Success returns stdout; failure the plugin's own CNI
-/// error, or one describing how it failed.
-pub fn exec(binary: &Path, command: Command, stdin: &[u8]) -> Result<Vec<u8>, CniError> {
-    start(binary, command, stdin)?.finish()
+/// Run the IPAM plugin for `command` with `stdin`. Success returns stdout; failure the plugin's
+/// own CNI error, or one describing how it failed.
+pub fn exec(ipam: &IpamPlugin, command: Command, stdin: &[u8]) -> Result<Vec<u8>, CniError> {
+    start(ipam, command, stdin)?.finish()
 }
 
 /// An IPAM plugin that is running; [`Running::finish`] waits for it.
 pub struct Running {
-    child: Child,
+    job: Job,
     binary: PathBuf,
 }
 
-/// Start `binary` for `command` and hand it `stdin`, without waiting for it to finish (DEL runs
-/// the release while the kernel tears the veth down).
-pub fn start(binary: &Path, command: Command, stdin: &[u8]) -> Result<Running, CniError> {
-    start_with_args(binary, command, stdin, None)
+enum Job {
+    Process(Child),
+    InProcess(JoinHandle<Outcome>),
+}
+
+/// Start the IPAM plugin for `command` and hand it `stdin`, without waiting for it to finish
+/// (DEL runs the release while the kernel tears the veth down).
+pub fn start(ipam: &IpamPlugin, command: Command, stdin: &[u8]) -> Result<Running, CniError> {
+    start_with_args(ipam, command, stdin, None)
 }
 
 /// [`start`] with `extra` appended to `CNI_ARGS` (Calico asks calico-ipam for a specific
 /// address with `;IP=<addr>`).
 pub fn start_with_args(
-    binary: &Path,
+    ipam: &IpamPlugin,
     command: Command,
     stdin: &[u8],
     extra: Option<&str>,
 ) -> Result<Running, CniError> {
     let args = delegated_args(std::env::var("CNI_ARGS").ok().as_deref(), extra);
+    let job = if ipam.in_process {
+        start_in_process(&ipam.binary, command, stdin, args)?
+    } else {
+        start_process(&ipam.binary, command, stdin, args)?
+    };
+    Ok(Running {
+        job,
+        binary: ipam.binary.clone(),
+    })
+}
+
+/// calico-ipam's code on a thread, with the environment the binary would get: ours, with
+/// `CNI_COMMAND` and the delegated `CNI_ARGS`. (`CALICO_CNI_PID` is the binary's only: in this
+/// process there is no parent to watch.)
+fn start_in_process(
+    binary: &Path,
+    command: Command,
+    stdin: &[u8],
+    args: String,
+) -> Result<Job, CniError> {
+    let stdin = stdin.to_vec();
+    let vars = [
+        ("CNI_COMMAND", command.as_str().to_string()),
+        ("CNI_ARGS", args),
+    ];
+    let lookup = move |key: &str| match vars.iter().find(|(name, _)| *name == key) {
+        Some((_, value)) => Some(value.clone()),
+        None => std::env::var(key).ok(),
+    };
+    std::thread::Builder::new()
+        .name("calico-ipam".to_string())
+        .stack_size(IN_PROCESS_STACK)
+        .spawn(move || calico_ipam::plugin::run_in_process(lookup, &stdin))
+        .map(Job::InProcess)
+        .map_err(|e| {
+            CniError::new(
+                code::IPAM_PLUGIN,
+                "cannot run the IPAM plugin",
+                format!("{} (in-process): {e}", binary.display()),
+            )
+        })
+}
+
+fn start_process(
+    binary: &Path,
+    command: Command,
+    stdin: &[u8],
+    args: String,
+) -> Result<Job, CniError> {
     let mut process = Process::new(binary);
     die_with_parent(&mut process);
     let mut child = process
@@ -121,10 +209,7 @@ pub fn start_with_args(
         // pipe buffer only waits for the plugin to read it.
         let _ = pipe.write_all(stdin);
     }
-    Ok(Running {
-        child,
-        binary: binary.to_path_buf(),
-    })
+    Ok(Job::Process(child))
 }
 
 /// Tells a delegated plugin which process ran it, so that it can tell when that process is
@@ -160,26 +245,47 @@ fn die_with_parent(process: &mut Process) {
 
 impl Running {
     /// Wait for the plugin: its stdout on success, its CNI error (or a description) otherwise.
+    /// Both ways of running it are read back by the same code.
     pub fn finish(self) -> Result<Vec<u8>, CniError> {
         let binary = self.binary;
-        let out = self.child.wait_with_output().map_err(|e| {
+        let did_not_finish = |why: String| {
             CniError::new(
                 code::IPAM_PLUGIN,
                 "the IPAM plugin did not finish",
-                format!("{}: {e}", binary.display()),
+                format!("{}: {why}", binary.display()),
             )
-        })?;
-        if out.status.success() {
-            return Ok(out.stdout);
+        };
+        let (status, stdout) = match self.job {
+            Job::Process(child) => {
+                let out = child
+                    .wait_with_output()
+                    .map_err(|e| did_not_finish(e.to_string()))?;
+                (out.status, out.stdout)
+            }
+            // A panic unwinds only in builds that unwind (release builds abort, as the
+            // binary would).
+            Job::InProcess(thread) => {
+                let outcome = thread
+                    .join()
+                    .map_err(|_| did_not_finish("it panicked (in-process)".to_string()))?;
+                // The wait status of a process that exited with the outcome's code.
+                (
+                    ExitStatus::from_raw((outcome.exit_code & 0xff) << 8),
+                    outcome.stdout.into_bytes(),
+                )
+            }
+        };
+        if status.success() {
+            return Ok(stdout);
         }
-        Err(CniError::from_json(&out.stdout).unwrap_or_else(|| {
+        Err(CniError::from_json(&stdout).unwrap_or_else(|| {
             CniError::new(
                 code::IPAM_PLUGIN,
                 format!("IPAM plugin {} failed", binary.display()),
                 format!(
                     "{} with output: {}",
-                    out.status,
-                    String::from_utf8_lossy(&out.stdout).trim()
+                    status,
+                    String::from_utf8_lossy(&stdout).trim()
                 ),
             )
         }))
@@ -202,23 +308,23 @@ fn delegated_args(runtime: Option<&str>, extra: Option<&str>) -> String {
 }
 
 /// ADD through the IPAM plugin and parse its (abbreviated) result.
-pub fn add(binary: &Path, stdin: &[u8]) -> Result<CniResult, CniError> {
-    add_with_args(binary, stdin, None)
+pub fn add(ipam: &IpamPlugin, stdin: &[u8]) -> Result<CniResult, CniError> {
+    add_with_args(ipam, stdin, None)
 }
 
 /// [`add`] with `extra` appended to `CNI_ARGS`.
 pub fn add_with_args(
-    binary: &Path,
+    ipam: &IpamPlugin,
     stdin: &[u8],
     extra: Option<&str>,
 ) -> Result<CniResult, CniError> {
-    let stdout = start_with_args(binary, Command::Add, stdin, extra)?.finish()?;
+    let stdout = start_with_args(ipam, Command::Add, stdin, extra)?.finish()?;
     let value: serde_json::Value = serde_json::from_slice(&stdout).map_err(|e| {
         CniError::new(
             code::IPAM_PLUGIN,
             format!(
                 "IPAM plugin {} printed an unreadable result",
-                binary.display()
+                ipam.binary.display()
             ),
             e.to_string(),
         )

@@ -19,10 +19,13 @@ fn main() {
         return;
     }
     if flags.version {
+        // The second line: the build identity of the calico-ipam code inside, which runs
+        // in-process for a calico-ipam whose `--version` prints the same.
         println!(
-            "calico-cni {} (git {})",
+            "calico-cni {} (git {})\nipam build {}",
             env!("CARGO_PKG_VERSION"),
-            env!("GIT_COMMIT")
+            env!("GIT_COMMIT"),
+            String::from_utf8_lossy(calico_ipam::build_id::id())
         );
         return;
     }

@@ -1,12 +1,14 @@
 //! A runtime that times out an ADD kills calico-cni with SIGKILL. Its calico-ipam child must
 //! not outlive it and finish the allocation: nobody would use those addresses, and the
-//! runtime's DEL for the attachment may already have run.
+//! runtime's DEL for the attachment may already have run. The same holds for calico-ipam's
+//! code run in calico-cni's own process (in-process IPAM).
 //!
 //! Deterministic: the test holds the host-wide IPAM lock, so calico-ipam stops at it; the
-//! test waits until calico-ipam holds the lock file open (it can get no further), kills
-//! calico-cni, and then waits for calico-ipam to be gone before releasing the lock. Had
-//! calico-ipam survived, it would be blocked for good (the test fails, naming it) or, once
-//! the lock is released, allocate (the store would show it).
+//! test waits until calico-ipam (the child, or calico-cni itself in-process) holds the lock
+//! file open (it can get no further), kills calico-cni, and then waits for every process of
+//! the attachment to be gone before releasing the lock. Had calico-ipam survived, it would
+//! be blocked for good (the test fails, naming it) or, once the lock is released, allocate
+//! (the store would show it).
 
 mod common;
 
@@ -82,9 +84,10 @@ impl Drop for Reap {
     }
 }
 
-fn spawn_add(node: &Node, container: &str, pod: &Netns, lock: &Path) -> Child {
+fn spawn_add(node: &Node, container: &str, pod: &Netns, lock: &Path, in_process: bool) -> Child {
     let mut conf = node.netconf("1.0.0");
     conf["ipam_lock_file"] = serde_json::json!(lock);
+    conf["ipam_in_process"] = serde_json::json!(in_process);
     let mut child = Command::new("ip")
         .args(["netns", "exec", &node.ns.name, CNI])
         .env_clear()
@@ -110,6 +113,15 @@ fn spawn_add(node: &Node, container: &str, pod: &Netns, lock: &Path) -> Child {
 
 #[test]
 fn killing_calico_cni_stops_its_ipam_child_before_it_allocates() {
+    killed_while_ipam_waits_for_the_lock(false);
+}
+
+#[test]
+fn killing_calico_cni_stops_its_in_process_ipam_before_it_allocates() {
+    killed_while_ipam_waits_for_the_lock(true);
+}
+
+fn killed_while_ipam_waits_for_the_lock(in_process: bool) {
     let node = Node::new();
     node.apply_pools(&tiny_pools());
     let pod = Netns::new("cpod");
@@ -126,16 +138,32 @@ fn killing_calico_cni_stops_its_ipam_child_before_it_allocates() {
         .expect("lock file");
     lock.lock().expect("take the IPAM lock");
 
-    let mut cni = spawn_add(&node, &container, &pod, &lock_path);
+    let mut cni = spawn_add(&node, &container, &pod, &lock_path, in_process);
+    // The process that takes the lock: calico-ipam, or calico-cni itself.
+    let holder = if in_process {
+        "calico-cni"
+    } else {
+        "calico-ipam"
+    };
     let mut ipam_pid = None;
     wait_for("calico-ipam to reach the host lock", || {
         ipam_pid = processes_of(&container)
             .into_iter()
-            .find(|(pid, comm)| comm == "calico-ipam" && has_open(*pid, &lock_path))
+            .find(|(pid, comm)| comm == holder && has_open(*pid, &lock_path))
             .map(|(pid, _)| pid);
         ipam_pid.is_some()
     });
     let ipam_pid = ipam_pid.expect("calico-ipam");
+    if in_process {
+        assert_eq!(ipam_pid, cni.id(), "the lock is held by another process");
+        assert!(
+            !processes_of(&container)
+                .iter()
+                .any(|(_, comm)| comm == "calico-ipam"),
+            "a calico-ipam process runs: {:?}",
+            processes_of(&container)
+        );
+    }
 
     // The runtime's timeout: SIGKILL to calico-cni, nothing else.
     cni.kill().expect("SIGKILL calico-cni");

@@ -7,5 +7,5 @@ fn main() {
     if std::env::var_os("CNI_COMMAND").is_none() {
         std::process::exit(cli::main(std::env::args().skip(1).collect()));
     }
-    skel::main(&plugin::CalicoIpam)
+    skel::main(&plugin::CalicoIpam::BINARY)
 }

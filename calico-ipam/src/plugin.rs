@@ -7,7 +7,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use libipam::alloc::{AssignIpArgs, AutoAssignArgs};
 use libipam::cni::netconf::DatastoreType;
-use libipam::cni::skel::{Plugin, Request};
+use libipam::cni::skel::{self, Outcome, Plugin, Request};
 use libipam::cni::{CniError, CniResult, IpConfig, NetConf, Route, code, log};
 use libipam::datastore::Datastore;
 use libipam::datastore::kube::CacheConfig;
@@ -22,7 +22,28 @@ use crate::{lock, upgrade, with_ipam};
 const VERB_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// The `calico-ipam` plugin.
-pub struct CalicoIpam;
+pub struct CalicoIpam {
+    /// ADD allocates nothing once the calico-cni that ran it is gone (`CALICO_CNI_PID`): true
+    /// for the binary. Run inside calico-cni's own process there is no other process to
+    /// outlive: when calico-cni dies, so does the allocation in progress.
+    watch_parent: bool,
+}
+
+impl CalicoIpam {
+    /// The calico-ipam binary.
+    pub const BINARY: CalicoIpam = CalicoIpam { watch_parent: true };
+    /// calico-ipam's code run by calico-cni in its own process ([`run_in_process`]).
+    pub const IN_PROCESS: CalicoIpam = CalicoIpam {
+        watch_parent: false,
+    };
+}
+
+/// One whole calico-ipam invocation inside another process: the same dispatcher and verbs as the
+/// binary, the environment read through `lookup`, and the same log lines (component `ipam`,
+/// through the process's logger). The outcome is what the binary would print and exit with.
+pub fn run_in_process(lookup: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Outcome {
+    log::as_component("ipam", || skel::run(&CalicoIpam::IN_PROCESS, lookup, stdin))
+}
 
 impl Plugin for CalicoIpam {
     fn configure(&self, conf: Option<&NetConf>) {
@@ -54,7 +75,9 @@ impl Plugin for CalicoIpam {
         let marker = upgrade::marker_path(req.conf.ipam_lock_file());
         let _lock = lock::acquire(req.conf.ipam_lock_file())?;
         // The lock may have taken long; the plugin that ran us may have been killed meanwhile.
-        check_parent_alive()?;
+        if self.watch_parent {
+            check_parent_alive()?;
+        }
         let assigned: Result<Vec<IpNet>, CniError> = run(async {
             let store = open(&cfg).await?;
             if let Store::Kube(kube) = &store {

@@ -40,8 +40,15 @@ fn add(store: &Store, cid: &str, pod: &str) {
 fn version_names_the_git_commit() {
     let store = Store::new();
     for flag in ["--version", "-v", "version"] {
-        let v = expect(&store, &[flag], 0);
-        let v = v.trim();
+        let out = expect(&store, &[flag], 0);
+        let mut lines = out.lines();
+        let v = lines.next().unwrap_or_default();
+        let id = lines.next().and_then(|l| l.strip_prefix("build "));
+        assert!(
+            id.is_some_and(|id| id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())),
+            "{flag}: the build identity: {out}"
+        );
+        assert_eq!(lines.next(), None, "{flag}: {out}");
         let commit = v
             .strip_prefix(&format!("calico-ipam {} (git ", env!("CARGO_PKG_VERSION")))
             .and_then(|r| r.strip_suffix(')'))

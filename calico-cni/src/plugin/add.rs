@@ -3,7 +3,6 @@
 //! address annotations last. Readiness gates are waited for before anything is allocated.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::path::Path;
 
 use ipnet::IpNet;
 use libipam::cni::netconf::DatastoreType;
@@ -234,7 +233,11 @@ fn given_addresses(addrs: &[IpAddr]) -> CniResult {
 /// The `cni.projectcalico.org/ipAddrs` path: one IPAM ADD per address with `IP=<addr>` in
 /// `CNI_ARGS` (calico-ipam assigns exactly that address), as Calico does. If a later one
 /// fails, the earlier ones are released (same handle) before the error is returned.
-fn add_specific(ipam: &Path, stdin: &[u8], addrs: &[IpAddr]) -> Result<CniResult, CniError> {
+fn add_specific(
+    ipam: &ipam_exec::IpamPlugin,
+    stdin: &[u8],
+    addrs: &[IpAddr],
+) -> Result<CniResult, CniError> {
     let mut merged = CniResult::default();
     for ip in addrs {
         match ipam_exec::add_with_args(ipam, stdin, Some(&format!("IP={ip}"))) {

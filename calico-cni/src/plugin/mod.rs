@@ -39,9 +39,10 @@ impl Plugin for Calico {
     }
 }
 
-/// The IPAM plugin binary named by `ipam.type`; never calico-cni itself, nor past the
-/// delegation depth bound.
-fn ipam_plugin(req: &Request) -> Result<std::path::PathBuf, CniError> {
+/// The IPAM plugin named by `ipam.type`; never calico-cni itself, nor past the delegation depth
+/// bound. Its code runs in this process when it is calico-ipam of this build and the netconf's
+/// `ipam_in_process` allows it (see `ipam_exec`).
+fn ipam_plugin(req: &Request) -> Result<ipam_exec::IpamPlugin, CniError> {
     let ipam_type = &req.conf.ipam.ipam_type;
     if ipam_type.is_empty() {
         return Err(CniError::invalid_config(
@@ -50,7 +51,7 @@ fn ipam_plugin(req: &Request) -> Result<std::path::PathBuf, CniError> {
     }
     let binary = ipam_exec::find_plugin(ipam_type, &req.env.path)?;
     ipam_exec::check_delegation(ipam_type, &binary)?;
-    Ok(binary)
+    Ok(ipam_exec::IpamPlugin::new(binary, req.conf.ipam_in_process))
 }
 
 /// The IPAM plugin's stdin for every verb but ADD: host-local's `usePodCidr` pseudo-subnets

@@ -26,7 +26,7 @@ global flags (else the environment):
   --datastore-path DIR                DATASTORE_PATH   (default /var/lib/calico/ipam)
   --kubeconfig FILE                   KUBECONFIG
   -h, --help                          this help; after a command, that command's help
-  -v, --version                       the version and the git commit it was built from
+  -v, --version                       the version, the git commit and the build identity
 
 exit codes:
   0  success (`ipam check`: no problem found)
@@ -169,7 +169,8 @@ The older spelling of apply, get ippool and delete ippool.
 pub const VERSION: &str = "\
 usage: calico-ipam version | --version | -v
 
-Prints the version and the git commit the binary was built from.
+Prints the version and the git commit the binary was built from, and on a second line its
+build identity (calico-cni runs IPAM in-process only for a calico-ipam with its own).
 ";
 
 /// The help of the command named by `words` (the command line's non-flag words).

@@ -36,9 +36,10 @@ pub mod exit {
 /// `calico-ipam 0.1.0 (git 0123456789ab)`.
 pub fn version() -> String {
     format!(
-        "calico-ipam {} (git {})",
+        "calico-ipam {} (git {})\nbuild {}",
         env!("CARGO_PKG_VERSION"),
-        env!("GIT_COMMIT")
+        env!("GIT_COMMIT"),
+        String::from_utf8_lossy(crate::build_id::id())
     )
 }
 

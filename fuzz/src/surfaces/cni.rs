@@ -219,19 +219,19 @@ pub(super) fn runtime() -> tokio::runtime::Runtime {
 
 impl Plugin for ConfinedIpam {
     fn add(&self, req: &Request) -> Result<CniResult, CniError> {
-        CalicoIpam.add(&self.confine(req))
+        CalicoIpam::IN_PROCESS.add(&self.confine(req))
     }
     fn del(&self, req: &Request) -> Result<(), CniError> {
-        CalicoIpam.del(&self.confine(req))
+        CalicoIpam::IN_PROCESS.del(&self.confine(req))
     }
     fn check(&self, req: &Request) -> Result<(), CniError> {
-        CalicoIpam.check(&self.confine(req))
+        CalicoIpam::IN_PROCESS.check(&self.confine(req))
     }
     fn status(&self, req: &Request) -> Result<(), CniError> {
-        CalicoIpam.status(&self.confine(req))
+        CalicoIpam::IN_PROCESS.status(&self.confine(req))
     }
     fn gc(&self, req: &Request) -> Result<(), CniError> {
-        CalicoIpam.gc(&self.confine(req))
+        CalicoIpam::IN_PROCESS.gc(&self.confine(req))
     }
 }
 

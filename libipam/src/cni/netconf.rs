@@ -34,6 +34,8 @@ pub const DEFAULT_DATASTORE_PATH: &str = "/var/lib/calico/ipam";
 pub const DEFAULT_NODENAME_FILE: &str = "/var/lib/calico/nodename";
 /// Calico's default host-wide IPAM lock.
 pub const DEFAULT_IPAM_LOCK_FILE: &str = "/var/run/calico/ipam.lock";
+/// `ipam_in_process` when the netconf does not set it.
+pub const DEFAULT_IPAM_IN_PROCESS: bool = true;
 
 /// The plugin configuration received on stdin.
 ///
@@ -85,6 +87,15 @@ pub struct NetConf {
     pub feature_control: FeatureControl,
     #[serde(default, deserialize_with = "unset_as_none")]
     pub ipam_lock_file: Option<PathBuf>,
+    /// Ours: whether calico-cni may run the IPAM plugin's code in its own process instead of
+    /// running the binary, which it does only when that binary is calico-ipam of this very
+    /// build (any other plugin is always run). `false` forces the binary. Unset (or `null`):
+    /// [`DEFAULT_IPAM_IN_PROCESS`].
+    #[serde(
+        default = "ipam_in_process_default",
+        deserialize_with = "ipam_in_process"
+    )]
+    pub ipam_in_process: bool,
     /// URLs that must answer 2xx/3xx before ADD goes ahead (Calico's `readiness_gates`).
     #[serde(default, deserialize_with = "readiness_gates")]
     pub readiness_gates: Vec<String>,
@@ -178,6 +189,14 @@ pub struct Attachment {
 
 fn yes() -> bool {
     true
+}
+
+fn ipam_in_process_default() -> bool {
+    DEFAULT_IPAM_IN_PROCESS
+}
+
+fn ipam_in_process<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    bool_or_string(d, "ipam_in_process", DEFAULT_IPAM_IN_PROCESS)
 }
 
 fn assign_ipv4<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
@@ -554,6 +573,24 @@ mod tests {
                 .expect_err("yes");
         assert_eq!(bad.code, 7);
         assert!(bad.details.contains("\"yes\""), "{}", bad.details);
+    }
+
+    #[test]
+    fn ipam_in_process_defaults_and_can_be_turned_off() {
+        let parse = |extra: &str| {
+            NetConf::parse(format!(r#"{{"cniVersion":"1.0.0","name":"n"{extra}}}"#).as_bytes())
+        };
+        for unset in ["", r#","ipam_in_process":null"#] {
+            let c = parse(unset).expect("unset");
+            assert_eq!(c.ipam_in_process, DEFAULT_IPAM_IN_PROCESS, "{unset}");
+        }
+        for (raw, want) in [("false", false), (r#""false""#, false), ("true", true)] {
+            let c = parse(&format!(r#","ipam_in_process":{raw}"#)).expect(raw);
+            assert_eq!(c.ipam_in_process, want, "{raw}");
+        }
+        let bad = parse(r#","ipam_in_process":"exec""#).expect_err("exec");
+        assert_eq!(bad.code, 7);
+        assert!(bad.details.contains("ipam_in_process"), "{}", bad.details);
     }
 
     #[test]

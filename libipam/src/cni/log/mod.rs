@@ -16,6 +16,7 @@
 mod file;
 mod line;
 
+use std::cell::Cell;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -83,6 +84,9 @@ impl Settings {
 /// Install the process-wide logger; later calls change nothing. `component` is Calico's name for
 /// the program (`cni-plugin`, `ipam`), written before the source file name.
 pub fn init(component: &'static str, settings: &Settings) {
+    if tracing::dispatcher::has_been_set() {
+        return;
+    }
     let (file, open_error) = match &settings.path {
         Some(path) => match file::open(path, settings) {
             Ok(f) => (Some(Mutex::new(f)), None),
@@ -103,6 +107,25 @@ pub fn init(component: &'static str, settings: &Settings) {
             "cannot open the log file, logging to stderr only"
         );
     }
+}
+
+thread_local! {
+    /// The component this thread's lines are written under, when not the process's.
+    static COMPONENT: Cell<Option<&'static str>> = const { Cell::new(None) };
+}
+
+/// Run `f` with this thread's lines written under `component` rather than the component the
+/// logger was installed with: calico-cni runs calico-ipam's verbs in its own process, and their
+/// lines read `ipam/...` as calico-ipam's own do. Restored when `f` returns or unwinds.
+pub fn as_component<R>(component: &'static str, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<&'static str>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            COMPONENT.set(self.0);
+        }
+    }
+    let _restore = Restore(COMPONENT.replace(Some(component)));
+    f()
 }
 
 /// True for events of this workspace's crates.
@@ -168,7 +191,7 @@ where
             chrono::Local::now(),
             *event.metadata().level(),
             std::process::id(),
-            self.component,
+            COMPONENT.get().unwrap_or(self.component),
             event.metadata(),
             &fields,
         );
