@@ -376,7 +376,7 @@ impl<D: Datastore> Ipam<D> {
         } else {
             block.value.affinity = None;
             block.value.affinity_claim_time = None;
-            block.value.sequence_number += 1;
+            block.value.sequence_number = block.value.sequence_number.wrapping_add(1);
             self.store.update_block(&block).await.map(|_| ())
         };
         match result {

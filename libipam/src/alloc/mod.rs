@@ -391,7 +391,8 @@ impl<D: Datastore> Ipam<D> {
 
     /// Writes a changed block (sequence number +1, compare-and-swap on its revision).
     async fn write_block(&self, block: &mut Versioned<IpamBlock>) -> Result<()> {
-        block.value.sequence_number += 1;
+        block.value.sequence_number = block.value.sequence_number.wrapping_add(1);
+        // (Wrapping: the number comes from the datastore, as Go's uint64 it wraps.)
         // Deprecated field, always written false as Calico does.
         block.value.strict_affinity = false;
         block.revision = self.store.update_block(block).await.map_err(|e| {

@@ -37,15 +37,17 @@ impl IpamHandle {
     }
 
     /// Adds `n` addresses in `block`.
+    /// Counts come from the datastore and may be anything an i64 holds, hence saturating.
     pub fn increment(&mut self, block: &IpNet, n: u32) {
-        *self.block.entry(block.to_string()).or_default() += i64::from(n);
+        let c = self.block.entry(block.to_string()).or_default();
+        *c = c.saturating_add(i64::from(n));
     }
 
     /// Removes `n` addresses in `block`; the entry goes away at zero.
     pub fn decrement(&mut self, block: &IpNet, n: u32) {
         let key = block.to_string();
         if let Some(c) = self.block.get_mut(&key) {
-            *c -= i64::from(n);
+            *c = c.saturating_sub(i64::from(n));
             if *c <= 0 {
                 self.block.remove(&key);
             }
@@ -66,6 +68,18 @@ impl IpamHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_from_the_datastore_at_the_i64_ends_do_not_overflow() {
+        let b: IpNet = "10.0.0.0/26".parse().expect("cidr");
+        let mut h = IpamHandle::new("h");
+        h.block.insert(b.to_string(), i64::MIN);
+        h.decrement(&b, 1);
+        assert!(h.block.is_empty(), "a count at or below zero goes away");
+        h.block.insert(b.to_string(), i64::MAX);
+        h.increment(&b, 1);
+        assert_eq!(h.block.get(&b.to_string()), Some(&i64::MAX));
+    }
 
     #[test]
     fn counts_and_wire_format() {
