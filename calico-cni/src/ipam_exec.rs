@@ -313,23 +313,33 @@ pub fn add(ipam: &IpamPlugin, stdin: &[u8]) -> Result<CniResult, CniError> {
 }
 
 /// [`add`] with `extra` appended to `CNI_ARGS`.
+///
+/// A plugin that succeeded has allocated, whatever it printed: when its result cannot be used
+/// (not JSON, not a JSON object, a field of the wrong shape) the plugin's DEL releases what it
+/// allocated before the error (code 106, naming the plugin and what is wrong) is returned.
 pub fn add_with_args(
     ipam: &IpamPlugin,
     stdin: &[u8],
     extra: Option<&str>,
 ) -> Result<CniResult, CniError> {
     let stdout = start_with_args(ipam, Command::Add, stdin, extra)?.finish()?;
-    let value: serde_json::Value = serde_json::from_slice(&stdout).map_err(|e| {
+    let parsed = serde_json::from_slice::<serde_json::Value>(&stdout)
+        .map_err(|e| e.to_string())
+        .and_then(|value| CniResult::from_value(&value));
+    parsed.map_err(|why| {
+        let mut details = why;
+        if let Err(e) = exec(ipam, Command::Del, stdin) {
+            details.push_str(&format!("; releasing what it allocated also failed: {e}"));
+        }
         CniError::new(
             code::IPAM_PLUGIN,
             format!(
-                "IPAM plugin {} printed an unreadable result",
+                "IPAM plugin {} printed a result calico-cni cannot use",
                 ipam.binary.display()
             ),
-            e.to_string(),
+            details,
         )
-    })?;
-    CniResult::from_value(&value)
+    })
 }
 
 #[cfg(test)]

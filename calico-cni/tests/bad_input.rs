@@ -240,6 +240,18 @@ fn wrong_types_name_their_field_and_a_json_array_is_no_netconf() {
             6,
             "the network configuration must be a JSON object: invalid type: integer",
         ),
+        (
+            "prevResult as a JSON array",
+            edit(&|v| v["prevResult"] = json!([[], [{"address": "10.99.0.0/26"}]])),
+            7,
+            "prevResult: invalid type: sequence, expected a JSON object",
+        ),
+        (
+            "prevResult as a string",
+            edit(&|v| v["prevResult"] = json!("ok")),
+            7,
+            "prevResult: invalid type: a string, expected a JSON object",
+        ),
     ];
     for (case, conf, code, says) in cases {
         for command in ["ADD", "DEL", "CHECK"] {
@@ -253,6 +265,51 @@ fn wrong_types_name_their_field_and_a_json_array_is_no_netconf() {
             s.assert_nothing_created(&format!("{case} {command}"));
         }
     }
+    // What is in prevResult is read by CHECK, and refused there before anything is looked at.
+    let conf = edit(&|v| {
+        v["prevResult"] = json!({"cniVersion": "1.0.0", "interfaces": [["eth0"]], "ips": []})
+    });
+    let err = cni_error(&s.cni("CHECK", &[], conf.as_bytes()), "CHECK");
+    assert_eq!(err["code"], 7, "{err}");
+    assert_eq!(
+        err["details"],
+        "prevResult: interfaces[0]: invalid type: sequence, expected struct Interface",
+        "{err}"
+    );
+    s.assert_nothing_created("CHECK");
+}
+
+/// VERSION reads nothing from stdin but an object's `cniVersion` string, which it echoes (the
+/// spec: the reply's `cniVersion` is the input's). The reference skel never reads VERSION's
+/// stdin at all and always answers; so does calico-cni for any JSON: an array, a number, a
+/// string or `null` (or a `cniVersion` that is not a string) is answered with the latest
+/// version, and nothing is taken from it by position. Only broken JSON is refused (code 6).
+#[test]
+fn version_answers_any_json_and_takes_only_an_objects_cni_version() {
+    let s = Scratch::new();
+    for (stdin, echoed) in [
+        (r#"{"cniVersion":"0.4.0"}"#, "0.4.0"),
+        (r#"["0.4.0"]"#, "1.1.0"),
+        (r#"[{"cniVersion":"0.4.0"}]"#, "1.1.0"),
+        ("7", "1.1.0"),
+        (r#""0.4.0""#, "1.1.0"),
+        ("null", "1.1.0"),
+        (r#"{"cniVersion":4}"#, "1.1.0"),
+        ("", "1.1.0"),
+    ] {
+        let out = s.cni("VERSION", &[], stdin.as_bytes());
+        assert!(out.status.success(), "{stdin}: {}", text(&out));
+        let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+        assert_eq!(v["cniVersion"], echoed, "{stdin}: {v}");
+        assert_eq!(
+            v["supportedVersions"],
+            json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]),
+            "{stdin}"
+        );
+    }
+    let err = cni_error(&s.cni("VERSION", &[], br#"{"cniVersion":"#), "broken JSON");
+    assert_eq!(err["code"], 6, "{err}");
+    s.assert_nothing_created("VERSION");
 }
 
 /// `conf` with a `"padding"` string of `n` bytes added.

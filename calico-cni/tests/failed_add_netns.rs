@@ -7,7 +7,8 @@
 //! - a host sysctl and a pod sysctl (`/proc/sys` made read-only for the plugin alone, in a
 //!   private mount namespace);
 //! - a pod route (the pod namespace already has a default route);
-//! - an IPAM result the plugin cannot use (two IPv4 addresses from host-local);
+//! - an IPAM result the plugin cannot use (two IPv4 addresses from host-local; a result that is
+//!   not a JSON object, or not JSON);
 //! - writing the result (stdout is `/dev/full`).
 //!
 //! The IPAM failing before anything is made is `plugin_netns.rs`'s `ipam_failure_leaves_nothing`,
@@ -248,6 +249,73 @@ fn an_ipam_result_the_plugin_cannot_use_is_released() {
         .filter(|n| n.starts_with("10.97."))
         .collect();
     assert!(held.is_empty(), "host-local still holds {held:?}");
+}
+
+/// An IPAM plugin that succeeds but prints no usable result (serde alone would read a JSON
+/// array field by field) fails the ADD with code 106 naming the plugin and what is wrong, and
+/// what it allocated is released through its DEL. The plugin here is calico-ipam behind a
+/// script that replaces its ADD result.
+#[test]
+fn an_ipam_result_that_is_not_a_json_object_is_refused_and_released() {
+    let node = tiny_node();
+    let pod = Netns::new("fobj");
+    let script = node.dir.path().join("bin").join("ipam-shape");
+    let cases = [
+        (
+            r#"[[], [{"address": "10.99.0.0/26"}]]"#,
+            "the result is a JSON array, not a JSON object",
+        ),
+        ("7", "the result is a number, not a JSON object"),
+        (
+            r#""10.99.0.0/26""#,
+            "the result is a string, not a JSON object",
+        ),
+        ("null", "the result is null, not a JSON object"),
+        (
+            r#"{"cniVersion": "1.0.0", "ips": [["10.99.0.0/26"]]}"#,
+            "ips[0]: invalid type: sequence, expected struct IpConfig",
+        ),
+        ("not json", "expected ident"),
+    ];
+    for (printed, says) in cases {
+        // calico-ipam allocates only for the process that ran it (CALICO_CNI_PID): the shell.
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh
+export CALICO_CNI_PID=$$
+out=\"$0.out.$$\"
+\
+                 \"{ipam}\" > \"$out\"; status=$?
+\
+                 if [ \"$CNI_COMMAND\" = ADD ] && [ $status = 0 ]; then printf '%s' '{printed}'; \
+                 else cat \"$out\"; fi
+rm -f \"$out\"
+exit $status
+",
+                ipam = common::ipam_bin().display()
+            ),
+        )
+        .expect("script");
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod");
+        let mut conf = node.netconf("1.0.0");
+        conf["ipam"]["type"] = json!("ipam-shape");
+        let out = node.cni_with_args("ADD", "fobj", &pod.path(), &pod_args(), &conf);
+        let e = failure(&out);
+        assert_eq!(e["code"], 106, "{printed}: {e}");
+        assert!(
+            e["msg"]
+                .as_str()
+                .is_some_and(|m| m.contains("ipam-shape printed a result calico-cni cannot use")),
+            "{printed}: {e}"
+        );
+        assert!(
+            e["details"].as_str().is_some_and(|d| d.contains(says)),
+            "{printed}: {e}"
+        );
+        assert_nothing_left(&node, &pod, &[]);
+    }
 }
 
 #[test]

@@ -15,6 +15,7 @@ pub mod model;
 pub mod names;
 pub mod retry;
 pub mod selector;
+pub mod strict;
 pub mod validate;
 
 pub use alloc::{

@@ -158,6 +158,54 @@ fn compare_and_swap_semantics() {
 }
 
 #[cfg(unix)]
+/// Object files are JSON objects, and so is their `value`: serde alone would read
+/// `["1.1", {...}]` field by field as a revision and a value. A read of such a file fails,
+/// naming the file and what it holds.
+#[test]
+fn object_files_that_are_not_objects_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = LocalStore::open(dir.path()).expect("open");
+    let cidr = net("10.0.0.0/30");
+    let block = IpamBlock::new(cidr, None, 1).expect("block");
+    block_on(store.create_block(&block)).expect("create");
+    let path = dir.path().join("blocks/10-0-0-0-30.json");
+    let good: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("json");
+    assert_eq!(
+        block_on(store.get_block(&cidr))
+            .expect("read")
+            .map(|b| b.value),
+        Some(block)
+    );
+    let positional = serde_json::json!([good["revision"], good["value"]]);
+    let value_as_array =
+        serde_json::json!({"revision": good["revision"], "value": [good["value"]["cidr"]]});
+    for (bad, says) in [
+        (positional, "invalid type: sequence, expected a JSON object"),
+        (
+            value_as_array,
+            "invalid type: sequence, expected a JSON object",
+        ),
+        (
+            serde_json::json!(7),
+            "invalid type: integer `7`, expected a JSON object",
+        ),
+        (
+            serde_json::json!(null),
+            "invalid type: null, expected a JSON object",
+        ),
+    ] {
+        std::fs::write(&path, bad.to_string()).expect("write");
+        let e = block_on(store.get_block(&cidr))
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            e.contains("blocks/10-0-0-0-30.json: invalid object: ") && e.contains(says),
+            "{bad}: {e}"
+        );
+    }
+}
+
 #[test]
 fn directories_are_private() {
     use std::os::unix::fs::PermissionsExt;

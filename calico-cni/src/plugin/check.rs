@@ -13,7 +13,8 @@ pub fn check(req: &Request) -> Result<(), CniError> {
     let prev = req.conf.prev_result.as_ref().ok_or_else(|| {
         CniError::invalid_config("CHECK needs prevResult: the runtime passes the cached ADD result")
     })?;
-    let prev = CniResult::from_value(prev)?;
+    let prev = CniResult::from_value(&serde_json::Value::Object(prev.clone()))
+        .map_err(|e| CniError::invalid_config(format!("prevResult: {e}")))?;
     let netns = req
         .env
         .netns

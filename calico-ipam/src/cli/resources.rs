@@ -8,6 +8,7 @@
 
 use anyhow::{Context, Result, bail};
 use libipam::model::{IpPool, IpPoolSpec, IpamConfig};
+use libipam::strict::kind_of;
 use serde::Deserialize;
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde_json::Value;
@@ -194,6 +195,13 @@ pub fn parse(text: &str) -> Result<Vec<Resource>> {
             continue;
         }
         let here = || format!("document {}", i + 1);
+        if !doc.is_object() {
+            bail!(
+                "{} is {}, not an object: {WHAT_A_RESOURCE_IS}",
+                here(),
+                kind_of(&doc)
+            );
+        }
         let kind = doc.get("kind").and_then(Value::as_str).unwrap_or("");
         if kind.ends_with("List") {
             let list: List = strict(doc.clone()).with_context(here)?;
@@ -207,7 +215,13 @@ pub fn parse(text: &str) -> Result<Vec<Resource>> {
     Ok(out)
 }
 
+/// What the error for a document or list item that is not an object says.
+const WHAT_A_RESOURCE_IS: &str = "a resource is an object with apiVersion, kind, metadata and spec";
+
 fn resource(doc: Value) -> Result<Resource> {
+    if !doc.is_object() {
+        bail!("{} is not an object: {WHAT_A_RESOURCE_IS}", kind_of(&doc));
+    }
     let field = |k: &str| doc.get(k).and_then(Value::as_str).unwrap_or("").to_string();
     let (api, kind) = (field("apiVersion"), field("kind"));
     let (api, kind) = (api.as_str(), kind.as_str());
@@ -237,8 +251,7 @@ fn resource(doc: Value) -> Result<Resource> {
         (_, "IPPool") => {
             let _: PoolSpec =
                 strict(spec.clone()).with_context(|| format!("IPPool {name}: spec"))?;
-            let spec: IpPoolSpec =
-                serde_json::from_value(spec).with_context(|| format!("IPPool {name}: spec"))?;
+            let spec: IpPoolSpec = strict(spec).with_context(|| format!("IPPool {name}: spec"))?;
             Ok(Resource::Pool(IpPool { name, spec }))
         }
         (V3, "IPAMConfiguration") => {
@@ -274,9 +287,19 @@ fn check_config_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Deserialize strictly; an unknown field becomes "unknown field X, did you mean Y?".
+/// Deserialize strictly: every struct from an object only (serde alone reads an array field by
+/// field), the path of what was wrong named (`metadata: invalid type: sequence, ...`), and an
+/// unknown field becomes "unknown field X, did you mean Y?".
 fn strict<T: DeserializeOwned>(v: Value) -> Result<T> {
-    serde_json::from_value(v).map_err(|e| anyhow::anyhow!(explain(&e.to_string())))
+    libipam::strict::from_value(&v).map_err(|e| {
+        let path = e.path().to_string();
+        let msg = explain(&e.into_inner().to_string());
+        if path == "." {
+            anyhow::anyhow!(msg)
+        } else {
+            anyhow::anyhow!("{path}: {msg}")
+        }
+    })
 }
 
 /// serde's "unknown field `x`, expected one of `a`, `b`" (or "expected `a`") rewritten with a
@@ -366,6 +389,49 @@ mod tests {
         );
         let e = err(&POOL.replace("IPPool", "IPPools"));
         assert!(e.contains("did you mean IPPool?"), "{e}");
+    }
+
+    /// Read field by field, `["projectcalico.org/v3", "IPPool", ["p"], ...]` was a pool.
+    #[test]
+    fn only_objects_are_resources_at_every_level() {
+        let v3 = r#""apiVersion":"projectcalico.org/v3","kind":"IPPool""#;
+        for (text, says) in [
+            (
+                "[[\"projectcalico.org/v3\", \"IPPool\"]]",
+                "document 1 is a JSON array, not an object",
+            ),
+            ("7", "document 1 is a number, not an object"),
+            ("\"IPPool\"\n", "document 1 is a string, not an object"),
+            (
+                "- projectcalico.org/v3\n- IPPool\n",
+                "document 1 is a JSON array, not an object",
+            ),
+            (
+                &format!(r#"{{{v3},"metadata":["p"],"spec":{{"cidr":"10.1.0.0/16"}}}}"#),
+                "metadata: invalid type: sequence, expected struct ObjectMeta",
+            ),
+            (
+                &format!(r#"{{{v3},"metadata":{{"name":"p"}},"spec":["10.1.0.0/16"]}}"#),
+                "IPPool p: spec: invalid type: sequence, expected struct PoolSpec",
+            ),
+            (
+                &format!(
+                    r#"{{{v3},"metadata":{{"name":"p"}},"spec":{{"cidr":"10.1.0.0/16","ipip":[true]}}}}"#
+                ),
+                "ipip: invalid type: sequence, expected struct IpipConfig",
+            ),
+            (
+                r#"{"apiVersion":"v1","kind":"List","items":[["projectcalico.org/v3"]]}"#,
+                "item 1: a JSON array is not an object",
+            ),
+            (
+                r#"{"apiVersion":"v1","kind":"List","metadata":["1"],"items":[]}"#,
+                "metadata: invalid type: sequence, expected struct ListMeta",
+            ),
+        ] {
+            let e = err(text);
+            assert!(e.contains(says), "{text}: {e}");
+        }
     }
 
     #[test]

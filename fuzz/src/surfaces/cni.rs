@@ -296,7 +296,9 @@ impl Plugin for CniProbe {
             .prev_result
             .as_ref()
             .ok_or_else(|| CniError::invalid_config("CHECK needs prevResult"))?;
-        CniResult::from_value(prev).map(|_| ())
+        CniResult::from_value(&serde_json::Value::Object(prev.clone()))
+            .map(|_| ())
+            .map_err(CniError::invalid_config)
     }
     fn status(&self, req: &Request) -> Result<(), CniError> {
         Self::common(req)
@@ -387,7 +389,7 @@ pub const CNI_RESULT: Surface = Surface {
                     }
                     "ok".into()
                 }
-                Err(e) => signature(&e.code.to_string(), &e.msg),
+                Err(e) => signature("refused", &e),
             }
         })
     },

@@ -4,14 +4,15 @@
 //! and other plugins put anything in a plugin's configuration). Legacy spellings are normalised
 //! here, once: `"assign_ipv4": "true"` and `true` both become `bool`, `null` lists become empty.
 
-use serde::de::{MapAccess, Visitor, value::MapAccessDeserializer};
 use serde::{Deserialize, Deserializer};
-use std::fmt;
-use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::{CniError, SpecVersion};
+// Every struct of the netconf is read from a JSON object only: serde's derived structs also take
+// a JSON array as their fields in order (`["1.0.0", "net"]` was once read as a netconf, and
+// allocated a pair).
+use crate::strict::Object;
 
 /// Where IPAM state lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -99,8 +100,11 @@ pub struct NetConf {
     /// URLs that must answer 2xx/3xx before ADD goes ahead (Calico's `readiness_gates`).
     #[serde(default, deserialize_with = "readiness_gates")]
     pub readiness_gates: Vec<String>,
-    #[serde(rename = "prevResult", default)]
-    pub prev_result: Option<serde_json::Value>,
+    /// The previous plugin's result (CHECK, chained ADD): a JSON object or `null`, as libcni's
+    /// `map[string]interface{}` takes it; anything else is refused like any field of the wrong
+    /// type.
+    #[serde(rename = "prevResult", default, deserialize_with = "prev_result")]
+    pub prev_result: Option<serde_json::Map<String, serde_json::Value>>,
     #[serde(
         rename = "cni.dev/valid-attachments",
         default,
@@ -248,27 +252,6 @@ where
     Ok(Option::<Vec<T>>::deserialize(d)?.unwrap_or_default())
 }
 
-/// `T`, read from a JSON object only. serde's derived structs also take a JSON array as their
-/// fields in order (`["1.0.0", "net"]` was once read as a netconf, and allocated a pair);
-/// every struct of the netconf is read through this instead.
-struct Object<T>(T);
-
-impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Fields<T>(PhantomData<T>);
-        impl<'de, T: Deserialize<'de>> Visitor<'de> for Fields<T> {
-            type Value = T;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
-                T::deserialize(MapAccessDeserializer::new(map))
-            }
-        }
-        d.deserialize_map(Fields(PhantomData)).map(Object)
-    }
-}
-
 /// A section (`ipam`, `kubernetes`, ...): a JSON object, or `null` for its defaults.
 fn section<'de, D, T>(d: D) -> Result<T, D::Error>
 where
@@ -278,6 +261,14 @@ where
     Ok(Option::<Object<T>>::deserialize(d)?
         .map(|o| o.0)
         .unwrap_or_default())
+}
+
+/// `prevResult`: a JSON object, or `null` for none.
+fn prev_result<'de, D>(d: D) -> Result<Option<serde_json::Map<String, serde_json::Value>>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    Ok(Option::<Object<_>>::deserialize(d)?.map(|o| o.0))
 }
 
 /// A list of JSON objects (`null` = none).
@@ -688,6 +679,18 @@ mod tests {
                 "readiness_gates must be a list of URLs",
             ),
             (r#"{"readiness_gates":[9099]}"#, "readiness_gates"),
+            (
+                r#"{"prevResult":[[],[{"address":"10.0.0.2/24"}]]}"#,
+                "prevResult: invalid type: sequence, expected a JSON object",
+            ),
+            (
+                r#"{"prevResult":"ok"}"#,
+                "prevResult: invalid type: a string, expected a JSON object",
+            ),
+            (
+                r#"{"prevResult":7}"#,
+                "prevResult: invalid type: integer `7`, expected a JSON object",
+            ),
         ] {
             let e = NetConf::parse(bad.as_bytes()).expect_err(bad);
             assert_eq!(e.code, 7, "{bad}: {e:?}");

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use std::net::IpAddr;
 
-use super::{CniError, SpecVersion};
+use super::SpecVersion;
 
 /// A success result (the 1.1.0 model; older versions are produced by [`CniResult::to_json`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,14 +87,24 @@ where
 
 impl CniResult {
     /// Parse a result printed by another plugin (IPAM result or `prevResult`), in any version
-    /// from 0.3.0 on: `ips[].version` is ignored, unknown keys are dropped.
-    pub fn from_value(value: &Value) -> Result<CniResult, CniError> {
-        if value.get("ip4").is_some() || value.get("ip6").is_some() {
-            return Err(CniError::decode(
-                "result uses the 0.1.0/0.2.0 layout (ip4/ip6); only 0.3.0 and later are supported",
+    /// from 0.3.0 on: `ips[].version` is ignored, unknown keys are dropped. The result and
+    /// everything in it that is an object in the specification must be a JSON object (serde
+    /// would read an array field by field). The error says what is wrong, and where; the
+    /// caller says whose result it was and chooses the code.
+    pub fn from_value(value: &Value) -> Result<CniResult, String> {
+        if !value.is_object() {
+            return Err(format!(
+                "the result is {}, not a JSON object",
+                crate::strict::kind_of(value)
             ));
         }
-        CniResult::deserialize(value).map_err(|e| CniError::decode(format!("result: {e}")))
+        if value.get("ip4").is_some() || value.get("ip6").is_some() {
+            return Err(
+                "the result uses the 0.1.0/0.2.0 layout (ip4/ip6); only 0.3.0 and later are supported"
+                    .into(),
+            );
+        }
+        crate::strict::from_value(value).map_err(|e| e.to_string())
     }
 
     /// The result as JSON in `version`: 0.3.x and 0.4.0 add `ips[].version`, versions before
@@ -225,5 +235,34 @@ mod tests {
             .expect("ipam result");
         assert_eq!(r.ips[0].address.to_string(), "10.244.1.5/26");
         assert!(CniResult::from_value(&json!({"ip4":{"ip":"10.0.0.2/24"}})).is_err());
+    }
+
+    /// Read field by field, `[[], [["10.0.0.2/24"]]]` was a result with one address.
+    #[test]
+    fn only_objects_are_results_at_any_depth() {
+        for (value, says) in [
+            (
+                json!([[], [["10.0.0.2/24"]]]),
+                "the result is a JSON array, not a JSON object",
+            ),
+            (json!(7), "the result is a number, not a JSON object"),
+            (json!("ok"), "the result is a string, not a JSON object"),
+            (json!(null), "the result is null, not a JSON object"),
+            (
+                json!({"ips": [["10.0.0.2/24"]]}),
+                "ips[0]: invalid type: sequence, expected struct IpConfig",
+            ),
+            (
+                json!({"ips": [], "dns": ["8.8.8.8"]}),
+                "dns: invalid type: sequence, expected struct Dns",
+            ),
+            (
+                json!({"interfaces": [["eth0"]]}),
+                "interfaces[0]: invalid type: sequence, expected struct Interface",
+            ),
+        ] {
+            let e = CniResult::from_value(&value).expect_err("refused");
+            assert!(e.contains(says), "{value}: {e}");
+        }
     }
 }

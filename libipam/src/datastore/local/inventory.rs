@@ -46,7 +46,7 @@ impl Reader<'_> {
                 return Ok(None);
             }
         };
-        match serde_json::from_slice::<EnvelopeIn<T>>(&data) {
+        match EnvelopeIn::<T>::decode(&data) {
             Ok(env) => Ok(Some(Versioned {
                 value: env.value,
                 revision: super::Revision(env.revision),

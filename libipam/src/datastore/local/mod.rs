@@ -111,10 +111,20 @@ struct EnvelopeOut<'a, T> {
     value: &'a T,
 }
 
+/// An object file as read: a JSON object, its `value` a JSON object too (serde alone would take
+/// `["1.1", {...}]` field by field).
 #[derive(Deserialize)]
+#[serde(bound(deserialize = "T: Deserialize<'de>"))]
 struct EnvelopeIn<T> {
     revision: String,
+    #[serde(deserialize_with = "crate::strict::object")]
     value: T,
+}
+
+impl<T: DeserializeOwned> EnvelopeIn<T> {
+    fn decode(data: &[u8]) -> serde_json::Result<EnvelopeIn<T>> {
+        serde_json::from_slice::<crate::strict::Object<EnvelopeIn<T>>>(data).map(|o| o.0)
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -155,7 +165,7 @@ fn next_revision(current: &Revision) -> Revision {
 }
 
 fn decode<T: DeserializeOwned>(rel: &str, data: &[u8]) -> DsResult<(T, Revision)> {
-    let env: EnvelopeIn<T> = serde_json::from_slice(data)
+    let env = EnvelopeIn::<T>::decode(data)
         .map_err(|e| DatastoreError::Other(format!("{rel}: invalid object: {e}")))?;
     Ok((env.value, Revision(env.revision)))
 }
