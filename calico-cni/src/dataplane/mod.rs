@@ -159,9 +159,17 @@ pub fn host_veth_name(prefix: &str, namespace: &str, pod: &str) -> String {
 
 /// Host veth name for a workload that is not a Kubernetes pod (Calico's `cni`
 /// orchestrator): `cali` followed by the first 11 characters of the container ID.
+///
+/// Verbs that make interfaces only run with a container ID the spec allows (ASCII), but the
+/// name stays within the kernel's 15 bytes for any input: characters are taken while they fit.
 pub fn host_veth_name_for_container(container_id: &str) -> String {
     let mut name = String::from(DEFAULT_HOST_PREFIX);
-    name.extend(container_id.chars().take(11));
+    for c in container_id.chars().take(11) {
+        if name.len() + c.len_utf8() > DEFAULT_HOST_PREFIX.len() + 11 {
+            break;
+        }
+        name.push(c);
+    }
     name
 }
 
@@ -438,6 +446,9 @@ mod tests {
             "cali0123456789a"
         );
         assert_eq!(host_veth_name_for_container("abc"), "caliabc");
+        // Multi-byte characters (never in a valid container ID) still fit 15 bytes.
+        let name = host_veth_name_for_container("ct\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}r2147");
+        assert!(name.len() <= 15, "{name:?}");
     }
 
     #[test]
