@@ -22,9 +22,9 @@ pub fn cni_error(e: &IpamError) -> CniError {
 
 fn code_of(e: &IpamError) -> u32 {
     match e {
-        IpamError::AddressInUse { .. } | IpamError::AddressNotInPool { .. } => {
-            code::ADDRESS_UNAVAILABLE
-        }
+        IpamError::AddressInUse { .. }
+        | IpamError::AddressNotInPool { .. }
+        | IpamError::BlockOverlap { .. } => code::ADDRESS_UNAVAILABLE,
         _ => match e.kind() {
             ErrorKind::InvalidRequest => code::INVALID_CONFIG,
             ErrorKind::Exhausted => code::POOL_EXHAUSTED,

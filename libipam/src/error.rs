@@ -154,6 +154,19 @@ pub enum IpamError {
         affinity: String,
     },
 
+    /// A block cannot be created because an existing block of another CIDR holds some of its
+    /// addresses: two pools (or a pool and the blocks of one deleted or unreadable) cover one
+    /// range with different block sizes. Creating it would let one address be allocated twice.
+    #[error(
+        "block {block} cannot be created: existing block {existing} holds some of its addresses (pools with different block sizes cover this range; `calico-ipam ipam check` lists the overlap)"
+    )]
+    BlockOverlap {
+        /// The block that would have been created.
+        block: IpNet,
+        /// The existing block.
+        existing: IpNet,
+    },
+
     /// A pool definition was rejected.
     #[error(transparent)]
     InvalidPool(#[from] crate::validate::PoolError),
@@ -198,6 +211,7 @@ impl IpamError {
             | IpamError::AddressNotInPool { .. }
             | IpamError::UseNotAllowed { .. }
             | IpamError::StrictAffinityViolation { .. }
+            | IpamError::BlockOverlap { .. }
             | IpamError::InvalidPool(_)
             | IpamError::InvalidArgs(_) => ErrorKind::InvalidRequest,
             IpamError::Exhausted { .. }

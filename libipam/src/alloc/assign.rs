@@ -651,6 +651,12 @@ impl<D: Datastore> Ipam<D> {
             {
                 Some(b) => b,
                 None => {
+                    if let Some(existing) = self.overlapping_block(&cidr).await? {
+                        return Err(IpamError::BlockOverlap {
+                            block: cidr,
+                            existing,
+                        });
+                    }
                     let existing = self.host_affinity(&mut req, &cidr).await?;
                     self.claim_block(&mut req, cidr, existing).await?
                 }

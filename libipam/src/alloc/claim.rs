@@ -6,10 +6,9 @@
 //! block says otherwise is stale and is deleted. Losing a race surfaces as a conflict, so the
 //! step is retried from fresh reads and picks another block.
 
-use std::collections::HashSet;
-
 use ipnet::IpNet;
 
+use super::occupied::Occupied;
 use super::pools::Pool;
 use super::walk::BlockWalk;
 use super::{Ipam, Request, ds};
@@ -129,6 +128,12 @@ impl<D: Datastore> Ipam<D> {
             .await
             .map_err(ds(format!("read block {cidr}")))?;
         match block {
+            // An affinity without its block (an interrupted claim) whose addresses a block of
+            // another size now holds: the claim cannot be finished, and holds nothing.
+            None if self.overlapping_block(&cidr).await?.is_some() => {
+                self.drop_affinity(req, &aff).await?;
+                Ok(None)
+            }
             None => match self.claim_block(req, cidr, Some(aff)).await {
                 Ok(b) => Ok(Some(b)),
                 Err(IpamError::Datastore {
@@ -253,21 +258,31 @@ impl<D: Datastore> Ipam<D> {
         Ok(block)
     }
 
+    /// An existing block, other than one at exactly `cidr`, that holds some of `cidr`'s
+    /// addresses: a block must not be created at `cidr` while there is one (`occupied.rs`).
+    pub(super) async fn overlapping_block(&self, cidr: &IpNet) -> Result<Option<IpNet>> {
+        let existing = self
+            .store
+            .list_block_cidrs()
+            .await
+            .map_err(ds("list blocks"))?;
+        Ok(Occupied::new(existing).other_overlapping(cidr))
+    }
+
     /// Picks the next block for this host among `pools` (Calico's `findUsableBlock`): the
-    /// first CIDR of each pool's walk that is not a block yet; failing that, a block of ours
+    /// first CIDR of each pool's walk that no block holds yet; failing that, a block of ours
     /// with space; failing that, another host's empty block, reclaimed.
     pub(super) async fn find_usable_block(
         &self,
         req: &mut Request<'_>,
         pools: &[&Pool],
     ) -> Result<Option<Candidate>> {
-        let existing: HashSet<IpNet> = self
-            .store
-            .list_block_cidrs()
-            .await
-            .map_err(ds("list blocks"))?
-            .into_iter()
-            .collect();
+        let existing = Occupied::new(
+            self.store
+                .list_block_cidrs()
+                .await
+                .map_err(ds("list blocks"))?,
+        );
         for pool in pools {
             if req.reservation_covering(&pool.cidr).is_some() {
                 continue;
@@ -279,9 +294,14 @@ impl<D: Datastore> Ipam<D> {
                     continue;
                 }
                 // Stops at the first gap, so a huge pool costs at most one step per block
-                // that already exists in it.
-                if !existing.contains(&cidr) {
-                    return Ok(Some(Candidate::Unclaimed(cidr)));
+                // that already exists in it (a larger block of another size is one step).
+                if existing.contains(&cidr) {
+                    continue;
+                }
+                match existing.other_overlapping(&cidr) {
+                    None => return Ok(Some(Candidate::Unclaimed(cidr))),
+                    Some(other) if other.contains(&cidr) => walk.skip_reserved(&cidr, &other),
+                    Some(_) => {}
                 }
             }
         }

@@ -11,6 +11,7 @@
 mod assign;
 pub mod audit;
 mod claim;
+mod occupied;
 mod pools;
 mod release;
 mod report;

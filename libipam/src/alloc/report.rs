@@ -7,6 +7,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+use super::occupied::Occupied;
 use super::{Ipam, ds};
 use crate::datastore::{Datastore, Inventory};
 use crate::error::{IpamError, Result};
@@ -90,7 +91,7 @@ fn problem(object: impl Into<String>, message: impl Into<String>) -> Problem {
 /// - every object that could not be read (it fails the requests that read it);
 /// - the IPAMConfig's and reservations' values the allocator cannot use;
 /// - every pool that does not validate (it is left out of allocation) or overlaps another;
-/// - every block that is internally inconsistent;
+/// - every block that is internally inconsistent, or overlaps another block;
 /// - every allocation's handle exists and counts it; every block a handle lists exists and
 ///   holds addresses for it;
 /// - every confirmed affinity's block exists and names the affinity's node; every `host:`
@@ -174,6 +175,7 @@ fn object_problems(inv: &Inventory) -> Vec<Problem> {
         })
         .collect();
 
+    let occupied = Occupied::new(by_cidr.keys().copied());
     for b in by_cidr.values() {
         let subject = format!("block {}", b.cidr);
         problems.extend(
@@ -181,6 +183,18 @@ fn object_problems(inv: &Inventory) -> Vec<Problem> {
                 .into_iter()
                 .map(|m| problem(&subject, m)),
         );
+        // Reported by the larger block of the two.
+        if let Some(inner) = occupied
+            .other_overlapping(&b.cidr)
+            .filter(|o| b.cidr.contains(o))
+        {
+            problems.push(problem(
+                &subject,
+                format!(
+                    "overlaps block {inner}: an address in both can be allocated in each                      (pools with different block sizes cover this range); release the                      addresses of one of them and delete it"
+                ),
+            ));
+        }
         for (handle, n) in b.handle_counts() {
             match handle_counts.get(&names::handle_object_name(&handle)) {
                 None => problems.push(problem(
