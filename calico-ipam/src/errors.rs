@@ -24,7 +24,8 @@ fn code_of(e: &IpamError) -> u32 {
     match e {
         IpamError::AddressInUse { .. }
         | IpamError::AddressNotInPool { .. }
-        | IpamError::BlockOverlap { .. } => code::ADDRESS_UNAVAILABLE,
+        | IpamError::BlockOverlap { .. }
+        | IpamError::AddressInUnusablePool { .. } => code::ADDRESS_UNAVAILABLE,
         _ => match e.kind() {
             ErrorKind::InvalidRequest => code::INVALID_CONFIG,
             ErrorKind::Exhausted => code::POOL_EXHAUSTED,

@@ -266,13 +266,14 @@ fn check_parent_alive() -> Result<(), CniError> {
     )))
 }
 
-/// Pools the allocator left out because they do not validate are logged as warnings (stderr and
-/// the log file): one bad pool must be visible, not silently unused.
+/// Pools the allocator left out because they cannot be read or do not validate are logged as
+/// warnings (stderr and the log file): one bad pool must be visible, not silently unused.
 fn warn_ignored_pools<D>(ipam: &libipam::alloc::Ipam<D>) {
     for (name, why) in ipam.ignored_pools() {
         tracing::warn!(
             reason = why.as_str(),
-            "IPPool {name} is ignored (fix it with calico-ipam pool apply)"
+            "IPPool {name} is ignored, and no other pool allocates in its CIDR (replace it with \
+             calico-ipam apply -f, or delete it with calico-ipam delete ippool {name})"
         );
     }
 }

@@ -71,12 +71,18 @@ fn every_object_file_that_does_not_decode_is_named_with_exit_3() {
             ("empty", b""),
         ] {
             std::fs::write(&path, bad).expect("corrupt");
+            // A pool that cannot be read is left out; anything else fails its readers.
+            let consequence = if kind == "IPPool" {
+                "no address is allocated from it, nor by any other pool inside its CIDR"
+            } else {
+                "every request that reads it fails until it is fixed"
+            };
             let out = check_finds(
                 &store,
                 &format!("{rel} {how}"),
                 &[
                     &format!("  {kind} file {rel}: cannot be decoded ("),
-                    "every request that reads it fails until it is fixed",
+                    consequence,
                 ],
             );
             assert!(
@@ -151,31 +157,49 @@ fn config_and_reservation_values_that_mean_nothing_are_named() {
     );
 }
 
-/// An object file over the bound (16 MiB) is not read whole: check names it, and an ADD that
-/// needs it fails naming the bound, changing nothing.
+/// An object file over the bound (16 MiB) is not read whole: check names it; a pool file is
+/// left out like any pool that cannot be read (logged naming the bound), and an ADD that needs
+/// another such file fails naming the bound; neither changes anything.
 #[test]
 fn an_object_file_over_the_bound_is_refused_unread() {
     let store = populated();
-    let rel = "pools/tiny-v4.json";
-    let path = store.path().join(rel);
-    let mut big = std::fs::read(&path).expect("pool");
-    big.resize(17 << 20, b' ');
-    std::fs::write(&path, &big).expect("write");
-    check_finds(
-        &store,
-        "large",
-        &[&format!(
-            "  IPPool file {rel}: cannot be read ({rel}: larger than 16777216 bytes (16 MiB), the most an object file may hold"
-        )],
-    );
-    let before = store.snapshot();
     let conf = store.netconf("1.0.0", "node-a").to_string();
-    let out = cni("ADD", "c2", &[], conf.as_bytes());
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("larger than 16777216 bytes (16 MiB)"),
-        "{}",
-        text(&out)
-    );
-    assert_eq!(store.snapshot(), before, "the ADD changed the store");
+    for (rel, kind) in [
+        ("pools/tiny-v4.json", "IPPool"),
+        ("config.json", "IPAMConfig"),
+    ] {
+        let path = store.path().join(rel);
+        let good = std::fs::read(&path).expect("object");
+        let mut big = good.clone();
+        big.resize(17 << 20, b' ');
+        std::fs::write(&path, &big).expect("write");
+        check_finds(
+            &store,
+            "large",
+            &[&format!(
+                "  {kind} file {rel}: cannot be read ({rel}: larger than 16777216 bytes (16 MiB), the most an object file may hold"
+            )],
+        );
+        let before = store.snapshot();
+        let out = cni("ADD", "c2", &[], conf.as_bytes());
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        let (said, where_) = if kind == "IPPool" {
+            // The only IPv4 pool is left out: nothing to allocate from, and the log says why.
+            assert!(
+                String::from_utf8_lossy(&out.stdout).contains("there is no enabled IPv4 pool"),
+                "{}",
+                text(&out)
+            );
+            (String::from_utf8_lossy(&out.stderr), "stderr")
+        } else {
+            (String::from_utf8_lossy(&out.stdout), "stdout")
+        };
+        assert!(
+            said.contains("larger than 16777216 bytes (16 MiB)"),
+            "{rel} {where_}: {}",
+            text(&out)
+        );
+        assert_eq!(store.snapshot(), before, "the ADD changed the store");
+        std::fs::write(&path, good).expect("restore");
+    }
 }

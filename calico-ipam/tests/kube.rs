@@ -1632,3 +1632,133 @@ fn check_names_objects_the_allocator_cannot_decode() {
         assert!(stdout.contains(&says), "{says:?} missing from:\n{stdout}");
     }
 }
+
+/// Issue 10 item 1's principle against the API server: an IPPool whose spec does not decode
+/// (a negative blockSize, which the CRD's schema lets through) used to fail the LIST of pools,
+/// and with it every ADD on every node (code 100 naming it). Now it is left out: ADDs from the
+/// other pools work, nothing is allocated inside its CIDR, DEL releases what it handed out,
+/// check names it, and `apply -f` of a good definition or `delete ippool` repairs it by name.
+#[test]
+fn an_ippool_that_cannot_be_decoded_takes_nothing_down() {
+    let kube = KubeEnv::get();
+    // Every node's ADD logs it, and check reports it: nothing else may run meanwhile.
+    let _x = exclusive();
+    let tag = format!("unr{}", unique());
+    let (a, b, c) = ("10.105.0.0/24", "10.105.1.0/24", "10.105.2.0/24");
+    let _pools = guard(&kube, &["t-unr-a", "t-unr-b", "t-unr-c"], &[a, b, c]);
+    apply_pools(
+        &kube,
+        &format!(
+            "{}---\n{}",
+            tagged_pool("t-unr-a", a, 26, false, &tag),
+            tagged_pool("t-unr-b", b, 26, false, &tag)
+        ),
+    );
+    let n = Node::new(&kube, "unr", &[("calico-rs-test", &tag)]);
+    let conf = n.conf(&kube, false, None);
+    let mut from_b = conf.clone();
+    from_b["ipam"]["ipv4_pools"] = json!(["t-unr-b"]);
+    let held = addresses(&add(&from_b, "u-b", "u-b"))[0];
+    assert!(inside(&held, b), "{held}");
+    let break_b = || {
+        kube.apply(&format!(
+            "apiVersion: crd.projectcalico.org/v1\nkind: IPPool\nmetadata: {{name: t-unr-b}}\n\
+             spec: {{cidr: '{b}', blockSize: -1, nodeSelector: \"calico-rs-test == '{tag}'\"}}\n"
+        ))
+    };
+    break_b();
+
+    // ADDs from the other pool work and log it; none lands in its CIDR.
+    for i in 0..3 {
+        let out = add(&conf, &format!("u{i}"), &format!("u{i}"));
+        let ip = addresses(&out)[0];
+        assert!(inside(&ip, a), "{ip}");
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            log.contains("IPPool t-unr-b is ignored, and no other pool allocates in its CIDR")
+                && log.contains("cannot be read (IPPool t-unr-b: "),
+            "{log}"
+        );
+    }
+    let e = error_of(&add(&from_b, "u-b2", "u-b2"));
+    assert_eq!(e["code"], 7, "{e}");
+    assert!(
+        e["msg"].as_str().is_some_and(|m| m.starts_with(
+            "the given pool (t-unr-b) cannot be used: IPPool t-unr-b cannot be read (IPPool t-unr-b: "
+        )),
+        "{e}"
+    );
+    // What it handed out is released.
+    assert!(del(&from_b, "u-b", "u-b").status.success());
+    let all = blocks(&kube);
+    assert_eq!(in_use(block_of(&all, held.addr()).1), 0);
+
+    let out = cli_admin(&kube, &["ipam", "check"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report.contains("  IPPool t-unr-b: cannot be decoded (")
+            && report
+                .contains("no address is allocated from it, nor by any other pool inside its CIDR"),
+        "{report}"
+    );
+
+    // Pools beside it can be applied; over its CIDR cannot.
+    apply_pools(&kube, &tagged_pool("t-unr-c", c, 26, false, &tag));
+    let f = tempfile::NamedTempFile::new().expect("tmp");
+    std::fs::write(
+        f.path(),
+        tagged_pool("t-unr-over", "10.105.1.0/25", 26, false, &tag),
+    )
+    .expect("write");
+    let out = cli(&kube, &["apply", "-f", f.path().to_str().expect("utf8")]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("overlaps IPPool t-unr-b (10.105.1.0/24), which cannot be read"),
+        "{}",
+        text(&out)
+    );
+
+    // Replaced by a good definition of its name, it is used again.
+    let good = tempfile::NamedTempFile::new().expect("tmp");
+    std::fs::write(good.path(), tagged_pool("t-unr-b", b, 26, false, &tag)).expect("write");
+    let out = cli(&kube, &["apply", "-f", good.path().to_str().expect("utf8")]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("IPPool t-unr-b could not be read (IPPool t-unr-b: ")
+            && String::from_utf8_lossy(&out.stderr)
+                .contains("its CIDR was 10.105.1.0/24): it was replaced by the definition in"),
+        "{}",
+        text(&out)
+    );
+    let again = addresses(&add(&from_b, "u-b3", "u-b3"))[0];
+    assert!(inside(&again, b), "{again}");
+    assert!(del(&from_b, "u-b3", "u-b3").status.success());
+
+    // Broken again, it is deleted by name.
+    break_b();
+    let out = cli(&kube, &["delete", "ippool", "t-unr-b"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(
+            "IPPool t-unr-b could not be read (IPPool t-unr-b: "
+        ) && String::from_utf8_lossy(&out.stderr)
+            .contains("so whether it was enabled is unknown; it was deleted, and no address in its CIDR 10.105.1.0/24 is allocated"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        kube.get_json("/apis/crd.projectcalico.org/v1/ippools/t-unr-b")
+            .is_none(),
+        "deleted"
+    );
+    for i in 0..3 {
+        assert!(
+            del(&conf, &format!("u{i}"), &format!("u{i}"))
+                .status
+                .success()
+        );
+    }
+}

@@ -35,6 +35,34 @@ pub enum IpamError {
         pool: String,
     },
 
+    /// A pool named in `ipv4_pools`/`ipv6_pools` exists but is left out: it cannot be read,
+    /// or does not validate.
+    #[error("the given pool ({pool}) cannot be used: IPPool {name} {why}")]
+    PoolUnusable {
+        /// The name or CIDR as requested.
+        pool: String,
+        /// The pool's name.
+        name: String,
+        /// Why it is left out.
+        why: String,
+    },
+
+    /// A specific address lies in the CIDR of a pool that is left out (it cannot be read, or
+    /// does not validate): no pool allocates there until that pool is fixed.
+    #[error(
+        "the provided IP address {ip} is in {cidr}, the CIDR of IPPool {pool}, which is not used: {why}"
+    )]
+    AddressInUnusablePool {
+        /// The address.
+        ip: IpAddr,
+        /// The left-out pool's CIDR.
+        cidr: IpNet,
+        /// Its name.
+        pool: String,
+        /// Why it is left out.
+        why: String,
+    },
+
     /// A pool of the wrong family was requested for a family.
     #[error("{list} contains {cidr} which is an {actual} pool")]
     WrongFamilyPool {
@@ -204,6 +232,8 @@ impl IpamError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             IpamError::PoolNotFound { .. }
+            | IpamError::PoolUnusable { .. }
+            | IpamError::AddressInUnusablePool { .. }
             | IpamError::WrongFamilyPool { .. }
             | IpamError::NoQualifiedPool { .. }
             | IpamError::NoPoolsForNode { .. }

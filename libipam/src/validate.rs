@@ -108,6 +108,34 @@ pub enum PoolError {
         /// The parse error.
         reason: SelectorError,
     },
+    /// The new pool overlaps the known CIDR of a pool object that cannot be read.
+    #[error(
+        "pool {name} ({cidr}) overlaps IPPool {other} ({other_cidr}), which cannot be read ({reason}); pools must not overlap: replace {other} (calico-ipam apply -f with a good definition named {other}) or delete it (calico-ipam delete ippool {other}) first"
+    )]
+    OverlapsUnreadable {
+        /// The new pool.
+        name: String,
+        /// Its CIDR.
+        cidr: IpNet,
+        /// The unreadable pool.
+        other: String,
+        /// Its CIDR.
+        other_cidr: IpNet,
+        /// Why it cannot be read.
+        reason: String,
+    },
+    /// A pool object cannot be read at all, so whether the new pool overlaps it is unknown.
+    #[error(
+        "IPPool {other} cannot be read ({reason}) and its CIDR is unknown, so whether pool {name} overlaps it cannot be checked: replace {other} (calico-ipam apply -f with a good definition named {other}) or delete it (calico-ipam delete ippool {other}) first"
+    )]
+    BesideUnreadable {
+        /// The new pool.
+        name: String,
+        /// The unreadable pool.
+        other: String,
+        /// Why it cannot be read.
+        reason: String,
+    },
     /// Two pools overlap.
     #[error(
         "pool {name} ({cidr}) overlaps existing pool {other} ({other_cidr}); pools must not overlap"

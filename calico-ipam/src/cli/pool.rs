@@ -2,7 +2,8 @@
 //! `delete ippool` (and the older `pool apply|list|delete`).
 
 use anyhow::{Context, Result, bail};
-use libipam::datastore::Datastore;
+use ipnet::IpNet;
+use libipam::datastore::{Datastore, UnreadablePool};
 use libipam::model::{IpPool, IpPoolSpec};
 use serde_json::{Map, Value, json};
 
@@ -43,18 +44,24 @@ pub fn apply(store: &StoreConfig, file: &str) -> Result<i32> {
     if docs.is_empty() {
         bail!("{file} holds no resource");
     }
-    with_store(store, async |store| {
+    let replaced = with_store(store, async |store| {
         with_ipam!(store, |ipam| {
             let ds = ipam.store();
-            let mut known: Vec<IpPool> = ds.list_pools().await?;
+            let mut known = ds.list_pools().await?;
+            // Stored pool objects that cannot be read, replaced by a document of their name.
+            let mut replaced: Vec<UnreadablePool> = Vec::new();
             let mut config = None;
             for doc in &docs {
                 match doc {
                     Resource::Pool(pool) => {
-                        libipam::validate::validate_new_pool(pool, &known)
+                        libipam::alloc::validate_new_pool(pool, &known)
                             .with_context(|| format!("IPPool {}", pool.name))?;
-                        known.retain(|p| p.name != pool.name);
-                        known.push(pool.clone());
+                        if let Some(u) = known.unreadable(&pool.name) {
+                            replaced.push(u.clone());
+                        }
+                        known.unreadable.retain(|u| u.name != pool.name);
+                        known.pools.retain(|p| p.name != pool.name);
+                        known.pools.push(pool.clone());
                     }
                     Resource::Config(patch) => {
                         let mut c = match config.take() {
@@ -80,9 +87,20 @@ pub fn apply(store: &StoreConfig, file: &str) -> Result<i32> {
                     .await
                     .context("writing the IPAM configuration")?;
             }
-            Ok::<(), anyhow::Error>(())
+            Ok::<_, anyhow::Error>(replaced)
         })
     })??;
+    for u in &replaced {
+        eprintln!(
+            "IPPool {} could not be read ({}: {}; its CIDR {}): it was replaced by the definition \
+             in {file}, without comparing the two",
+            u.name,
+            u.object,
+            u.reason,
+            u.cidr
+                .map_or_else(|| "unknown".to_owned(), |c| format!("was {c}"))
+        );
+    }
     let first = docs[0].kind();
     if docs.iter().all(|d| d.kind() == first) {
         println!("Successfully applied {} '{first}' resource(s)", docs.len());
@@ -100,14 +118,22 @@ pub fn get(store: &StoreConfig, name: Option<&str>, output: &str) -> Result<i32>
         "json" | "yaml" => Some(output),
         other => super::args::usage!("unknown output format {other:?}: use wide, yaml or json"),
     };
-    let mut pools = with_store(store, async |store| {
+    let listed = with_store(store, async |store| {
         with_ipam!(store, |ipam| ipam.store().list_pools().await)
     })??;
+    let mut pools = listed.pools;
     pools.sort_by(|a, b| a.name.cmp(&b.name));
     if let Some(name) = name {
+        if let Some(u) = listed.unreadable.iter().find(|u| u.name == name) {
+            bail!("{}", unreadable(u));
+        }
         pools.retain(|p| p.name == name);
         if pools.is_empty() {
             bail!("resource does not exist: IPPool({name})");
+        }
+    } else {
+        for u in &listed.unreadable {
+            eprintln!("warning: not shown: {}", unreadable(u));
         }
     }
     let pools: Vec<IpPool> = pools.into_iter().map(IpPool::with_defaults).collect();
@@ -187,7 +213,10 @@ pub fn patch(store: &StoreConfig, name: &str, patch: &str) -> Result<i32> {
         with_ipam!(store, |ipam| {
             let ds = ipam.store();
             let pools = ds.list_pools().await?;
-            let Some(pool) = pools.iter().find(|p| p.name == name) else {
+            if let Some(u) = pools.unreadable(name) {
+                bail!("{}: a patch needs the stored object", unreadable(u));
+            }
+            let Some(pool) = pools.pools.iter().find(|p| p.name == name) else {
                 bail!("resource does not exist: IPPool({name})");
             };
             let mut doc = to_v3(pool);
@@ -201,7 +230,7 @@ pub fn patch(store: &StoreConfig, name: &str, patch: &str) -> Result<i32> {
             if patched.name != name {
                 bail!("a patch cannot rename IPPool {name}");
             }
-            libipam::validate::validate_new_pool(&patched, &pools)
+            libipam::alloc::validate_new_pool(&patched, &pools)
                 .with_context(|| format!("IPPool {name}"))?;
             ds.apply_pool(&patched).await?;
             Ok(())
@@ -232,38 +261,80 @@ fn merge_patch(target: &mut Value, patch: &Value) {
 }
 
 /// `delete ippool NAME`. A pool with addresses in use must be disabled first: deleting it
-/// while it still hands out addresses would strand them (no pool covers their blocks).
+/// while it still hands out addresses would strand them (no pool covers their blocks). A pool
+/// object that cannot be read is deleted all the same (whether it is enabled cannot be known,
+/// and it hands out nothing meanwhile), saying so and what stays allocated in its CIDR.
 pub fn delete(store: &StoreConfig, name: &str) -> Result<i32> {
-    with_store(store, async |store| {
+    let note = with_store(store, async |store| {
         with_ipam!(store, |ipam| {
-            let usage = ipam.usage().await?;
-            let Some(u) = usage.iter().find(|u| u.name == name) else {
-                bail!(
-                    "Failed to delete 'IPPool' resource: resource does not exist: IPPool({name})"
-                );
+            let listed = ipam.store().list_pools().await?;
+            let in_use = async |cidr: IpNet| -> Result<u128> {
+                Ok(ipam
+                    .blocks()
+                    .await?
+                    .iter()
+                    .filter(|b| cidr.contains(&b.cidr))
+                    .map(|b| u128::from(b.in_use))
+                    .sum())
             };
-            if u.in_use > 0 && !u.disabled {
-                bail!(
-                    "IPPool {name} ({}) still has {} address(es) in use: disable it first so no new \
-                     address comes from it, move or delete the pods that use it, then delete it:\n  \
-                     calico-ipam patch ippool {name} -p '{{\"spec\":{{\"disabled\":true}}}}'\n  \
-                     calico-ipam delete ippool {name}\n\
-                     (`calico-ipam ipam show --show-blocks` shows where they are; a disabled pool can \
-                     be deleted with addresses in use, which stay allocated until released)",
-                    u.cidr,
-                    u.in_use
-                );
+            let mut note = None;
+            if let Some(pool) = listed.pools.iter().find(|p| p.name == name) {
+                let pool = pool.clone().with_defaults();
+                if let (false, Some(cidr)) = (pool.spec.disabled, pool.cidr()) {
+                    let n = in_use(cidr.trunc()).await?;
+                    if n > 0 {
+                        bail!(
+                            "IPPool {name} ({cidr}) still has {n} address(es) in use: disable it first so no new \
+                             address comes from it, move or delete the pods that use it, then delete it:\n  \
+                             calico-ipam patch ippool {name} -p '{{\"spec\":{{\"disabled\":true}}}}'\n  \
+                             calico-ipam delete ippool {name}\n\
+                             (`calico-ipam ipam show --show-blocks` shows where they are; a disabled pool can \
+                             be deleted with addresses in use, which stay allocated until released)"
+                        );
+                    }
+                }
+            } else if let Some(u) = listed.unreadable(name) {
+                let held = match u.cidr {
+                    Some(cidr) => match in_use(cidr).await? {
+                        0 => format!("no address in its CIDR {cidr} is allocated"),
+                        n => format!(
+                            "the {n} address(es) allocated in its CIDR {cidr} stay allocated until \
+                             released (`calico-ipam ipam show --show-blocks` shows where they are)"
+                        ),
+                    },
+                    None => "its CIDR is unknown: addresses allocated from it stay allocated \
+                             until released (`calico-ipam ipam show --show-blocks` lists blocks \
+                             in no pool)"
+                        .to_owned(),
+                };
+                note = Some(format!(
+                    "IPPool {name} could not be read ({}: {}), so whether it was enabled is \
+                     unknown; it was deleted, and {held}",
+                    u.object, u.reason
+                ));
             }
             if !ipam.store().delete_pool(name).await? {
                 bail!(
                     "Failed to delete 'IPPool' resource: resource does not exist: IPPool({name})"
                 );
             }
-            Ok(())
+            Ok(note)
         })
     })??;
+    if let Some(note) = note {
+        eprintln!("{note}");
+    }
     println!("Successfully deleted 1 'IPPool' resource(s)");
     Ok(exit::OK)
+}
+
+/// What is said of a pool object that cannot be read, and how to repair it.
+fn unreadable(u: &UnreadablePool) -> String {
+    format!(
+        "IPPool({}) cannot be read ({}: {}): replace it with `calico-ipam apply -f` and a good \
+         definition named {}, or delete it with `calico-ipam delete ippool {}`",
+        u.name, u.object, u.reason, u.name, u.name
+    )
 }
 
 /// A pool as a projectcalico.org/v3 document, fields in Calico's order.

@@ -8,7 +8,6 @@
 use anyhow::{Result, bail};
 use ipnet::IpNet;
 use libipam::datastore::Datastore;
-use libipam::model::IpPool;
 
 use super::args::usage;
 use super::{exit, with_store};
@@ -42,7 +41,20 @@ pub fn run(
         }
         with_ipam!(store, |ipam| {
             let ds = ipam.store();
-            let pools = ds.list_pools().await?;
+            let listed = ds.list_pools().await?;
+            if let Some(u) = listed.unreadable.iter().find(|u| {
+                name.is_some_and(|n| u.name == n)
+                    || cidr.is_some_and(|c| c.parse::<ipnet::IpNet>().ok() == u.cidr)
+            }) {
+                bail!(
+                    "IPPool {} cannot be read ({}: {}): replace it with `calico-ipam apply -f` \
+                     before splitting it",
+                    u.name,
+                    u.object,
+                    u.reason
+                );
+            }
+            let pools = listed.pools.clone();
             let old = pools.iter().find(|p| {
                 name.is_some_and(|n| p.name == n) || cidr.is_some_and(|c| p.spec.cidr == c)
             });
@@ -54,18 +66,21 @@ pub fn run(
                 );
             };
             let children = split_cidr(&old.spec.cidr, parts)?;
-            let others: Vec<IpPool> = pools
-                .iter()
-                .filter(|p| p.name != old.name)
-                .cloned()
-                .collect();
+            let others = libipam::datastore::PoolList {
+                pools: pools
+                    .iter()
+                    .filter(|p| p.name != old.name)
+                    .cloned()
+                    .collect(),
+                unreadable: listed.unreadable.clone(),
+            };
             let mut new_pools = Vec::new();
             for (i, c) in children.iter().enumerate() {
                 let mut p = old.clone();
                 p.name = split_name(&old.name, i);
                 p.spec.cidr = c.to_string();
                 p.spec.disabled = false;
-                libipam::validate::validate_new_pool(&p, &others)?;
+                libipam::alloc::validate_new_pool(&p, &others)?;
                 new_pools.push(p);
             }
             let mut disabled = old.clone();

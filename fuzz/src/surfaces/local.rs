@@ -137,9 +137,12 @@ async fn read_all(store: &LocalStore) -> String {
     mark("config", c.is_ok());
     let pools = store.list_pools().await;
     if let Ok(pools) = &pools {
-        pools.iter().for_each(exercise_pool);
+        pools.pools.iter().for_each(exercise_pool);
     }
-    mark("pools", pools.is_ok());
+    mark(
+        "pools",
+        pools.as_ref().is_ok_and(|p| p.unreadable.is_empty()),
+    );
     mark("node", store.node_labels(NODE).await.is_ok());
     let r = store.list_reservations().await;
     if let Ok(r) = &r {

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use super::claim::Candidate;
-use super::pools::{self, Pool, Selection};
+use super::pools::{self, Pool, PoolSet, Selection};
 use super::{
     AssignIpArgs, AutoAssignArgs, AutoAssignResult, HandleCache, Ipam, Recheck, Request, ds,
 };
@@ -78,6 +78,9 @@ impl<D: Datastore> Ipam<D> {
         let mut req = self
             .new_request(&args.hostname, &args.handle_id, &args.attrs)
             .await?;
+        // No address of a pool left out is handed out by another pool over its range.
+        req.reservations
+            .extend(all_pools.fenced.iter().map(|f| f.cidr));
         let mut labels = Labels::default();
         let mut affinities_loaded = false;
         let mut optimistic = true;
@@ -102,8 +105,13 @@ impl<D: Datastore> Ipam<D> {
                 self.load_host_affinities(&mut req).await?;
                 if let Some(node_labels) = &labels.node {
                     for plan in &plans {
-                        self.retire_unselected_affinities(&mut req, &all_pools, plan, node_labels)
-                            .await;
+                        self.retire_unselected_affinities(
+                            &mut req,
+                            &all_pools.usable,
+                            plan,
+                            node_labels,
+                        )
+                        .await;
                     }
                 }
                 affinities_loaded = true;
@@ -155,7 +163,7 @@ impl<D: Datastore> Ipam<D> {
         &self,
         req: &mut Request<'_>,
         args: &AutoAssignArgs,
-        all_pools: &'p [Pool],
+        all_pools: &'p PoolSet,
         labels: &mut Labels,
         optimistic: bool,
         result: &mut AutoAssignResult,
@@ -178,7 +186,7 @@ impl<D: Datastore> Ipam<D> {
                 );
             }
             let needs_namespace = requested.is_empty()
-                && all_pools.iter().any(|p| {
+                && all_pools.usable.iter().any(|p| {
                     p.family() == family && !p.disabled && p.namespace_selector != Selector::All
                 });
             if needs_namespace && labels.namespace.is_none() {
@@ -626,7 +634,16 @@ impl<D: Datastore> Ipam<D> {
 
     async fn assign_ip_in_group(&self, args: &AssignIpArgs) -> Result<IpNet> {
         let all_pools = self.load_pools().await?;
+        if let Some(f) = all_pools.fence_of(args.ip) {
+            return Err(IpamError::AddressInUnusablePool {
+                ip: args.ip,
+                cidr: f.cidr,
+                pool: f.pool.clone(),
+                why: f.why.clone(),
+            });
+        }
         let pool = all_pools
+            .usable
             .iter()
             .find(|p| !p.disabled && p.cidr.contains(&args.ip))
             .ok_or(IpamError::AddressNotInPool { ip: args.ip })?;

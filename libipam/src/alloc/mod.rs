@@ -29,7 +29,9 @@ use crate::model::{AllowedUse, BlockAffinity, Cooldown, IpamBlock, IpamConfig, I
 use crate::retry::{DATASTORE_RETRIES, retry_on_conflict};
 
 pub use release::ExpectedAllocation;
-pub use report::{AddressOwner, BlockUsage, Checked, PoolUsage, Problem, check_inventory};
+pub use report::{
+    AddressOwner, BlockUsage, Checked, PoolUsage, Problem, check_inventory, validate_new_pool,
+};
 
 /// Arguments of [`Ipam::auto_assign`].
 #[derive(Debug, Clone)]
@@ -126,7 +128,7 @@ pub struct AssignIpArgs {
 #[derive(Debug)]
 pub struct Ipam<D> {
     store: D,
-    /// Stored pools that were left out because they do not validate: name → why.
+    /// Stored pools that were left out because they do not decode or validate: name → why.
     ignored_pools: Mutex<BTreeMap<String, String>>,
 }
 
@@ -139,8 +141,9 @@ impl<D> Ipam<D> {
         }
     }
 
-    /// The stored pools this allocator has left out so far because they do not validate (one
-    /// bad object must not stop the others from being used), with why: for the caller's log.
+    /// The stored pools this allocator has left out so far because they do not decode or do
+    /// not validate (one bad object must not stop the others from being used), with why: for
+    /// the caller's log.
     pub fn ignored_pools(&self) -> BTreeMap<String, String> {
         self.ignored_pools
             .lock()
@@ -271,23 +274,20 @@ impl<D: Datastore> Ipam<D> {
         })
     }
 
-    /// Every stored pool that parses and validates, in name order. The others are recorded
-    /// in [`Ipam::ignored_pools`].
-    async fn load_pools(&self) -> Result<Vec<pools::Pool>> {
-        let mut stored = self.store.list_pools().await.map_err(ds("list IP pools"))?;
-        stored.sort_by(|a, b| a.name.cmp(&b.name));
-        let mut usable = Vec::with_capacity(stored.len());
-        for pool in &stored {
-            match pools::Pool::from_stored(pool) {
-                Ok(p) => usable.push(p),
-                Err(why) => {
-                    if let Ok(mut ignored) = self.ignored_pools.lock() {
-                        ignored.insert(pool.name.clone(), why);
-                    }
-                }
+    /// Every stored pool that decodes and validates, in name order, and the CIDRs of those
+    /// left out (see [`pools::PoolSet`]). The ones left out are recorded in
+    /// [`Ipam::ignored_pools`].
+    async fn load_pools(&self) -> Result<pools::PoolSet> {
+        let listed = self.store.list_pools().await.map_err(ds("list IP pools"))?;
+        let set = pools::PoolSet::from_list(listed);
+        if !set.ignored.is_empty()
+            && let Ok(mut ignored) = self.ignored_pools.lock()
+        {
+            for (name, why) in &set.ignored {
+                ignored.insert(name.clone(), why.clone());
             }
         }
-        Ok(usable)
+        Ok(set)
     }
 
     /// The request's handle, read at most once. `fresh` asks for a read of the datastore

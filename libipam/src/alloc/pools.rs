@@ -82,13 +82,78 @@ impl Pool {
     }
 }
 
+/// A range no pool may allocate in: the CIDR of a pool that is left out because it cannot be
+/// read or does not validate. Its blocks still hold the addresses allocated from it, and it
+/// may be disabled, reserved for some nodes, or about to be fixed; another pool over the same
+/// range (written past validation, or applied while this one could not be read) must not hand
+/// them out.
+#[derive(Debug, Clone)]
+pub(crate) struct Fence {
+    pub cidr: IpNet,
+    pub pool: String,
+    pub why: String,
+}
+
+/// The pools as the allocator uses them.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PoolSet {
+    /// The pools that decode and validate, in name order.
+    pub usable: Vec<Pool>,
+    /// The CIDRs of the others, where they can be read.
+    pub fenced: Vec<Fence>,
+    /// The others, by name, with why.
+    pub ignored: BTreeMap<String, String>,
+}
+
+impl PoolSet {
+    pub fn from_list(listed: crate::datastore::PoolList) -> PoolSet {
+        let mut set = PoolSet::default();
+        let mut stored = listed.pools;
+        stored.sort_by(|a, b| a.name.cmp(&b.name));
+        for pool in &stored {
+            match Pool::from_stored(pool) {
+                Ok(p) => set.usable.push(p),
+                Err(why) => {
+                    let why = format!("does not validate: {why}");
+                    if let Some(cidr) = pool.cidr().map(|c| c.trunc()) {
+                        set.fenced.push(Fence {
+                            cidr,
+                            pool: pool.name.clone(),
+                            why: why.clone(),
+                        });
+                    }
+                    set.ignored.insert(pool.name.clone(), why);
+                }
+            }
+        }
+        for u in listed.unreadable {
+            let why = format!("cannot be read ({}: {})", u.object, u.reason);
+            if let Some(cidr) = u.cidr {
+                set.fenced.push(Fence {
+                    cidr,
+                    pool: u.name.clone(),
+                    why: why.clone(),
+                });
+            }
+            set.ignored.insert(u.name, why);
+        }
+        set
+    }
+
+    /// The fence holding `ip`, if any.
+    pub fn fence_of(&self, ip: IpAddr) -> Option<&Fence> {
+        self.fenced.iter().find(|f| f.cidr.contains(&ip))
+    }
+}
+
 /// Resolves requested pool names or CIDRs against every stored pool (so a disabled or
 /// wrong-family pool gives a precise error).
 pub(crate) fn resolve_requested<'a>(
-    all: &'a [Pool],
+    set: &'a PoolSet,
     requested: &[String],
     family: IpFamily,
 ) -> Result<Vec<&'a Pool>> {
+    let all = &set.usable;
     let list = match family {
         IpFamily::V4 => "ipv4_pools",
         IpFamily::V6 => "ipv6_pools",
@@ -100,12 +165,30 @@ pub(crate) fn resolve_requested<'a>(
             // and an error names the network too.
             let as_cidr = want.trim().parse::<IpNet>().ok().map(|c| c.trunc());
             let shown = as_cidr.map_or_else(|| want.clone(), |c| c.to_string());
-            let pool = all
+            let found = all
                 .iter()
-                .find(|p| as_cidr == Some(p.cidr.trunc()) || p.name == *want)
-                .ok_or_else(|| IpamError::PoolNotFound {
-                    pool: shown.clone(),
-                })?;
+                .find(|p| as_cidr == Some(p.cidr.trunc()) || p.name == *want);
+            let Some(pool) = found else {
+                // A pool that is there but left out says why.
+                let ignored = set
+                    .ignored
+                    .get(want)
+                    .map(|why| (want.clone(), why))
+                    .or_else(|| {
+                        set.fenced
+                            .iter()
+                            .find(|f| as_cidr == Some(f.cidr))
+                            .map(|f| (f.pool.clone(), &f.why))
+                    });
+                return Err(match ignored {
+                    Some((name, why)) => IpamError::PoolUnusable {
+                        pool: shown,
+                        name,
+                        why: why.clone(),
+                    },
+                    None => IpamError::PoolNotFound { pool: shown },
+                });
+            };
             if pool.family() != family {
                 return Err(IpamError::WrongFamilyPool {
                     list,
@@ -134,13 +217,14 @@ pub(crate) struct Selection<'a> {
 /// The pools to allocate from, in order: requested pools as given (selectors ignored), else
 /// every enabled automatic pool selecting this node and namespace, in name order; then only
 /// those allowing the intended use.
-pub(crate) fn determine_pools<'a>(all: &'a [Pool], sel: &Selection<'_>) -> Result<Vec<&'a Pool>> {
+pub(crate) fn determine_pools<'a>(set: &'a PoolSet, sel: &Selection<'_>) -> Result<Vec<&'a Pool>> {
+    let all = &set.usable;
     let enabled: Vec<&Pool> = all
         .iter()
         .filter(|p| !p.disabled && p.family() == sel.family)
         .collect();
     let candidates = if !sel.requested.is_empty() {
-        resolve_requested(all, sel.requested, sel.family)?
+        resolve_requested(set, sel.requested, sel.family)?
     } else {
         if enabled.is_empty() {
             return Err(IpamError::NoQualifiedPool {

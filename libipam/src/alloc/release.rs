@@ -178,7 +178,7 @@ impl<D: Datastore> Ipam<D> {
         ips: &[IpAddr],
         expected: &BTreeMap<IpAddr, &ExpectedAllocation>,
     ) -> Result<Vec<IpAddr>> {
-        let pools = self.load_pools().await?;
+        let set = self.load_pools().await?;
         let mut by_block: BTreeMap<IpNet, Vec<IpAddr>> = BTreeMap::new();
         let mut unallocated = Vec::new();
         let mut block_cidrs: Option<Vec<IpNet>> = None;
@@ -187,10 +187,12 @@ impl<D: Datastore> Ipam<D> {
             if !seen.insert(ip) {
                 continue;
             }
-            let cidr = match pools.iter().find(|p| p.cidr.contains(&ip)) {
+            // In a pool left out (its blocks may be of another size than a pool over it), or
+            // outside every pool (its pool was deleted): look for the block holding it.
+            let usable = set.usable.iter().find(|p| p.cidr.contains(&ip));
+            let cidr = match usable.filter(|_| set.fence_of(ip).is_none()) {
                 Some(pool) => Some(pool.block_for(ip)),
                 None => {
-                    // Outside every pool (its pool was deleted): look for a block holding it.
                     if block_cidrs.is_none() {
                         block_cidrs = Some(
                             self.store

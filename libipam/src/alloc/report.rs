@@ -9,7 +9,7 @@ use ipnet::IpNet;
 
 use super::occupied::Occupied;
 use super::{Ipam, ds};
-use crate::datastore::{Datastore, Inventory};
+use crate::datastore::{Datastore, Inventory, PoolList};
 use crate::error::{IpamError, Result};
 use crate::model::{AffinityState, AffinityType, IpPool, IpamBlock};
 use crate::{names, validate};
@@ -154,6 +154,38 @@ fn pool_problems(pools: &[IpPool]) -> Vec<Problem> {
         }
     }
     problems
+}
+
+/// Validates `pool` on its own and against every other stored pool (one of the same name is
+/// replaced, whether it can be read or not). A pool object of another name that cannot be read
+/// is kept apart by its CIDR where that can still be read; where it cannot, no new pool is
+/// accepted until that object is replaced or deleted, since whether they overlap is unknown.
+pub fn validate_new_pool(pool: &IpPool, existing: &PoolList) -> Result<()> {
+    validate::validate_new_pool(pool, &existing.pools)?;
+    let Some(cidr) = pool.cidr() else {
+        return Ok(()); // validate_new_pool refused it already
+    };
+    for u in existing.unreadable.iter().filter(|u| u.name != pool.name) {
+        let e = match u.cidr {
+            Some(other) if other.contains(&cidr.network()) || cidr.contains(&other.network()) => {
+                validate::PoolError::OverlapsUnreadable {
+                    name: pool.name.clone(),
+                    cidr,
+                    other: u.name.clone(),
+                    other_cidr: other,
+                    reason: u.reason.clone(),
+                }
+            }
+            Some(_) => continue,
+            None => validate::PoolError::BesideUnreadable {
+                name: pool.name.clone(),
+                other: u.name.clone(),
+                reason: u.reason.clone(),
+            },
+        };
+        return Err(e.into());
+    }
+    Ok(())
 }
 
 /// Blocks, handles and affinities, on their own and against each other.
@@ -313,7 +345,7 @@ impl<D: Datastore> Ipam<D> {
     pub async fn apply_pool(&self, pool: IpPool) -> Result<IpPool> {
         let pool = pool.with_defaults();
         let existing = self.store.list_pools().await.map_err(ds("list IP pools"))?;
-        validate::validate_new_pool(&pool, &existing)?;
+        validate_new_pool(&pool, &existing)?;
         self.store
             .apply_pool(&pool)
             .await
@@ -324,7 +356,7 @@ impl<D: Datastore> Ipam<D> {
     /// Who holds `ip`: `Ok(None)` when it is free (or its block does not exist yet); an error
     /// when it is in no pool.
     pub async fn owner_of(&self, ip: IpAddr) -> Result<Option<AddressOwner>> {
-        let pools = self.load_pools().await?;
+        let pools = self.load_pools().await?.usable;
         let pool = pools
             .iter()
             .find(|p| p.cidr.contains(&ip))
@@ -354,7 +386,7 @@ impl<D: Datastore> Ipam<D> {
 
     /// Every block, in CIDR order.
     pub async fn blocks(&self) -> Result<Vec<BlockUsage>> {
-        let pools = self.load_pools().await?;
+        let pools = self.load_pools().await?.usable;
         let mut blocks = self.store.list_blocks().await.map_err(ds("list blocks"))?;
         blocks.sort_by_key(|b| b.value.cidr);
         Ok(blocks
@@ -374,7 +406,7 @@ impl<D: Datastore> Ipam<D> {
 
     /// Usage of every pool, in name order.
     pub async fn usage(&self) -> Result<Vec<PoolUsage>> {
-        let pools = self.load_pools().await?;
+        let pools = self.load_pools().await?.usable;
         let blocks = self.blocks().await?;
         Ok(pools
             .iter()

@@ -17,7 +17,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use ipnet::IpNet;
 
-use super::{Datastore, DatastoreError, DsResult, Revision, Versioned};
+use super::{Datastore, DatastoreError, DsResult, PoolList, Revision, UnreadablePool, Versioned};
 use crate::model::{BlockAffinity, IpPool, IpReservation, IpamBlock, IpamConfig, IpamHandle};
 use crate::names;
 
@@ -32,6 +32,8 @@ struct Inner {
     last_rev: u64,
     config: Option<IpamConfig>,
     pools: BTreeMap<String, IpPool>,
+    /// Pool objects that "do not decode" (the other backends' corrupt objects).
+    unreadable_pools: BTreeMap<String, UnreadablePool>,
     nodes: BTreeMap<String, BTreeMap<String, String>>,
     reservations: BTreeMap<String, IpReservation>,
     blocks: Table<IpNet, IpamBlock>,
@@ -274,6 +276,15 @@ impl MemoryStore {
         }
     }
 
+    /// Stores a pool object that does not decode, as a hand-edited file or an object written
+    /// past the CRD's schema would be (it replaces a pool of that name).
+    pub fn put_unreadable_pool(&self, pool: UnreadablePool) {
+        if let Ok(mut g) = self.inner.lock() {
+            g.pools.remove(&pool.name);
+            g.unreadable_pools.insert(pool.name.clone(), pool);
+        }
+    }
+
     /// Adds or replaces a reservation.
     pub fn apply_reservation(&self, reservation: IpReservation) {
         if let Ok(mut g) = self.inner.lock() {
@@ -295,13 +306,19 @@ impl Datastore for MemoryStore {
         })
     }
 
-    async fn list_pools(&self) -> DsResult<Vec<IpPool>> {
-        self.with(|s| Ok(s.pools.values().cloned().collect()))
+    async fn list_pools(&self) -> DsResult<PoolList> {
+        self.with(|s| {
+            Ok(PoolList {
+                pools: s.pools.values().cloned().collect(),
+                unreadable: s.unreadable_pools.values().cloned().collect(),
+            })
+        })
     }
 
     async fn apply_pool(&self, pool: &IpPool) -> DsResult<()> {
         self.with(|s| {
             s.gate(Write::Create)?;
+            s.unreadable_pools.remove(&pool.name);
             s.pools.insert(pool.name.clone(), pool.clone());
             Ok(())
         })
@@ -310,7 +327,8 @@ impl Datastore for MemoryStore {
     async fn delete_pool(&self, name: &str) -> DsResult<bool> {
         self.with(|s| {
             s.gate(Write::Create)?;
-            Ok(s.pools.remove(name).is_some())
+            let unreadable = s.unreadable_pools.remove(name).is_some();
+            Ok(s.pools.remove(name).is_some() || unreadable)
         })
     }
 

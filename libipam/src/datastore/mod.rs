@@ -87,6 +87,61 @@ pub struct Unusable {
     pub reason: String,
 }
 
+/// A pool object that exists but does not decode (a hand-edited file, an object written past
+/// the CRD's schema). No address is allocated from it, and while its CIDR can still be read no
+/// other pool allocates inside it (DESIGN.md, "A pool that cannot be read"); it can be replaced
+/// or deleted by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnreadablePool {
+    /// The pool's name: the one `apply_pool` and `delete_pool` reach it by.
+    pub name: String,
+    /// Where it is, for messages: `IPPool file pools/x.json` (local), `IPPool x` (Kubernetes).
+    pub object: String,
+    /// `spec.cidr`, when the object is JSON with a CIDR there.
+    pub cidr: Option<IpNet>,
+    /// Why it cannot be decoded.
+    pub reason: String,
+}
+
+/// Every pool object there is: those that decode, and those that do not.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PoolList {
+    /// The pools that decode, ordered by name, as stored (no defaults applied).
+    pub pools: Vec<IpPool>,
+    /// The pool objects that do not decode, ordered by name.
+    pub unreadable: Vec<UnreadablePool>,
+}
+
+impl PoolList {
+    /// The unreadable pool named `name`, if there is one.
+    pub fn unreadable(&self, name: &str) -> Option<&UnreadablePool> {
+        self.unreadable.iter().find(|u| u.name == name)
+    }
+}
+
+/// `spec.cidr` of a pool object that does not decode, when it is there and a CIDR.
+pub fn cidr_of_raw_pool(spec: Option<&serde_json::Value>) -> Option<IpNet> {
+    spec?
+        .get("cidr")?
+        .as_str()?
+        .trim()
+        .parse::<IpNet>()
+        .ok()
+        .map(|c| c.trunc())
+}
+
+/// What an object that cannot be decoded costs, for `check`'s message: a pool is left out of
+/// allocation; any other object fails the requests that read it.
+pub fn unreadable_consequence(kind: &str) -> &'static str {
+    if kind == "IPPool" {
+        "no address is allocated from it, nor by any other pool inside its CIDR, until it is \
+         replaced (calico-ipam apply -f with a good definition of that name) or deleted \
+         (calico-ipam delete ippool)"
+    } else {
+        "every request that reads it fails until it is fixed"
+    }
+}
+
 /// Every object the allocator depends on, read one by one, for `check`: an object that
 /// cannot be decoded is listed in `unusable` instead of failing the whole read.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -133,12 +188,15 @@ pub trait Datastore {
     /// Creates or replaces the `default` IPAMConfig.
     async fn apply_config(&self, config: &IpamConfig) -> DsResult<()>;
 
-    /// All pools (enabled or not), ordered by name, as stored (no defaults applied). Never
-    /// served from a cache.
-    async fn list_pools(&self) -> DsResult<Vec<IpPool>>;
-    /// Creates or replaces a pool (validation is the caller's job).
+    /// All pools (enabled or not), ordered by name, as stored (no defaults applied), and the
+    /// pool objects that do not decode: one of those never fails the listing. Never served
+    /// from a cache.
+    async fn list_pools(&self) -> DsResult<PoolList>;
+    /// Creates or replaces a pool (validation is the caller's job), also one whose stored
+    /// object does not decode.
     async fn apply_pool(&self, pool: &IpPool) -> DsResult<()>;
-    /// Deletes a pool; `Ok(false)` when there was none.
+    /// Deletes a pool, also one whose stored object does not decode; `Ok(false)` when there
+    /// was none.
     async fn delete_pool(&self, name: &str) -> DsResult<bool>;
 
     /// The labels of a node; `None` when the node object does not exist.
@@ -212,8 +270,21 @@ pub trait Datastore {
     /// that one object that does not decode is reported in [`Inventory::unusable`] rather than
     /// failing the listing of its kind (which is what the allocator's reads do).
     async fn inventory(&self) -> DsResult<Inventory> {
-        let mut pools = self.list_pools().await?;
+        let listed = self.list_pools().await?;
+        let mut pools = listed.pools;
         pools.sort_by(|a, b| a.name.cmp(&b.name));
+        let unusable = listed
+            .unreadable
+            .into_iter()
+            .map(|u| Unusable {
+                object: u.object,
+                reason: format!(
+                    "cannot be decoded ({}): {}",
+                    u.reason,
+                    unreadable_consequence("IPPool")
+                ),
+            })
+            .collect();
         Ok(Inventory {
             config: Some(self.get_config().await?),
             pools,
@@ -221,7 +292,7 @@ pub trait Datastore {
             blocks: self.list_blocks().await?,
             affinities: self.list_affinities().await?,
             handles: self.list_handles().await?,
-            unusable: Vec::new(),
+            unusable,
         })
     }
 }

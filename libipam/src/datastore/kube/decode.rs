@@ -75,6 +75,13 @@ pub fn pool(body: &[u8]) -> serde_json::Result<IpPool> {
     serde_json::from_slice(body).map(pool_from)
 }
 
+/// An IPPool listed raw (`DynamicObject`), as the allocator sees it.
+pub fn pool_object(obj: &kube::api::DynamicObject) -> serde_json::Result<IpPool> {
+    serde_json::to_value(obj)
+        .and_then(serde_json::from_value::<WithStatus<IpPoolSpec>>)
+        .map(pool_from)
+}
+
 /// The IPAMConfig singleton's spec.
 pub fn config(body: &[u8]) -> serde_json::Result<IpamConfig> {
     serde_json::from_slice::<Crd<IpamConfig>>(body).map(|o| o.spec)

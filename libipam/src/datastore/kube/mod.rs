@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Namespace, Node};
-use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams, Preconditions};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
@@ -41,7 +41,9 @@ use crate::error::error_chain;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{Datastore, DatastoreError, DsResult, Inventory, Revision, Versioned};
+use super::{
+    Datastore, DatastoreError, DsResult, Inventory, PoolList, Revision, UnreadablePool, Versioned,
+};
 use crate::model::{
     AffinityType, BlockAffinity, IpPool, IpPoolSpec, IpReservation, IpReservationSpec, IpamBlock,
     IpamConfig, IpamHandle, time,
@@ -49,7 +51,7 @@ use crate::model::{
 use crate::names;
 
 pub use cache::{CacheConfig, NodeCache};
-use decode::{WithStatus, pool_from, versioned};
+use decode::{WithStatus, versioned};
 pub use inventory::ClusterFacts;
 use objects::{
     BLOCK_AFFINITY, CLUSTER_INFORMATION, ClusterInformationSpec, Crd, IP_POOL, IP_RESERVATION,
@@ -355,6 +357,19 @@ impl KubeStore {
         }
     }
 
+    /// IPPools as raw objects, whatever their spec holds.
+    fn raw_pools(&self) -> Api<DynamicObject> {
+        Api::all_with(self.conn.client.clone(), &IP_POOL.resource())
+    }
+
+    async fn list_raw_pools(&self) -> DsResult<Vec<DynamicObject>> {
+        self.raw_pools()
+            .list(&ListParams::default())
+            .await
+            .map(|l| l.items)
+            .map_err(self.err("list ippools"))
+    }
+
     /// Calico's `UpgradeHost`: gives `host`'s BlockAffinities written before Calico v3.31 (no
     /// `projectcalico.org/affinity-type` label) the three labels the label-selected listing
     /// needs, leaving other labels alone. Only `host`'s own affinities are touched, so nodes
@@ -440,31 +455,45 @@ impl Datastore for KubeStore {
     }
 
     /// Always a LIST, never the node cache: a pool deleted, disabled or created must be seen by
-    /// the next allocation (DESIGN.md, "Node cache").
-    async fn list_pools(&self) -> DsResult<Vec<IpPool>> {
-        let api: Api<WithStatus<IpPoolSpec>> =
-            Api::all_with(self.conn.client.clone(), &IP_POOL.resource());
-        let listed = api
-            .list(&ListParams::default())
-            .await
-            .map_err(self.err("list ippools"))?;
-        let mut pools: Vec<IpPool> = listed.items.into_iter().map(pool_from).collect();
-        pools.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(pools)
+    /// the next allocation (DESIGN.md, "Node cache"). The objects are listed raw and decoded one
+    /// by one, so one whose spec does not decode is listed as unreadable instead of failing the
+    /// listing (and with it every ADD on every node).
+    async fn list_pools(&self) -> DsResult<PoolList> {
+        let mut out = PoolList::default();
+        for obj in self.list_raw_pools().await? {
+            let name = obj.metadata.name.clone().unwrap_or_default();
+            match decode::pool_object(&obj) {
+                Ok(pool) => out.pools.push(pool),
+                Err(e) => out.unreadable.push(UnreadablePool {
+                    object: format!("IPPool {name}"),
+                    cidr: super::cidr_of_raw_pool(obj.data.get("spec")),
+                    reason: e.to_string(),
+                    name,
+                }),
+            }
+        }
+        out.pools.sort_by(|a, b| a.name.cmp(&b.name));
+        out.unreadable.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
     }
 
+    /// Creates or replaces the pool. The existing object is read raw, so one whose spec does
+    /// not decode is replaced like any other (its metadata and status kept).
     async fn apply_pool(&self, pool: &IpPool) -> DsResult<()> {
-        let api: Api<WithStatus<IpPoolSpec>> =
-            Api::all_with(self.conn.client.clone(), &IP_POOL.resource());
+        let api = self.raw_pools();
         let what = format!("apply IPPool {}", pool.name);
+        let spec = serde_json::to_value(&pool.spec)
+            .map_err(|e| DatastoreError::Other(format!("{what}: encode: {e}")))?;
         // Last writer wins for admin objects; a concurrent edit between our read and write is
         // retried a few times.
         for _ in 0..5 {
             let existing = api.get_opt(&pool.name).await.map_err(self.err(&what))?;
             let result = match existing {
                 Some(mut obj) => {
-                    obj.spec = pool.spec.clone();
-                    api.replace(&pool.name, &PostParams::default(), &obj).await
+                    obj.data["spec"] = spec.clone();
+                    api.replace(&pool.name, &PostParams::default(), &obj)
+                        .await
+                        .map(|_| ())
                 }
                 None => {
                     let mut meta = objects::ipam_meta(&pool.name, None, None);
@@ -477,11 +506,13 @@ impl Datastore for KubeStore {
                     let mut obj =
                         kube::core::Object::new(&pool.name, &IP_POOL.resource(), pool.spec.clone());
                     obj.metadata = meta;
-                    api.create(&PostParams::default(), &obj).await
+                    let typed: Api<WithStatus<IpPoolSpec>> =
+                        Api::all_with(self.conn.client.clone(), &IP_POOL.resource());
+                    typed.create(&PostParams::default(), &obj).await.map(|_| ())
                 }
             };
             match result.map_err(self.err(&what)) {
-                Ok(_) => return Ok(()),
+                Ok(()) => return Ok(()),
                 Err(DatastoreError::Conflict | DatastoreError::AlreadyExists) => continue,
                 Err(e) => return Err(e),
             }
@@ -489,9 +520,13 @@ impl Datastore for KubeStore {
         Err(DatastoreError::Conflict)
     }
 
+    /// Deletes the pool, read raw: the answer (the deleted object) need not decode.
     async fn delete_pool(&self, name: &str) -> DsResult<bool> {
-        let api: Api<Crd<IpPoolSpec>> = self.api(&IP_POOL);
-        match api.delete(name, &DeleteParams::default()).await {
+        match self
+            .raw_pools()
+            .delete(name, &DeleteParams::default())
+            .await
+        {
             Ok(_) => Ok(true),
             Err(e) => match self.conn.error(&format!("delete IPPool {name}"), e) {
                 DatastoreError::NotFound => Ok(false),

@@ -10,7 +10,7 @@ use super::decode;
 use super::objects::{
     BLOCK_AFFINITY, IP_POOL, IP_RESERVATION, IPAM_BLOCK, IPAM_CONFIG, IPAM_HANDLE, Kind, SINGLETON,
 };
-use crate::datastore::{DsResult, Inventory, Unusable, Versioned};
+use crate::datastore::{DsResult, Inventory, Unusable, Versioned, unreadable_consequence};
 use crate::model::{BlockAffinity, IpamBlock, IpamHandle};
 use crate::names;
 
@@ -46,7 +46,8 @@ async fn read_kind<T>(
             Err(e) => unusable.push(Unusable {
                 object: format!("{} {name}", kind.kind),
                 reason: format!(
-                    "cannot be decoded ({e}): every request that reads it fails until it is fixed"
+                    "cannot be decoded ({e}): {}",
+                    unreadable_consequence(kind.kind)
                 ),
             }),
         }

@@ -59,6 +59,26 @@ pub fn file_stem(name: &str) -> String {
     out
 }
 
+/// The name whose [`file_stem`] is `stem`, when there is one (`%xx` escapes undone); a name
+/// cut and hashed for length cannot be recovered.
+pub(super) fn name_of_stem(stem: &str) -> Option<String> {
+    let mut bytes = Vec::with_capacity(stem.len());
+    let mut rest = stem.as_bytes();
+    while let Some((&b, tail)) = rest.split_first() {
+        if b == b'%' {
+            let hex = std::str::from_utf8(tail.get(..2)?).ok()?;
+            bytes.push(u8::from_str_radix(hex, 16).ok()?);
+            rest = &tail[2..];
+        } else {
+            bytes.push(b);
+            rest = tail;
+        }
+    }
+    let name = String::from_utf8(bytes).ok()?;
+    let name = if stem == "%00" { String::new() } else { name };
+    (file_stem(&name) == stem).then_some(name)
+}
+
 /// A path component as [`file_stem`] makes them: not empty, not hidden, no separators.
 fn valid_component(c: &str) -> bool {
     !c.is_empty()
@@ -258,7 +278,19 @@ mod tests {
                 valid_path(&format!("handles/{}.json", file_stem(name))),
                 "{name:?}"
             );
+            let back = name_of_stem(&file_stem(name));
+            if name.len() < 100 {
+                assert_eq!(back.as_deref(), Some(name), "{name:?}");
+            } else {
+                assert_eq!(back, None, "a hashed name cannot be recovered");
+            }
         }
+        assert_eq!(
+            name_of_stem("default-ipv4-ippool").as_deref(),
+            Some("default-ipv4-ippool")
+        );
+        assert_eq!(name_of_stem("%zz"), None);
+        assert_eq!(name_of_stem("%2"), None);
     }
 
     #[test]

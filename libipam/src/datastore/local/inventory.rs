@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 use super::{
     EnvelopeIn, LocalStore, NodeFile, affinity_path, block_path, file_stem, files, handle_path,
 };
-use crate::datastore::{DsResult, Inventory, Unusable, Versioned};
+use crate::datastore::{DsResult, Inventory, Unusable, Versioned, unreadable_consequence};
 use crate::model::{BlockAffinity, IpPool, IpReservation, IpamBlock, IpamConfig, IpamHandle};
 
 /// The files of one kind, decoded; the others reported.
@@ -38,10 +38,7 @@ impl Reader<'_> {
                 self.unusable(
                     kind,
                     rel,
-                    format!(
-                        "cannot be read ({e}): every request that reads it fails until it is \
-                         fixed"
-                    ),
+                    format!("cannot be read ({e}): {}", unreadable_consequence(kind)),
                 );
                 return Ok(None);
             }
@@ -52,9 +49,11 @@ impl Reader<'_> {
                 revision: super::Revision(env.revision),
             })),
             Err(e) => {
-                self.unusable(kind, rel, format!(
-                    "cannot be decoded ({e}): every request that reads it fails until it is fixed"
-                ));
+                self.unusable(
+                    kind,
+                    rel,
+                    format!("cannot be decoded ({e}): {}", unreadable_consequence(kind)),
+                );
                 Ok(None)
             }
         }

@@ -42,7 +42,9 @@ use ipnet::IpNet;
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Serialize};
 
-use super::{Datastore, DatastoreError, DsResult, Inventory, Revision, Versioned};
+use super::{
+    Datastore, DatastoreError, DsResult, Inventory, PoolList, Revision, UnreadablePool, Versioned,
+};
 use crate::model::{BlockAffinity, IpPool, IpReservation, IpamBlock, IpamConfig, IpamHandle, time};
 use crate::names;
 pub use files::file_stem;
@@ -168,6 +170,30 @@ fn decode<T: DeserializeOwned>(rel: &str, data: &[u8]) -> DsResult<(T, Revision)
     let env = EnvelopeIn::<T>::decode(data)
         .map_err(|e| DatastoreError::Other(format!("{rel}: invalid object: {e}")))?;
     Ok((env.value, Revision(env.revision)))
+}
+
+/// A pool file that does not decode, with what can still be read of it: its name (the one
+/// whose file it is, so that `apply_pool` and `delete_pool` of that name reach it) and the
+/// CIDR in `value.spec.cidr`.
+fn unreadable_pool(stem: &str, rel: &str, data: Option<&[u8]>, reason: String) -> UnreadablePool {
+    let raw = data.and_then(|d| serde_json::from_slice::<serde_json::Value>(d).ok());
+    let value = raw.as_ref().and_then(|r| r.get("value"));
+    let name = value
+        .and_then(|v| v.get("name"))
+        .and_then(serde_json::Value::as_str)
+        .filter(|n| file_stem(n) == stem)
+        .map(str::to_owned)
+        .or_else(|| files::name_of_stem(stem))
+        .unwrap_or_else(|| stem.to_owned());
+    UnreadablePool {
+        name,
+        object: format!("IPPool file {rel}"),
+        cidr: super::cidr_of_raw_pool(value.and_then(|v| v.get("spec"))),
+        reason: reason
+            .strip_prefix(&format!("{rel}: "))
+            .map(str::to_owned)
+            .unwrap_or(reason),
+    }
 }
 
 fn kind_path(kind: &str, name: &str) -> String {
@@ -324,10 +350,19 @@ impl LocalStore {
             self.swept.borrow_mut().extend(swept);
             self.group.borrow_mut().writer = Some(writer);
         }
-        let current = self
-            .bytes(rel)?
-            .map(|data| decode::<IgnoredAny>(rel, &data).map(|(_, rev)| rev))
-            .transpose()?;
+        let current = match (self.bytes(rel), &expect) {
+            (Ok(None), _) => None,
+            (Ok(Some(data)), _) => match decode::<IgnoredAny>(rel, &data) {
+                Ok((_, rev)) => Some(rev),
+                // A file that does not decode (or is too large to read) is still replaced or
+                // removed by a write that expects nothing of it: admin objects, last writer
+                // wins, so a corrupt pool can be repaired by name.
+                Err(_) if matches!(expect, Expect::Any) => Some(Revision(String::new())),
+                Err(e) => return Err(e),
+            },
+            (Err(DatastoreError::Other(_)), Expect::Any) => Some(Revision(String::new())),
+            (Err(e), _) => return Err(e),
+        };
         match (&expect, &current) {
             (Expect::Absent, Some(_)) => return Err(DatastoreError::AlreadyExists),
             (Expect::At(_), None) => return Err(DatastoreError::NotFound),
@@ -403,7 +438,12 @@ impl LocalStore {
     }
 
     fn delete_any(&self, rel: &str) -> DsResult<bool> {
-        let existed = self.bytes(rel)?.is_some();
+        let existed = match self.bytes(rel) {
+            Ok(found) => found.is_some(),
+            // There, but too large to read: removed like any other.
+            Err(DatastoreError::Other(_)) => true,
+            Err(e) => return Err(e),
+        };
         self.write::<()>(rel, Expect::Any, None)?;
         Ok(existed)
     }
@@ -435,14 +475,31 @@ impl Datastore for LocalStore {
             .map(|_| ())
     }
 
-    async fn list_pools(&self) -> DsResult<Vec<IpPool>> {
-        let mut pools: Vec<IpPool> = self
-            .list_kind::<IpPool>("pools")?
-            .into_iter()
-            .map(|v| v.value)
-            .collect();
-        pools.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(pools)
+    /// Every pool file; one that does not decode (or is too large to read) is listed as
+    /// unreadable instead of failing the listing.
+    async fn list_pools(&self) -> DsResult<PoolList> {
+        let mut out = PoolList::default();
+        for stem in self.list_dir("pools")? {
+            let rel = format!("pools/{stem}.json");
+            let decoded = match self.bytes(&rel) {
+                Ok(None) => continue, // removed since it was listed
+                Ok(Some(data)) => EnvelopeIn::<IpPool>::decode(&data)
+                    .map(|env| env.value)
+                    .map_err(|e| (e.to_string(), Some(data))),
+                Err(DatastoreError::Other(why)) => Err((why, None)),
+                Err(e) => return Err(e),
+            };
+            match decoded {
+                Ok(pool) => out.pools.push(pool),
+                Err((reason, data)) => {
+                    out.unreadable
+                        .push(unreadable_pool(&stem, &rel, data.as_deref(), reason));
+                }
+            }
+        }
+        out.pools.sort_by(|a, b| a.name.cmp(&b.name));
+        out.unreadable.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
     }
 
     async fn apply_pool(&self, pool: &IpPool) -> DsResult<()> {
