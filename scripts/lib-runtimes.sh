@@ -265,3 +265,119 @@ rt_client_args() {
     shift
   done
 }
+
+# ---- containerd (Debian's 1.6) in a node netns -------------------------------------------------
+# Shared by scripts/test-containerd.sh (its CRI plugin, driven by crictl) and test-image.sh (ctr
+# run). One containerd per test, everything under a temp dir DIR: root (DIR/root), state
+# (DIR/state-containerd), socket (DIR/containerd.sock), opt (DIR/opt), /run/containerd (bound
+# from DIR/run-containerd inside its mount namespace only: shim sockets, runc's default root) and
+# its log (DIR/containerd.log). Images go through the native snapshotter (no overlay mounts).
+# Globals: CTRD_DIR, CTRD_SOCK, CTRD_PID (containerd's own pid), CTRD_MNT (its mount namespace's
+# inode: its shims and containers live there too).
+CTRD_DIR='' CTRD_SOCK='' CTRD_PID='' CTRD_MNT=''
+
+# ctrd_config DIR [--no-cri]: write DIR/config.toml (the layout above); append the CRI plugin's
+# table after it (`cat >>DIR/config.toml`), or pass --no-cri to disable that plugin.
+ctrd_config() {
+  local dir=$1 top=''
+  [ "${2:-}" != --no-cri ] || top='disabled_plugins = ["io.containerd.grpc.v1.cri"]'
+  mkdir -p "$dir/run-containerd"
+  cat >"$dir/config.toml" <<CONFIG
+version = 2
+root = "$dir/root"
+state = "$dir/state-containerd"
+$top
+[grpc]
+  address = "$dir/containerd.sock"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "$dir/opt"
+CONFIG
+}
+
+# ctrd_start DIR NODE STASH [--bind SRC DST]...: containerd with DIR/config.toml in netns NODE,
+# in a private mount namespace (scripts/node-exec.sh; STASH an empty dir) with /run/containerd
+# and the given binds; returns once it answers on DIR/containerd.sock. Fails loudly otherwise.
+ctrd_start() {
+  local dir=$1 node=$2 stash=$3
+  shift 3
+  CTRD_DIR=$dir CTRD_SOCK=$dir/containerd.sock
+  rt_mountpoint /run/containerd
+  # A plain command in the background: $! is containerd's own pid (node-exec.sh, unshare, ip
+  # netns exec and the inner stage all exec).
+  "$RT_REPO/scripts/node-exec.sh" --stash "$stash" "$node" --bind "$dir/run-containerd" /run/containerd "$@" \
+    -- containerd --config "$dir/config.toml" >"$dir/containerd.log" 2>&1 &
+  CTRD_PID=$!
+  for _ in $(seq 100); do
+    [ -S "$CTRD_SOCK" ] && ctr --address "$CTRD_SOCK" version >/dev/null 2>&1 && break
+    kill -0 "$CTRD_PID" 2>/dev/null || fail "containerd exited at start-up"
+    sleep 0.1
+  done
+  ctr --address "$CTRD_SOCK" version >/dev/null 2>&1 || fail "containerd does not answer on $CTRD_SOCK"
+  CTRD_MNT=$(readlink "/proc/$CTRD_PID/ns/mnt" | tr -dc 0-9)
+  [ "$(readlink "/proc/$CTRD_PID/ns/net")" = "$(ip netns exec "$node" readlink /proc/self/ns/net)" ] ||
+    fail "containerd is not in the node netns"
+  [ "$(basename "$(readlink "/proc/$CTRD_PID/exe")")" = containerd ] || fail "pid $CTRD_PID is not containerd"
+}
+
+# ctrd_ctr ARGS...: ctr against this containerd, in the k8s.io namespace (the CRI's).
+ctrd_ctr() { ctr --address "$CTRD_SOCK" -n k8s.io "$@"; }
+
+# ctrd_run ARGS...: `ctr run` with the native snapshotter and the IO fifos in DIR/fifo (ctr makes
+# them where the shim, in containerd's mount namespace, finds them too; not /run/containerd).
+ctrd_run() {
+  mkdir -p "$CTRD_DIR/fifo"
+  ctrd_ctr run --snapshotter native --fifo-dir "$CTRD_DIR/fifo" "$@"
+}
+
+# ctrd_import TAR: import an image archive (OCI layout or docker save) with the native snapshotter.
+ctrd_import() {
+  ctrd_ctr images import --snapshotter native "$1" >"$CTRD_DIR/import.log" 2>&1 ||
+    { cat "$CTRD_DIR/import.log" >&2; fail "ctr images import $1 failed"; }
+}
+
+# ctrd_stop: stop containerd with SIGTERM, as a node would; fails if it does not stop within
+# 10 s or leaves a process (shim, container) in its mount namespace.
+ctrd_stop() {
+  local leftover
+  kill -TERM "$CTRD_PID"
+  for _ in $(seq 100); do kill -0 "$CTRD_PID" 2>/dev/null || break; sleep 0.1; done
+  if kill -0 "$CTRD_PID" 2>/dev/null; then fail "containerd did not stop on SIGTERM"; fi
+  wait "$CTRD_PID" 2>/dev/null || true
+  leftover=$(mntns_pids "$CTRD_MNT")
+  [ -z "$leftover" ] || fail "processes left in containerd's mount namespace: $leftover"
+  CTRD_PID=
+}
+
+# ctrd_kill: for cleanup traps: containerd (SIGTERM, then SIGKILL after 5 s) and every process
+# left in its mount namespace. Never fails.
+ctrd_kill() {
+  if [ -n "$CTRD_PID" ] && kill -0 "$CTRD_PID" 2>/dev/null; then
+    kill -TERM "$CTRD_PID" 2>/dev/null
+    for _ in $(seq 50); do kill -0 "$CTRD_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$CTRD_PID" 2>/dev/null
+  fi
+  kill_mntns "$CTRD_MNT"
+  wait 2>/dev/null
+  CTRD_PID=
+  return 0
+}
+
+# rt_pause_image: the path of the static pause image (localhost/pause:cni-test, an OCI archive
+# for ctr images import), built once into the cache (gcc -static scripts/pause.c).
+rt_pause_image() {
+  local dir=$RT_CACHE/images key tar tmp
+  key=$(cat "$RT_REPO/scripts/pause.c" "$RT_REPO/scripts/make-pause-image.py" | sha256sum | cut -c1-16)
+  tar=$dir/pause-$key.tar
+  if [ ! -s "$tar" ]; then
+    mkdir -p "$dir"
+    tmp=$(mktemp -d "/tmp/calico-pause.XXXXXX")
+    gcc -static -Os -o "$tmp/pause" "$RT_REPO/scripts/pause.c" ||
+      { rm -rf "$tmp"; fail "gcc -static pause.c failed (is libc6-dev installed?)"; }
+    strip "$tmp/pause" 2>/dev/null || true
+    python3 "$RT_REPO/scripts/make-pause-image.py" "$tmp/pause" "$tar.tmp.$$" localhost/pause:cni-test ||
+      { rm -rf "$tmp" "$tar.tmp.$$"; fail "make-pause-image.py failed"; }
+    mv "$tar.tmp.$$" "$tar"
+    rm -rf "$tmp"
+  fi
+  echo "$tar"
+}

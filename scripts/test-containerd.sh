@@ -37,7 +37,6 @@ BIN=$T/cnibin CONF=$T/net.d STATE=$T/state CACHE=$T/cache SOCK=$T/containerd.soc
 mkdir -p "$BIN" "$STATE" "$CACHE" "$T/stash" "$T/run-containerd" "$T/netns" "$T/podlogs"
 RT_DIAG_FILES=("$T/containerd.log" "$STATE/cni.log") # what fail() shows
 IPT_BEFORE=$(iptables_cni_chains)
-CTRD_PID='' CTRD_MNT=''
 
 printf 'runtime-endpoint: unix://%s\nimage-endpoint: unix://%s\ntimeout: 30\n' "$SOCK" "$SOCK" >"$T/crictl.yaml"
 crictl() { "$CRICTL" --config "$T/crictl.yaml" "$@"; }
@@ -46,18 +45,14 @@ cleanup() {
   local rc=$?
   set +e
   if [ -n "$CTRD_PID" ] && kill -0 "$CTRD_PID" 2>/dev/null; then
-    # Stop and remove every sandbox (so the plugin DELs), then containerd by its pid.
+    # Stop and remove every sandbox (so the plugin DELs) before containerd goes.
     for id in $(crictl pods -q 2>/dev/null); do
       crictl stopp "$id" >/dev/null 2>&1
       crictl rmp "$id" >/dev/null 2>&1
     done
-    kill -TERM "$CTRD_PID" 2>/dev/null
-    for _ in $(seq 50); do kill -0 "$CTRD_PID" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$CTRD_PID" 2>/dev/null
   fi
-  # Shims and pause processes live in containerd's private mount namespace: end them too.
-  kill_mntns "$CTRD_MNT"
-  wait 2>/dev/null
+  # containerd by its pid, then the shims and pause processes in its private mount namespace.
+  ctrd_kill
   rm_cgroup "$CGPARENT"
   drop_netns "$NODE"
   rm -rf "$T"
@@ -71,17 +66,7 @@ trap 'exit 130' INT TERM
 step "mode $MODE, cniVersion $VERSION, $(containerd --version | cut -d' ' -f1-3), $(runc --version | head -n1), crictl $CRICTL_VERSION"
 
 step "pause image"
-IMAGES=$RT_CACHE/images
-mkdir -p "$IMAGES"
-KEY=$(cat "$RT_REPO/scripts/pause.c" "$RT_REPO/scripts/make-pause-image.py" | sha256sum | cut -c1-16)
-PAUSE_TAR=$IMAGES/pause-$KEY.tar
-if [ ! -s "$PAUSE_TAR" ]; then
-  gcc -static -Os -o "$T/pause" "$RT_REPO/scripts/pause.c" || fail "gcc -static pause.c failed (is libc6-dev installed?)"
-  strip "$T/pause" 2>/dev/null || true
-  python3 "$RT_REPO/scripts/make-pause-image.py" "$T/pause" "$T/pause.tar" localhost/pause:cni-test ||
-    fail "make-pause-image.py failed"
-  mv "$T/pause.tar" "$PAUSE_TAR"
-fi
+PAUSE_TAR=$(rt_pause_image) || fail "no pause image"
 
 step "CNI bin dir (Debian's plugins + ours) and conf dir"
 for f in /usr/lib/cni/*; do ln -s "$f" "$BIN/"; done
@@ -96,14 +81,8 @@ fi
 jq -e '.plugins[0].capabilities.portMappings == true' "$CONF/10-calico.conflist" >/dev/null ||
   fail "conflist does not declare the portMappings capability"
 
-cat >"$T/config.toml" <<EOF
-version = 2
-root = "$T/root"
-state = "$T/state-containerd"
-[grpc]
-  address = "$SOCK"
-[plugins."io.containerd.internal.v1.opt"]
-  path = "$T/opt"
+ctrd_config "$T"
+cat >>"$T/config.toml" <<EOF
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "localhost/pause:cni-test"
   restrict_oom_score_adj = true
@@ -127,28 +106,16 @@ EOF
 step "node netns $NODE; containerd inside it"
 make_node "$NODE"
 rt_mountpoint /var/lib/cni
-rt_mountpoint /run/containerd
-# Not through a function: with a plain command in the background, $! is containerd's own pid
-# (node-exec.sh, unshare, ip netns exec and the inner stage all exec).
-"$RT_REPO/scripts/node-exec.sh" --stash "$T/stash" "$NODE" \
-  --bind "$CACHE" /var/lib/cni --bind "$T/run-containerd" /run/containerd --bind "$T/netns" /run/netns \
-  -- containerd --config "$T/config.toml" >"$T/containerd.log" 2>&1 &
-CTRD_PID=$!
-for _ in $(seq 100); do
-  [ -S "$SOCK" ] && crictl version >/dev/null 2>&1 && break
-  kill -0 "$CTRD_PID" 2>/dev/null || fail "containerd exited at start-up"
+ctrd_start "$T" "$NODE" "$T/stash" --bind "$CACHE" /var/lib/cni --bind "$T/netns" /run/netns
+for _ in $(seq 50); do
+  crictl version >/dev/null 2>&1 && break
   sleep 0.1
 done
-crictl version >/dev/null 2>&1 || fail "containerd does not answer on $SOCK"
-CTRD_MNT=$(readlink "/proc/$CTRD_PID/ns/mnt" | tr -dc 0-9)
-[ "$(readlink "/proc/$CTRD_PID/ns/net")" = "$(ip netns exec "$NODE" readlink /proc/self/ns/net)" ] ||
-  fail "containerd is not in the node netns"
-[ "$(basename "$(readlink "/proc/$CTRD_PID/exe")")" = containerd ] || fail "pid $CTRD_PID is not containerd"
+crictl version >/dev/null 2>&1 || fail "containerd's CRI does not answer on $SOCK"
 crictl info 2>/dev/null | jq -e 'any(.status.conditions[]; .type == "NetworkReady" and .status == true)' >/dev/null ||
   fail "CRI reports the network not ready: $(crictl info 2>&1 | jq -c .status)"
 
-ctr --address "$SOCK" -n k8s.io images import --snapshotter native "$PAUSE_TAR" >"$T/import.log" 2>&1 ||
-  { cat "$T/import.log" >&2; fail "ctr images import failed"; }
+ctrd_import "$PAUSE_TAR"
 
 # ---------------------------------------------------------------------------------------------
 # run_pod N NAME UID HOSTPORT: RunPodSandbox and check what the CNI ADD did; fills ID[N], IP4[N],
@@ -265,12 +232,6 @@ assert_nothing_left
 [ -z "$(ls -A "$T/netns")" ] || fail "sandbox netns left: $(ls "$T/netns")"
 
 step "stop containerd (pid $CTRD_PID)"
-kill -TERM "$CTRD_PID"
-for _ in $(seq 100); do kill -0 "$CTRD_PID" 2>/dev/null || break; sleep 0.1; done
-if kill -0 "$CTRD_PID" 2>/dev/null; then fail "containerd did not stop on SIGTERM"; fi
-wait "$CTRD_PID" 2>/dev/null || true
-leftover=$(mntns_pids "$CTRD_MNT")
-[ -z "$leftover" ] || fail "processes left in containerd's mount namespace: $leftover"
-CTRD_PID=
+ctrd_stop
 
 step "PASS ($MODE) in $(rt_elapsed)s"
