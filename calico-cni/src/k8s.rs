@@ -86,10 +86,19 @@ pub async fn connect(conf: &NetConf) -> Result<K8s, CniError> {
             "datastore_type kubernetes needs kubernetes.kubeconfig in the network configuration",
         )
     })?;
-    let conn = kdd::connect(&kubeconfig, USER_AGENT).await.map_err(|e| {
-        // The kubeconfig may not be written yet (calico-node installs it): try again later.
-        CniError::try_again(e.to_string())
-    })?;
+    let (qps, burst) = conf.client_rate();
+    let opts = kdd::ClientOptions {
+        qps,
+        burst,
+        deadline: Some(tokio::time::Instant::now() + API_TIMEOUT - Duration::from_secs(1)),
+        ..kdd::ClientOptions::default()
+    };
+    let conn = kdd::connect_with(&kubeconfig, USER_AGENT, &opts)
+        .await
+        .map_err(|e| {
+            // The kubeconfig may not be written yet (calico-node installs it): try again later.
+            CniError::try_again(e.to_string())
+        })?;
     let cache = CniCache::load(
         &conf.cache_dir().join("calico-cni.json"),
         &conn.server,

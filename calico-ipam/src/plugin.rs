@@ -10,7 +10,7 @@ use libipam::cni::netconf::DatastoreType;
 use libipam::cni::skel::{self, Outcome, Plugin, Request};
 use libipam::cni::{CniError, CniResult, IpConfig, NetConf, Route, code, log};
 use libipam::datastore::Datastore;
-use libipam::datastore::kube::CacheConfig;
+use libipam::datastore::kube::{CacheConfig, ClientOptions};
 use libipam::model::AllowedUse;
 use libipam::model::time;
 
@@ -357,6 +357,19 @@ fn store_config(req: &Request, node: Option<&str>) -> StoreConfig {
             node: node.to_string(),
             ttl: req.conf.cache_ttl(),
         }),
+        client: client_options(&req.conf),
+    }
+}
+
+/// The netconf's `qps`/`burst`; retries of a 429/503 end in time for the verb's answer (a
+/// second before [`VERB_TIMEOUT`] runs out, counted from now: the store is opened first).
+fn client_options(conf: &libipam::cni::NetConf) -> ClientOptions {
+    let (qps, burst) = conf.client_rate();
+    ClientOptions {
+        qps,
+        burst,
+        deadline: Some(tokio::time::Instant::now() + VERB_TIMEOUT - Duration::from_secs(1)),
+        ..ClientOptions::default()
     }
 }
 

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use libipam::DatastoreError;
 use libipam::cni::netconf::DatastoreType;
-use libipam::datastore::kube::{self, CacheConfig, KubeStore};
+use libipam::datastore::kube::{self, CacheConfig, ClientOptions, KubeStore};
 use libipam::datastore::local::LocalStore;
 
 /// What the API server's audit log shows for our requests.
@@ -24,6 +24,8 @@ pub struct StoreConfig {
     pub kubeconfig: Option<PathBuf>,
     /// The node-local cache of the Kubernetes datastore (the plugin's; the CLI has none).
     pub cache: Option<CacheConfig>,
+    /// The Kubernetes client's rate limit and retry deadline.
+    pub client: ClientOptions,
 }
 
 /// Why a datastore could not be opened.
@@ -65,7 +67,7 @@ impl Store {
             }
             DatastoreType::Kubernetes => {
                 let kubeconfig = cfg.kubeconfig.as_deref().ok_or(OpenError::NoKubeconfig)?;
-                let conn = kube::connect(kubeconfig, USER_AGENT)
+                let conn = kube::connect_with(kubeconfig, USER_AGENT, &cfg.client)
                     .await
                     .map_err(OpenError::Kubernetes)?;
                 Ok(Store::Kube(Box::new(match &cfg.cache {

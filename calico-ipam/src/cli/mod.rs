@@ -20,6 +20,7 @@ use libipam::cni::netconf::{DEFAULT_DATASTORE_PATH, DatastoreType};
 
 use crate::store::{Store, StoreConfig};
 use args::{Args, UsageError, usage};
+use libipam::datastore::kube::ClientOptions;
 
 /// Exit codes (documented in the global help and the README).
 pub mod exit {
@@ -284,6 +285,10 @@ fn store_config(args: &mut Args) -> Result<StoreConfig> {
         kubeconfig: kubeconfig.map(PathBuf::from),
         // The operator sees the datastore as it is: no cache.
         cache: None,
+        client: ClientOptions {
+            deadline: Some(tokio::time::Instant::now() + CLI_TIMEOUT),
+            ..ClientOptions::default()
+        },
     })
 }
 

@@ -29,6 +29,12 @@ pub enum DatastoreType {
 /// `kubernetes.cache_ttl_seconds` says otherwise.
 pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(10);
 
+/// The Kubernetes client's requests a second when `qps` is unset (client-go's default, which
+/// Calico keeps).
+pub const DEFAULT_CLIENT_QPS: f64 = 5.0;
+/// The Kubernetes client's burst when `burst` is unset (Calico's: libcalico-go sets 100).
+pub const DEFAULT_CLIENT_BURST: u32 = 100;
+
 /// Default directory of the `local` datastore.
 pub const DEFAULT_DATASTORE_PATH: &str = "/var/lib/calico/ipam";
 /// Calico's default node-name file (written by calico-node).
@@ -66,6 +72,14 @@ pub struct NetConf {
     pub mtu: Option<u32>,
     #[serde(default, deserialize_with = "section")]
     pub ipam: IpamConf,
+    /// The Kubernetes client's rate limit, as Calico v3.32 reads it (an integer; `0` or `null`:
+    /// Calico's default of 5 a second; negative: no limit, as client-go takes a negative QPS).
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub qps: i64,
+    /// Requests that may go at once before `qps` paces them (an integer; `0` or `null`:
+    /// Calico's default of 100). Negative is refused: client-go would fail every request.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub burst: u32,
     #[serde(default, deserialize_with = "section")]
     pub kubernetes: KubernetesConf,
     #[serde(default, deserialize_with = "section")]
@@ -434,6 +448,20 @@ impl NetConf {
             .unwrap_or(DEFAULT_CACHE_TTL)
     }
 
+    /// The Kubernetes client's rate limit: requests a second (`None`: unlimited) and burst.
+    pub fn client_rate(&self) -> (Option<f64>, u32) {
+        let qps = match self.qps {
+            0 => Some(DEFAULT_CLIENT_QPS),
+            q if q < 0 => None,
+            q => Some(q as f64),
+        };
+        let burst = match self.burst {
+            0 => DEFAULT_CLIENT_BURST,
+            b => b,
+        };
+        (qps, burst)
+    }
+
     /// `<network name>.<container id>`: Calico's IPAM handle for an attachment.
     pub fn handle_id(&self, container_id: &str) -> String {
         format!("{}.{}", self.name, container_id)
@@ -615,12 +643,29 @@ mod tests {
     }
 
     #[test]
+    fn qps_and_burst_as_calico_reads_them() {
+        let rate = |json: &str| NetConf::parse(json.as_bytes()).expect(json).client_rate();
+        assert_eq!(rate("{}"), (Some(5.0), 100), "Calico's defaults");
+        assert_eq!(
+            rate(r#"{"qps":0,"burst":0}"#),
+            (Some(5.0), 100),
+            "0 is Go's unset"
+        );
+        assert_eq!(rate(r#"{"qps":50,"burst":7}"#), (Some(50.0), 7));
+        assert_eq!(
+            rate(r#"{"qps":-1}"#),
+            (None, 100),
+            "a negative QPS turns client-go's limiter off"
+        );
+    }
+
+    #[test]
     fn null_is_unset_in_every_section() {
         let c = NetConf::parse(
             br#"{"cniVersion":null,"name":null,"type":null,"datastore_type":null,
             "datastore_path":null,"nodename":null,"nodename_file":null,"mtu":null,
             "log_level":null,"log_file_path":null,"ipam_lock_file":null,"prevResult":null,
-            "readiness_gates":null,"cni.dev/valid-attachments":null,
+            "readiness_gates":null,"cni.dev/valid-attachments":null,"qps":null,"burst":null,
             "ipam":{"type":null,"assign_ipv4":null,"assign_ipv6":null,"ipv4_pools":null,"ipv6_pools":null},
             "kubernetes":{"kubeconfig":null,"node_name":null,"cache_ttl_seconds":null},
             "policy":{"type":null},"container_settings":{"allow_ip_forwarding":null},
@@ -631,6 +676,10 @@ mod tests {
         assert_eq!(c.datastore_type, DatastoreType::Local);
         assert_eq!(c.datastore_path(), Path::new(DEFAULT_DATASTORE_PATH));
         assert_eq!(c.cache_ttl(), DEFAULT_CACHE_TTL);
+        assert_eq!(
+            c.client_rate(),
+            (Some(DEFAULT_CLIENT_QPS), DEFAULT_CLIENT_BURST)
+        );
         assert!(!c.container_settings.allow_ip_forwarding);
         let sections = NetConf::parse(
             br#"{"cniVersion":"1.0.0","name":"n","ipam":null,"kubernetes":null,"policy":null,"container_settings":null}"#,
@@ -669,6 +718,17 @@ mod tests {
                 "kubernetes.cache_ttl_seconds:",
             ),
             (r#"{"policy":["k8s"]}"#, "policy: invalid type: sequence"),
+            (
+                r#"{"qps":"5"}"#,
+                "qps: invalid type: a string, expected i64",
+            ),
+            (
+                r#"{"qps":2.5}"#,
+                "qps: invalid type: floating point `2.5`, expected i64",
+            ),
+            (r#"{"burst":-1}"#, "burst: invalid value: integer `-1`"),
+            (r#"{"burst":true}"#, "burst: invalid type: boolean"),
+            (r#"{"burst":4294967296}"#, "burst: invalid value"),
             (
                 r#"{"cni.dev/valid-attachments":[["c1","eth0"]]}"#,
                 "cni.dev/valid-attachments[0]: invalid type: sequence",

@@ -20,6 +20,7 @@
 //! This module is the only part of libipam that knows about kube.
 
 mod cache;
+pub mod client;
 pub mod decode;
 mod inventory;
 mod objects;
@@ -51,6 +52,7 @@ use crate::model::{
 use crate::names;
 
 pub use cache::{CacheConfig, NodeCache};
+pub use client::ClientOptions;
 use decode::{WithStatus, versioned};
 pub use inventory::ClusterFacts;
 use objects::{
@@ -80,11 +82,21 @@ impl Debug for Connection {
     }
 }
 
-/// A client from a kubeconfig file (the CNI netconf's `kubernetes.kubeconfig`), with the
-/// timeouts above, no automatic retries (a failing server is reported, as code 11, and the
-/// runtime retries), and `user_agent` on every request so audit logs name the plugin. Nothing
-/// is sent until the first request.
+/// A client from a kubeconfig file (the CNI netconf's `kubernetes.kubeconfig`) with the default
+/// [`ClientOptions`]: see [`connect_with`].
 pub async fn connect(kubeconfig: &Path, user_agent: &str) -> DsResult<Connection> {
+    connect_with(kubeconfig, user_agent, &ClientOptions::default()).await
+}
+
+/// A client from a kubeconfig file, with the timeouts above, `opts`' rate limit and bounded
+/// retries of 429/503 (`client.rs`; nothing else is retried: a failing server is reported, as
+/// code 11, and the runtime retries), and `user_agent` on every request so audit logs name the
+/// plugin. Nothing is sent until the first request.
+pub async fn connect_with(
+    kubeconfig: &Path,
+    user_agent: &str,
+    opts: &ClientOptions,
+) -> DsResult<Connection> {
     let kc = Kubeconfig::read_from(kubeconfig).map_err(|e| {
         DatastoreError::Other(format!(
             "cannot read kubeconfig {}: {e}",
@@ -108,7 +120,7 @@ pub async fn connect(kubeconfig: &Path, user_agent: &str) -> DsResult<Connection
     let agent = http::HeaderValue::from_str(user_agent)
         .map_err(|e| DatastoreError::Other(format!("user agent {user_agent:?}: {e}")))?;
     cfg.headers.push((http::header::USER_AGENT, agent));
-    let client = Client::try_from(cfg)
+    let client = client::client(cfg, opts)
         .map_err(|e| DatastoreError::Other(format!("cannot create a client for {server}: {e}")))?;
     Ok(Connection { client, server })
 }
