@@ -1140,6 +1140,19 @@ fn steady_state_requests_per_add_and_del() {
         first.len(),
         first.join("\n  ")
     );
+    // One listing of the blocks serves both families' claims; the pools select nodes by
+    // label, so the Node is read (with `all()` it is not: libipam's alloc tests).
+    assert!(
+        first.len() <= 18
+            && first
+                .iter()
+                .filter(|r| r.starts_with("list /apis/crd.projectcalico.org/v1/ipamblocks"))
+                .count()
+                == 1,
+        "first dual-stack ADD on a node: {} requests:\n  {}",
+        first.len(),
+        first.join("\n  ")
+    );
     for i in 0..5 {
         let mark = kube.audit_mark();
         addresses(&add(&conf, &format!("c{i}"), &format!("c{i}")));
@@ -1165,6 +1178,104 @@ fn steady_state_requests_per_add_and_del() {
             "steady-state dual-stack DEL: {} requests:\n  {}",
             reqs.len(),
             reqs.join("\n  ")
+        );
+    }
+    assert!(del(&conf, "warm", "warm").status.success());
+}
+
+/// A second writer on this node's blocks (as calico-node writes its tunnel addresses into
+/// them, or Calico's own IPAM during an upgrade) makes the node cache's copy of each block
+/// stale before our next write. A block whose write was refused is read before each write for
+/// a while (`cache::CONTENDED_FOR`), so 20 dual-stack ADDs, each after a foreign write to
+/// both blocks, get at most one 409 per allocation on average (each copy would otherwise be
+/// refused once per ADD: two per allocation).
+#[test]
+fn a_second_writer_on_the_nodes_blocks_costs_at_most_one_conflict_per_allocation() {
+    let kube = KubeEnv::get();
+    let _x = exclusive();
+    let tag = format!("mixed{}", unique());
+    let _pools = guard(
+        &kube,
+        &["t-mixed-v4", "t-mixed-v6"],
+        &["10.88.0.0/24", "fd00:88::/112"],
+    );
+    apply_pools(
+        &kube,
+        &private_pools(
+            "t-mixed",
+            "10.88.0.0/24",
+            26,
+            Some(("fd00:88::/112", 122)),
+            &tag,
+        ),
+    );
+    let n = Node::new(&kube, "mixed", &[("calico-rs-test", &tag)]);
+    let conf = n.conf(&kube, true, None);
+    addresses(&add(&conf, "warm", "warm"));
+    let mine: Vec<IpNet> = blocks(&kube)
+        .into_iter()
+        .filter(|(_, b)| b["spec"]["affinity"] == format!("host:{}", n.name).as_str())
+        .map(|(c, _)| c)
+        .collect();
+    assert_eq!(mine.len(), 2, "one block per family: {mine:?}");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let foreign = rt.block_on(async {
+        libipam::datastore::kube::KubeStore::new(
+            libipam::datastore::kube::connect(&kube.admin, "foreign-writer")
+                .await
+                .expect("connect"),
+        )
+    });
+    let tunnel = format!("ipip-tunnel-addr-{}", n.name);
+    // calico-node's writes: its tunnel address taken, then given back, and so on.
+    let foreign_write = |round: usize| {
+        rt.block_on(async {
+            use libipam::datastore::Datastore;
+            for cidr in &mine {
+                let mut b = foreign.get_block(cidr).await.expect("read").expect("block");
+                if round.is_multiple_of(2) {
+                    let got = b
+                        .value
+                        .auto_assign(1, Some(&tunnel), &BTreeMap::new(), |_| false);
+                    assert_eq!(got.len(), 1);
+                } else {
+                    assert_eq!(b.value.release_by_handle(&tunnel).len(), 1);
+                }
+                b.value.sequence_number += 1;
+                foreign.update_block(&b).await.expect("foreign write");
+            }
+        })
+    };
+    const ADDS: usize = 20;
+    let mut conflicts = Vec::new();
+    for i in 0..ADDS {
+        foreign_write(i);
+        let mark = kube.audit_mark();
+        addresses(&add(&conf, &format!("m{i}"), &format!("m{i}")));
+        conflicts.extend(
+            kube.requests_since(mark, "calico-ipam/")
+                .into_iter()
+                .filter(|r| r.contains("/ipamblocks/") && r.ends_with(" 409")),
+        );
+    }
+    eprintln!(
+        "{} conflicts in {ADDS} dual-stack ADDs with a second writer:\n  {}",
+        conflicts.len(),
+        conflicts.join("\n  ")
+    );
+    assert!(
+        conflicts.len() <= ADDS,
+        "{} conflicts in {ADDS} allocations",
+        conflicts.len()
+    );
+    for i in 0..ADDS {
+        assert!(
+            del(&conf, &format!("m{i}"), &format!("m{i}"))
+                .status
+                .success()
         );
     }
     assert!(del(&conf, "warm", "warm").status.success());

@@ -675,6 +675,43 @@ fn stale_affinity_is_dropped_and_dangling_one_reclaimed() {
 }
 
 #[test]
+fn a_hosts_first_dual_stack_add_lists_blocks_once_and_reads_no_node_without_a_selector() {
+    let ipam = dual_stack();
+    let before = ipam.store().stats();
+    let r = assign(&ipam, &AutoAssignArgs::new("first", "node-a", 1, 1)).expect("assign");
+    assert_eq!((r.ipv4.len(), r.ipv6.len()), (1, 1));
+    let after = ipam.store().stats();
+    assert_eq!(
+        after.block_cidr_lists - before.block_cidr_lists,
+        1,
+        "one listing serves both families' claims"
+    );
+    assert_eq!(
+        after.node_label_reads, before.node_label_reads,
+        "every pool selects all(): the Node decides nothing"
+    );
+    // A pool that selects nodes needs the Node's labels.
+    let mut pools = block_on(ipam.store().list_pools()).expect("pools").pools;
+    let mut v4 = pools.remove(
+        pools
+            .iter()
+            .position(|p| !p.spec.cidr.contains(':'))
+            .expect("v4 pool"),
+    );
+    v4.spec.node_selector = Some("zone == 'a'".into());
+    block_on(ipam.store().apply_pool(&v4)).expect("apply");
+    ipam.store()
+        .set_node_labels("node-b", labels(&[("zone", "a")]));
+    let before = ipam.store().stats();
+    assign(&ipam, &AutoAssignArgs::new("second", "node-b", 1, 1)).expect("assign");
+    assert_eq!(
+        ipam.store().stats().node_label_reads - before.node_label_reads,
+        1
+    );
+    assert_consistent(&ipam);
+}
+
+#[test]
 fn steady_state_dual_stack_add_and_del_write_three_objects() {
     let ipam = dual_stack();
     assign(&ipam, &AutoAssignArgs::new("warm", "node-a", 1, 1)).expect("claims both blocks");

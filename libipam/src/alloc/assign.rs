@@ -176,7 +176,15 @@ impl<D: Datastore> Ipam<D> {
             if num == 0 {
                 continue;
             }
-            if requested.is_empty() && labels.node.is_none() {
+            // The Node is read only when a pool of the family selects nodes: with every
+            // nodeSelector `all()` its labels decide nothing (and no affinity has to be
+            // retired for them), so a node's first ADD need not read it.
+            let needs_node = requested.is_empty()
+                && all_pools
+                    .usable
+                    .iter()
+                    .any(|p| p.family() == family && p.node_selector != Selector::All);
+            if needs_node && labels.node.is_none() {
                 labels.node = Some(
                     self.store
                         .node_labels(&args.hostname)
@@ -470,7 +478,12 @@ impl<D: Datastore> Ipam<D> {
         while got < fam.num {
             let want = fam.num - got;
             let step = retry_on_conflict(DATASTORE_RETRIES, &op, async || {
-                self.host_step(req, fam, &mut affine, &mut full, want).await
+                let step = self.host_step(req, fam, &mut affine, &mut full, want).await;
+                if step.as_ref().is_err_and(|e| e.is_conflict()) {
+                    // A lost race: the retry lists the blocks again.
+                    req.block_cidrs = None;
+                }
+                step
             })
             .await?;
             match step {

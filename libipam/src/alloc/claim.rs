@@ -214,6 +214,12 @@ impl<D: Datastore> Ipam<D> {
         req.affinities.insert(cidr, Some(aff.clone()));
 
         // 2. The block itself.
+        if let Some(l) = req.block_cidrs.as_mut()
+            && !l.contains(&cidr)
+        {
+            // Taken from now on, whoever wins it.
+            l.push(cidr);
+        }
         let new_block = IpamBlock::new(cidr, Some(host_affinity(req.host)), time::now_nanos())
             .map_err(IpamError::Corrupt)?;
         let block = match self.store.create_block(&new_block).await {
@@ -277,12 +283,19 @@ impl<D: Datastore> Ipam<D> {
         req: &mut Request<'_>,
         pools: &[&Pool],
     ) -> Result<Option<Candidate>> {
-        let existing = Occupied::new(
-            self.store
-                .list_block_cidrs()
-                .await
-                .map_err(ds("list blocks"))?,
-        );
+        let listed = match &req.block_cidrs {
+            Some(l) => l.clone(),
+            None => {
+                let l = self
+                    .store
+                    .list_block_cidrs()
+                    .await
+                    .map_err(ds("list blocks"))?;
+                req.block_cidrs = Some(l.clone());
+                l
+            }
+        };
+        let existing = Occupied::new(listed);
         for pool in pools {
             if req.reservation_covering(&pool.cidr).is_some() {
                 continue;

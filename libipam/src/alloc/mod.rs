@@ -197,6 +197,10 @@ struct Request<'a> {
     handle: HandleCache,
     /// This host's affinities (both families); `None` = must be re-read before writing.
     affinities: BTreeMap<IpNet, Option<Versioned<BlockAffinity>>>,
+    /// The CIDRs of every block, listed once per request for the claim walks of both
+    /// families (plus the blocks this request claimed); dropped after a lost race so the
+    /// retry lists again.
+    block_cidrs: Option<Vec<IpNet>>,
 }
 
 impl Request<'_> {
@@ -271,6 +275,7 @@ impl<D: Datastore> Ipam<D> {
             reservations,
             handle: HandleCache::Unknown,
             affinities: BTreeMap::new(),
+            block_cidrs: None,
         })
     }
 

@@ -67,6 +67,8 @@ pub struct Stats {
     pub full_block_lists: u64,
     /// `list_block_cidrs` calls.
     pub block_cidr_lists: u64,
+    /// `node_labels` calls.
+    pub node_label_reads: u64,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -333,7 +335,10 @@ impl Datastore for MemoryStore {
     }
 
     async fn node_labels(&self, node: &str) -> DsResult<Option<BTreeMap<String, String>>> {
-        self.with(|s| Ok(s.nodes.get(node).cloned()))
+        self.with(|s| {
+            s.stats.node_label_reads += 1;
+            Ok(s.nodes.get(node).cloned())
+        })
     }
 
     async fn list_reservations(&self) -> DsResult<Vec<IpReservation>> {

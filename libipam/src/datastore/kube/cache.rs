@@ -38,6 +38,12 @@ use crate::model::{
 
 /// Bumped when the layout changes; other versions are ignored.
 const FORMAT: u32 = 1;
+/// How long a block whose write was refused (409: someone else wrote it) is read again before
+/// each write, instead of being written from the kept copy: while another writer is active on
+/// this node's blocks (calico-node's tunnel addresses, Calico's own IPAM during an upgrade) a
+/// kept copy would be stale at every write and cost a refused write and a re-read. Extended by
+/// every further conflict.
+pub const CONTENDED_FOR: Duration = Duration::from_secs(60);
 /// At most this many handles are kept (a node runs far fewer pods; entries of pods whose DEL
 /// never came are dropped oldest-name-first).
 const MAX_HANDLES: usize = 2048;
@@ -103,6 +109,9 @@ struct File {
     blocks: BTreeMap<String, Entry<IpamBlock>>,
     #[serde(default)]
     handles: BTreeMap<String, Entry<IpamHandle>>,
+    /// Blocks written by someone else lately (CIDR → until, Unix ms): see [`CONTENDED_FOR`].
+    #[serde(default)]
+    contended: BTreeMap<String, u64>,
 }
 
 /// The loaded cache of one node. Changes are kept in memory until [`NodeCache::save`].
@@ -240,9 +249,29 @@ impl NodeCache {
         }
     }
 
-    /// The copy of a block, if one is kept.
+    /// The copy of a block to write from, if one is kept and the block is not contended.
     pub fn block(&self, cidr: &str) -> Option<Versioned<IpamBlock>> {
+        if self.is_contended(cidr) {
+            return None;
+        }
         self.file.blocks.get(cidr).map(Entry::versioned)
+    }
+
+    /// Whether another writer changed the block lately (its kept copy is not written from).
+    pub fn is_contended(&self, cidr: &str) -> bool {
+        self.file
+            .contended
+            .get(cidr)
+            .is_some_and(|until| now_ms() < *until)
+    }
+
+    /// Records that a write of the block was refused because someone else wrote it: for
+    /// [`CONTENDED_FOR`] it is read before every write. The kept copy is dropped.
+    pub fn mark_contended(&mut self, cidr: &str) {
+        let until = now_ms().saturating_add(CONTENDED_FOR.as_millis() as u64);
+        self.file.contended.insert(cidr.to_owned(), until);
+        self.file.blocks.remove(cidr);
+        self.dirty = true;
     }
     /// Keeps (or with `None` forgets) the copy of a block.
     pub fn put_block(&mut self, cidr: &str, v: Option<&Versioned<IpamBlock>>) {
@@ -287,6 +316,8 @@ impl NodeCache {
         while self.file.handles.len() > MAX_HANDLES {
             self.file.handles.pop_first();
         }
+        let now = now_ms();
+        self.file.contended.retain(|_, until| *until > now);
         if write_atomically(&self.path, &self.file).is_ok() {
             self.dirty = false;
         }
@@ -390,6 +421,47 @@ mod tests {
         assert!(other.exists(), "another file's temporaries are not ours");
         let own = sub.join(format!(".node-a.json.{}.tmp", std::process::id()));
         assert!(!own.exists(), "ours was renamed into place");
+    }
+
+    #[test]
+    fn a_contended_block_is_read_before_each_write_for_a_while() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c = cfg(dir.path(), 60);
+        let mut cache = NodeCache::load(&c, "https://a:6443");
+        let b = Versioned {
+            value: IpamBlock::new(
+                "10.0.0.0/26".parse().expect("cidr"),
+                Some(host_affinity("node-a")),
+                1,
+            )
+            .expect("block"),
+            revision: Revision("7".into()),
+        };
+        cache.put_block("10.0.0.0/26", Some(&b));
+        assert!(cache.block("10.0.0.0/26").is_some());
+        cache.mark_contended("10.0.0.0/26");
+        assert!(cache.block("10.0.0.0/26").is_none(), "the copy is dropped");
+        // A fresh read is kept (for check and release) but not written from.
+        cache.put_block("10.0.0.0/26", Some(&b));
+        assert!(cache.block("10.0.0.0/26").is_none());
+        cache.save();
+        let mut again = NodeCache::load(&c, "https://a:6443");
+        assert!(again.is_contended("10.0.0.0/26"), "kept between processes");
+        // Once the mark runs out, the copy is written from again.
+        again
+            .file
+            .contended
+            .insert("10.0.0.0/26".into(), now_ms() - 1);
+        again.put_block("10.0.0.0/26", Some(&b));
+        assert!(again.block("10.0.0.0/26").is_some());
+        again.save();
+        assert!(
+            NodeCache::load(&c, "https://a:6443")
+                .file
+                .contended
+                .is_empty(),
+            "expired marks are dropped"
+        );
     }
 
     #[test]

@@ -649,7 +649,17 @@ impl Datastore for KubeStore {
             block.value.clone(),
         );
         let written = self.replace_obj(&IPAM_BLOCK, &obj).await.map(versioned);
-        self.forget_on_error(&written, || self.remember_block(&cidr, None));
+        match &written {
+            // Someone else wrote it since our copy: read it before writing for a while
+            // (`cache::CONTENDED_FOR`), so the next write does not fail the same way.
+            Err(DatastoreError::Conflict) => {
+                if let Some(mut c) = self.cache() {
+                    c.mark_contended(&cidr.to_string());
+                }
+            }
+            Err(_) => self.remember_block(&cidr, None),
+            Ok(_) => {}
+        }
         let written = written?;
         self.remember_block(&cidr, Some(&written));
         Ok(written.revision)
