@@ -3,7 +3,9 @@
 # Idempotent: packages already present are not fetched again.
 set -euo pipefail
 
-packages=(iproute2 iputils-ping jq procps containernetworking-plugins hyperfine strace)
+packages=(iproute2 iputils-ping jq procps containernetworking-plugins hyperfine strace
+  # the image (scripts/build-image.sh): its shell and tools, and the OCI archive writer
+  bash-static busybox-static curl python3)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
