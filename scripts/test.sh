@@ -24,6 +24,10 @@ cargo build --workspace --bins
 scripts/kube-testenv build >/dev/null
 # The real CNI clients: cnitool, containerd's CRI and podman drive our plugins from a conflist.
 scripts/test-runtimes.sh --from "${CARGO_TARGET_DIR:-target}/debug"
+# The image: the static release binaries (scripts/build-release.sh) and the installer, written as
+# an OCI archive without a container engine (scripts/build-image.sh), imported into containerd
+# and its entrypoint run as the DaemonSet runs it, on the local and Kubernetes datastores.
+scripts/test-image.sh
 # One kube-apiserver (+ etcd) for every Kubernetes-datastore test binary, removed on exit
 # whatever happens; the tests find it through KUBE_TESTENV_DIR and fail without it.
 KUBE_TESTENV_DIR="$(mktemp -d /tmp/calico-rs-kube.XXXXXX)"
