@@ -10,9 +10,9 @@
 //!   409 Conflict when it is stale ([`DatastoreError::Conflict`]) and 409 AlreadyExists on a
 //!   create of an existing name ([`DatastoreError::AlreadyExists`]). The allocator's one
 //!   retry loop handles both.
-//! - Deletes are two-step, as Kubernetes has no compare-and-delete: a CAS update setting
-//!   `spec.deleted` (the linearisation point), then a DELETE with a UID precondition. Every
-//!   read treats `deleted: true` as absent and finishes such a delete.
+//! - Deletes are compare-and-delete: a DELETE with a `resourceVersion` precondition (409 when
+//!   stale). Calico deletes in two steps (a CAS update setting `spec.deleted`, then a DELETE);
+//!   every read treats `deleted: true` as absent and finishes such a delete.
 //! - Requests: writes return the stored object, so nothing just written is read back, and an
 //!   optional node-local cache ([`CacheConfig`], see `cache.rs` for why it is safe) lets a
 //!   steady-state allocation go straight to its compare-and-swap writes.
@@ -288,29 +288,26 @@ impl KubeStore {
         }
     }
 
-    /// The two-step delete of `value` as of `revision`: a compare-and-swap update setting
-    /// `deleted` (fails with `Conflict`/`NotFound` if `revision` is stale), then a DELETE
-    /// guarded by the UID that update returned.
-    async fn soft_delete<S>(
-        &self,
-        kind: &Kind,
-        name: &str,
-        value: &S,
-        revision: &Revision,
-        labels: Option<BTreeMap<String, String>>,
-    ) -> DsResult<()>
+    /// Compare-and-delete: a DELETE with a `resourceVersion` precondition, refused with
+    /// `Conflict` when `revision` is stale and `NotFound` when the object is gone, like a
+    /// compare-and-swap update. One request (Calico marks the object `deleted` first, then
+    /// deletes it; its readers, and ours, see an object deleted either way as absent).
+    async fn delete_at<S>(&self, kind: &Kind, name: &str, revision: &Revision) -> DsResult<()>
     where
-        S: SoftDelete + Clone + Serialize + DeserializeOwned + Debug,
+        S: Clone + Serialize + DeserializeOwned + Debug,
     {
-        let mut value = value.clone();
-        value.mark_deleted();
-        let obj = objects::object(
-            kind,
-            objects::ipam_meta(name, Some(revision), labels),
-            value,
-        );
-        let marked = self.replace_obj(kind, &obj).await?;
-        self.delete_uid::<S>(kind, name, marked.metadata.uid).await
+        let dp = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: None,
+                resource_version: Some(revision.0.clone()),
+            }),
+            ..DeleteParams::default()
+        };
+        self.api::<S>(kind)
+            .delete(name, &dp)
+            .await
+            .map(|_| ())
+            .map_err(self.err(format!("delete {} {name}", kind.kind)))
     }
 
     /// A read of an IPAM object: `deleted: true` counts as absent, and the delete it started
@@ -668,14 +665,8 @@ impl Datastore for KubeStore {
     async fn delete_block(&self, block: &Versioned<IpamBlock>) -> DsResult<()> {
         let cidr = block.value.cidr;
         self.remember_block(&cidr, None);
-        self.soft_delete(
-            &IPAM_BLOCK,
-            &names::cidr_to_name(&cidr),
-            &block.value,
-            &block.revision,
-            None,
-        )
-        .await
+        self.delete_at::<IpamBlock>(&IPAM_BLOCK, &names::cidr_to_name(&cidr), &block.revision)
+            .await
     }
 
     /// Only the names are listed (metadata only): a block's name is its CIDR.
@@ -778,13 +769,7 @@ impl Datastore for KubeStore {
     async fn delete_affinity(&self, affinity: &Versioned<BlockAffinity>) -> DsResult<()> {
         let a = &affinity.value;
         let deleted = self
-            .soft_delete(
-                &BLOCK_AFFINITY,
-                &a.name(),
-                a,
-                &affinity.revision,
-                Some(a.labels()),
-            )
+            .delete_at::<BlockAffinity>(&BLOCK_AFFINITY, &a.name(), &affinity.revision)
             .await;
         self.remember_affinity(a, deleted.as_ref().map(|()| None));
         deleted
@@ -840,12 +825,10 @@ impl Datastore for KubeStore {
     async fn delete_handle(&self, handle: &Versioned<IpamHandle>) -> DsResult<()> {
         let id = &handle.value.handle_id;
         self.remember_handle(id, None);
-        self.soft_delete(
+        self.delete_at::<IpamHandle>(
             &IPAM_HANDLE,
             &names::handle_object_name(id),
-            &handle.value,
             &handle.revision,
-            None,
         )
         .await
     }

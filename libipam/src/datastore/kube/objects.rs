@@ -125,16 +125,11 @@ pub fn object<S: Clone>(kind: &Kind, metadata: ObjectMeta, spec: S) -> Crd<S> {
 pub trait SoftDelete {
     /// The `deleted` flag.
     fn is_deleted(&self) -> bool;
-    /// Sets the `deleted` flag.
-    fn mark_deleted(&mut self);
 }
 
 impl SoftDelete for IpamBlock {
     fn is_deleted(&self) -> bool {
         self.deleted
-    }
-    fn mark_deleted(&mut self) {
-        self.deleted = true;
     }
 }
 
@@ -142,17 +137,11 @@ impl SoftDelete for IpamHandle {
     fn is_deleted(&self) -> bool {
         self.deleted
     }
-    fn mark_deleted(&mut self) {
-        self.deleted = true;
-    }
 }
 
 impl SoftDelete for BlockAffinity {
     fn is_deleted(&self) -> bool {
         self.deleted
-    }
-    fn mark_deleted(&mut self) {
-        self.deleted = true;
     }
 }
 
