@@ -28,6 +28,11 @@ scripts/test-runtimes.sh --from "${CARGO_TARGET_DIR:-target}/debug"
 # an OCI archive without a container engine (scripts/build-image.sh), imported into containerd
 # and its entrypoint run as the DaemonSet runs it, on the local and Kubernetes datastores.
 scripts/test-image.sh
+# kubelet runs our CNI: a real cluster in namespaces (scripts/kube-cluster: apiserver + etcd,
+# scheduler, controller-manager, containerd + kubelet per node), the seed's experiments 1 and 3,
+# 50 replicas, kill -9 of kubelet and containerd under churn, an exhausted pool, two nodes
+# (scripts/test-kube-cluster.sh, ~6 min).
+scripts/test-kube-cluster.sh --from "${CARGO_TARGET_DIR:-target}/debug"
 # One kube-apiserver (+ etcd) for every Kubernetes-datastore test binary, removed on exit
 # whatever happens; the tests find it through KUBE_TESTENV_DIR and fail without it.
 KUBE_TESTENV_DIR="$(mktemp -d /tmp/calico-rs-kube.XXXXXX)"
