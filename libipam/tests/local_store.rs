@@ -449,7 +449,8 @@ fn bench_add_cost_is_flat_in_store_size() {
     );
 }
 
-/// Cost of one durable write (temp file + fsync + rename + directory fsync).
+/// Cost of one local-store commit (one journal record, one `fdatasync`) beside a bare write +
+/// `fsync` of a small file.
 #[test]
 #[ignore = "benchmark"]
 fn bench_fsync_cost() {
@@ -468,7 +469,7 @@ fn bench_fsync_cost() {
         v.revision = block_on(store.update_handle(&v)).expect("update");
     }
     println!(
-        "durable write: {:.3} ms each",
+        "commit: {:.3} ms each",
         t.elapsed().as_secs_f64() * 1000.0 / f64::from(n)
     );
     let f = dir.path().join("raw");
