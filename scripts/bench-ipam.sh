@@ -3,8 +3,9 @@
 # host-local doing the same dual-stack ranges, in the same run; then calico-ipam's ADD again once
 # the store holds 5,000 blocks claimed by simulated nodes. Prints medians and ratios, the syncs
 # (fsync, fdatasync, sync_file_range, syncfs) per ADD and per DEL counted with strace in separate
-# runs, and the disk's sync cost. The stores live on the real disk: BENCH_DIR (default /var/tmp),
-# never a tmpfs.
+# runs, and the disk's sync cost. host-local and calico-ipam are interleaved in ROUNDS rounds
+# (default 5), so that the load of a shared machine drifts over both alike. The stores live on the
+# real disk: BENCH_DIR (default /var/tmp), never a tmpfs.
 #   scripts/bench-ipam.sh [COUNT]      (default 200 pods per measurement)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +16,7 @@ REL=${FROM:-$(scripts/build-release.sh)}   # FROM=DIR: binaries built already (a
 IPAM=$REL/calico-ipam
 HOSTLOCAL=/usr/lib/cni/host-local
 SYNCS=${SYNCS:-20}   # runs per sync count
+ROUNDS=${ROUNDS:-5}
 WORK=$(mktemp -d "${BENCH_DIR:-/var/tmp}/bench-ipam.XXXX")
 trap 'rm -rf "$WORK"' EXIT
 FS=$(stat -f -c %T "$WORK")   # "tmpfs", or "ext2/ext3" for ext4 and the like
@@ -39,12 +41,29 @@ jq -nc --arg dir "$WORK/host-local" '{
 run() { # run LABEL BIN CONF VERB PREFIX
   STDIN_FILE=$3 ID_PREFIX=$5 python3 $T "$1" "$COUNT" -- CNI_COMMAND="$4" "${CNIENV[@]}" "$2"
 }
+# interleaved KEY-A BIN-A CONF-A PREFIX-A KEY-B BIN-B CONF-B PREFIX-B VERB: ROUNDS rounds of a
+# slice of the runs of each, A first in even rounds, B first in odd ones; samples in $WORK/samples.KEY.
+interleaved() {
+  local r start n side
+  for r in $(seq 0 $((ROUNDS - 1))); do
+    start=$((r * COUNT / ROUNDS)); n=$(((r + 1) * COUNT / ROUNDS - start))
+    [ "$n" -gt 0 ] || continue
+    for side in $((r % 2)) $((1 - r % 2)); do
+      local args=("${@:$((1 + side * 4)):4}")
+      STDIN_FILE=${args[2]} ID_PREFIX=${args[3]} ID_START=$start SAMPLES_FILE=$WORK/samples.${args[0]} \
+        python3 $T "${args[0]}" "$n" -- CNI_COMMAND="$9" "${CNIENV[@]}" "${args[1]}"
+    done
+  done
+}
+summary() { python3 $T --summary "$1" "$WORK/samples.$2"; }
 
-echo "# $COUNT dual-stack allocations per measurement, whole process, one at a time" >&2
-R_HL_ADD=$(run "host-local ADD" "$HOSTLOCAL" "$WORK/host-local.json" ADD hl)
-R_CA_ADD=$(run "calico-ipam ADD (empty store)" "$IPAM" "$WORK/calico.json" ADD ca)
-R_HL_DEL=$(run "host-local DEL" "$HOSTLOCAL" "$WORK/host-local.json" DEL hl)
-R_CA_DEL=$(run "calico-ipam DEL" "$IPAM" "$WORK/calico.json" DEL ca)
+echo "# $COUNT dual-stack allocations per measurement, whole process, one at a time, in $ROUNDS interleaved rounds" >&2
+interleaved hl_add "$HOSTLOCAL" "$WORK/host-local.json" hl ca_add "$IPAM" "$WORK/calico.json" ca ADD
+interleaved hl_del "$HOSTLOCAL" "$WORK/host-local.json" hl ca_del "$IPAM" "$WORK/calico.json" ca DEL
+R_HL_ADD=$(summary "host-local ADD" hl_add)
+R_CA_ADD=$(summary "calico-ipam ADD (empty store)" ca_add)
+R_HL_DEL=$(summary "host-local DEL" hl_del)
+R_CA_DEL=$(summary "calico-ipam DEL" ca_del)
 
 # Syncs, counted in runs of their own (strace slows every system call).
 syncs() { # syncs LABEL BIN CONF VERB PREFIX
@@ -61,7 +80,7 @@ echo "# filling the store with 5,000 blocks from 2,500 simulated nodes" >&2
 for i in $(seq 0 2499); do
   calico_conf "sim-node-$i" > "$WORK/sim.json"
   CNI_COMMAND=ADD CNI_CONTAINERID="sim$i" CNI_NETNS=/var/run/netns/bench CNI_IFNAME=eth0 CNI_PATH=/usr/lib/cni \
-    "$IPAM" < "$WORK/sim.json" > /dev/null
+    "$IPAM" < "$WORK/sim.json" > /dev/null 2> "$WORK/sim.err" || { cat "$WORK/sim.err" >&2; exit 1; }
 done
 BLOCKS=$(DATASTORE_TYPE=local DATASTORE_PATH=$WORK/store "$IPAM" show --show-blocks -o json | jq '.blocks | length')
 R_CA_ADD_FULL=$(run "calico-ipam ADD (5,000-block store)" "$IPAM" "$WORK/calico.json" ADD full)
@@ -83,6 +102,6 @@ echo "syncs: fsync+fdatasync+sync_file_range+syncfs per operation, all processes
 echo "store: $WORK ($(df --output=fstype,source "$WORK" | tail -1 | xargs))"
 echo "sync cost of that disk, medians: $(jq -r '"4 KiB overwrite + fdatasync \(.overwrite_fdatasync_ms) ms, 4 KiB append + fdatasync \(.append_fdatasync_ms) ms, durable file replace (write, fsync, rename, fsync dir) \(.durable_replace_ms) ms"' <<<"$SYNC_COST")"
 echo "blocks in the filled store: $BLOCKS"
-echo "ADD: calico-ipam / host-local = $(ratio "$(median "$R_CA_ADD")" "$(median "$R_HL_ADD")")"
+echo "ADD: calico-ipam / host-local = $(ratio "$(median "$R_CA_ADD")" "$(median "$R_HL_ADD")") (goal <= 0.5)"
 echo "DEL: calico-ipam / host-local = $(ratio "$(median "$R_CA_DEL")" "$(median "$R_HL_DEL")")"
 echo "ADD: 5,000-block store / empty store = $(ratio "$(median "$R_CA_ADD_FULL")" "$(median "$R_CA_ADD")")"

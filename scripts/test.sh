@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test suite: lint, unit and property tests, the integration tests that run the real
-# binaries in throwaway network namespaces, and the Kubernetes-datastore tests against a real
-# kube-apiserver with etcd (scripts/kube-testenv; built from the Go module proxy, cached in
+# binaries in throwaway network namespaces, the etcdv3-datastore tests against a real
+# three-member etcd cluster (scripts/etcd-testenv), and the Kubernetes-datastore tests against a
+# real kube-apiserver with etcd (scripts/kube-testenv; built from the Go module proxy, cached in
 # ~/.cache/calico-rs, cold build ~10 min on 2 cores). Needs root (network namespaces) and Go;
 # fails, never skips, without them. Installs what it needs on a fresh Debian 12 machine.
 set -euo pipefail
@@ -36,9 +37,14 @@ scripts/test-kube-cluster.sh --from "${CARGO_TARGET_DIR:-target}/debug"
 # One kube-apiserver (+ etcd) for every Kubernetes-datastore test binary, removed on exit
 # whatever happens; the tests find it through KUBE_TESTENV_DIR and fail without it.
 KUBE_TESTENV_DIR="$(mktemp -d /tmp/calico-rs-kube.XXXXXX)"
-export KUBE_TESTENV_DIR
-trap 'scripts/kube-testenv down "$KUBE_TESTENV_DIR" || true' EXIT
+# A three-member etcd cluster with TLS client certificates for the etcdv3-datastore tests
+# (scripts/etcd-testenv, Debian's etcd-server); they find it through ETCD_TESTENV_DIR and fail
+# without it.
+ETCD_TESTENV_DIR="$(mktemp -d /tmp/calico-rs-etcd.XXXXXX)"
+export KUBE_TESTENV_DIR ETCD_TESTENV_DIR
+trap 'scripts/kube-testenv down "$KUBE_TESTENV_DIR" || true; scripts/etcd-testenv down "$ETCD_TESTENV_DIR" || true' EXIT
 scripts/kube-testenv up "$KUBE_TESTENV_DIR"
+scripts/etcd-testenv up "$ETCD_TESTENV_DIR"
 cargo test --workspace --no-fail-fast
 # The Kubernetes-datastore tests again, against Calico v3.31.7's own CRDs instead of ours: the
 # API server prunes every field Calico's schema does not have (IPAMBlock affinityClaimTime,

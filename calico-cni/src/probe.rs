@@ -5,6 +5,8 @@
 //! - `datastore_type: kubernetes`: ClusterInformation `default` must be readable and say
 //!   `datastoreReady: true`;
 //! - `datastore_type: local`: the store must open;
+//! - `datastore_type: etcdv3`: the IPAM configuration key must be readable from the cluster
+//!   (`etcd_endpoints` and the `etcd_*_file`s, else `ETCD_*`);
 //! - then, if `kubernetes.kubeconfig` is set, the API server must answer `GET /version`.
 //!
 //! Success prints nothing and exits 0. Failure prints Calico's CNI error (code 100, msg
@@ -12,6 +14,8 @@
 
 use libipam::cni::NetConf;
 use libipam::cni::netconf::DatastoreType;
+use libipam::datastore::Datastore;
+use libipam::datastore::etcd::{self, EtcdConfig, EtcdStore};
 use libipam::datastore::local::LocalStore;
 use serde::Serialize;
 
@@ -39,6 +43,24 @@ pub fn run(stdin: &[u8]) -> Result<(), String> {
                     .to_owned()
             })?;
             rt.block_on(k8s::probe_datastore(&kubeconfig))?;
+        }
+        DatastoreType::Etcdv3 => {
+            let settings = conf.etcd();
+            let config = EtcdConfig {
+                endpoints: settings
+                    .endpoints
+                    .as_deref()
+                    .map(EtcdConfig::parse_endpoints)
+                    .unwrap_or_default(),
+                ca_cert_file: settings.ca_cert_file,
+                cert_file: settings.cert_file,
+                key_file: settings.key_file,
+            };
+            rt.block_on(async {
+                let store = EtcdStore::new(etcd::connect(&config).await?);
+                store.get_config().await.map(|_| ())
+            })
+            .map_err(|e| format!("cannot read the etcd datastore: {e}"))?;
         }
         DatastoreType::Local => {
             LocalStore::open(conf.datastore_path()).map_err(|e| {

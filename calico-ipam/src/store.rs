@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 
 use libipam::DatastoreError;
-use libipam::cni::netconf::DatastoreType;
+use libipam::cni::netconf::{DatastoreType, EtcdSettings};
+use libipam::datastore::etcd::{self, EtcdConfig, EtcdStore};
 use libipam::datastore::kube::{self, CacheConfig, ClientOptions, KubeStore};
 use libipam::datastore::local::LocalStore;
 
@@ -14,6 +15,7 @@ pub const USER_AGENT: &str = concat!("calico-ipam/", env!("CARGO_PKG_VERSION"), 
 pub enum Store {
     Local(LocalStore),
     Kube(Box<KubeStore>),
+    Etcd(Box<EtcdStore>),
 }
 
 /// Where to find the datastore: the netconf's fields or the CLI's flags, normalised.
@@ -26,6 +28,8 @@ pub struct StoreConfig {
     pub cache: Option<CacheConfig>,
     /// The Kubernetes client's rate limit and retry deadline.
     pub client: ClientOptions,
+    /// The etcd cluster of `etcdv3`.
+    pub etcd: EtcdSettings,
 }
 
 /// Why a datastore could not be opened.
@@ -39,6 +43,12 @@ pub enum OpenError {
     NoKubeconfig,
     #[error("cannot connect to the Kubernetes datastore: {0}")]
     Kubernetes(#[source] DatastoreError),
+    #[error(
+        "datastore_type etcdv3 needs the etcd endpoints: set etcd_endpoints in the network configuration (or ETCD_ENDPOINTS / --etcd-endpoints for the CLI)"
+    )]
+    NoEtcdEndpoints,
+    #[error("cannot use the etcd datastore: {0}")]
+    Etcd(#[source] DatastoreError),
 }
 
 impl OpenError {
@@ -48,6 +58,7 @@ impl OpenError {
         matches!(
             self,
             OpenError::Kubernetes(DatastoreError::Unavailable(_) | DatastoreError::Other(_))
+                | OpenError::Etcd(DatastoreError::Unavailable(_))
         )
     }
 }
@@ -75,6 +86,24 @@ impl Store {
                     None => KubeStore::new(conn),
                 })))
             }
+            DatastoreType::Etcdv3 => {
+                let endpoints = cfg
+                    .etcd
+                    .endpoints
+                    .as_deref()
+                    .map(EtcdConfig::parse_endpoints)
+                    .filter(|e| !e.is_empty())
+                    .ok_or(OpenError::NoEtcdEndpoints)?;
+                let conn = etcd::connect(&EtcdConfig {
+                    endpoints,
+                    ca_cert_file: cfg.etcd.ca_cert_file.clone(),
+                    cert_file: cfg.etcd.cert_file.clone(),
+                    key_file: cfg.etcd.key_file.clone(),
+                })
+                .await
+                .map_err(OpenError::Etcd)?;
+                Ok(Store::Etcd(Box::new(EtcdStore::new(conn))))
+            }
         }
     }
 }
@@ -90,6 +119,10 @@ macro_rules! with_ipam {
                 $body
             }
             $crate::store::Store::Kube(s) => {
+                let $ipam = libipam::alloc::Ipam::new(*s);
+                $body
+            }
+            $crate::store::Store::Etcd(s) => {
                 let $ipam = libipam::alloc::Ipam::new(*s);
                 $body
             }

@@ -279,9 +279,9 @@ fn cases(store: &Store) -> Vec<Case> {
             "unknown datastore type",
             "ADD",
             vec![],
-            with(&base, |v| v["datastore_type"] = json!("etcdv3")),
+            with(&base, |v| v["datastore_type"] = json!("etcd")),
             7,
-            "etcdv3",
+            "\"etcd\" is not supported",
         ),
         case(
             "CHECK on a 0.3.1 config",

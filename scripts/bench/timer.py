@@ -12,6 +12,10 @@ the median, p10, p90 and mean in milliseconds. A failing run aborts the benchmar
 With COUNT_SYNCS=1 every command runs under `strace -f -c` instead and the line holds
 "syncs_per_run": the fsync, fdatasync, sync_file_range and syncfs calls of all its processes,
 divided by COUNT (no timings: strace slows every system call down).
+
+With SAMPLES_FILE=PATH the samples (ms, one a line) are appended to PATH and nothing is printed,
+so that a benchmark can interleave several measurements in rounds (load drifts then hit them
+alike); `timer.py --summary LABEL PATH` prints the JSON line of the samples in PATH.
 """
 import json
 import os
@@ -34,7 +38,19 @@ def strace_calls(path: str) -> int:
     return 0
 
 
+def summary(label: str, samples: list) -> str:
+    q = statistics.quantiles(samples, n=10)
+    return json.dumps({"label": label, "n": len(samples),
+                       "median_ms": round(statistics.median(samples), 3),
+                       "p10_ms": round(q[0], 3), "p90_ms": round(q[-1], 3),
+                       "mean_ms": round(statistics.fmean(samples), 3)})
+
+
 def main() -> int:
+    if sys.argv[1] == "--summary":
+        with open(sys.argv[3]) as f:
+            print(summary(sys.argv[2], [float(line) for line in f if line.strip()]))
+        return 0
     label, count = sys.argv[1], int(sys.argv[2])
     rest = sys.argv[sys.argv.index("--") + 1:]
     env = dict(os.environ)
@@ -79,10 +95,11 @@ def main() -> int:
     if count_syncs:
         print(json.dumps({"label": label, "n": count, "syncs_per_run": round(syncs / count, 2)}))
         return 0
-    q = statistics.quantiles(samples, n=10)
-    print(json.dumps({"label": label, "n": count, "median_ms": round(statistics.median(samples), 3),
-                      "p10_ms": round(q[0], 3), "p90_ms": round(q[-1], 3),
-                      "mean_ms": round(statistics.fmean(samples), 3)}))
+    if os.environ.get("SAMPLES_FILE"):
+        with open(os.environ["SAMPLES_FILE"], "a") as f:
+            f.writelines(f"{s}\n" for s in samples)
+        return 0
+    print(summary(label, samples))
     return 0
 
 

@@ -40,7 +40,7 @@ pub fn add(req: &Request) -> Result<CniResult, CniError> {
     // comes after the dataplane, and is undone with it.
     let mut api = match req.conf.datastore_type {
         DatastoreType::Kubernetes => Some(api_call(&rt, k8s::connect(&req.conf))?),
-        DatastoreType::Local => None,
+        DatastoreType::Local | DatastoreType::Etcdv3 => None,
     };
     if let Some(api) = api.as_mut() {
         api_call(&rt, api.check_ready())?;

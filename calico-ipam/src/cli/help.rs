@@ -22,9 +22,13 @@ The operator CLI of calico-ipam (run without CNI_COMMAND). It takes calicoctl's 
 Run `calico-ipam COMMAND --help` for a command's flags.
 
 global flags (else the environment):
-  --datastore-type local|kubernetes   DATASTORE_TYPE   (default local)
+  --datastore-type local|kubernetes|etcdv3   DATASTORE_TYPE   (default local)
   --datastore-path DIR                DATASTORE_PATH   (default /var/lib/calico/ipam)
   --kubeconfig FILE                   KUBECONFIG
+  --etcd-endpoints URL,...            ETCD_ENDPOINTS   (etcdv3)
+  --etcd-ca-cert-file FILE            ETCD_CA_CERT_FILE
+  --etcd-cert-file FILE               ETCD_CERT_FILE
+  --etcd-key-file FILE                ETCD_KEY_FILE
   -h, --help                          this help; after a command, that command's help
   -v, --version                       the version, the git commit and the build identity
 

@@ -16,7 +16,7 @@ mod table;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use libipam::cni::netconf::{DEFAULT_DATASTORE_PATH, DatastoreType};
+use libipam::cni::netconf::{DEFAULT_DATASTORE_PATH, DatastoreType, EtcdSettings};
 
 use crate::store::{Store, StoreConfig};
 use args::{Args, UsageError, usage};
@@ -262,8 +262,9 @@ fn ippool_kind(args: &mut Args, verb: &str) -> Result<()> {
     }
 }
 
-/// `--datastore-type`, `--datastore-path`, `--kubeconfig`, else DATASTORE_TYPE, DATASTORE_PATH,
-/// KUBECONFIG.
+/// `--datastore-type`, `--datastore-path`, `--kubeconfig`, `--etcd-endpoints`,
+/// `--etcd-ca-cert-file`, `--etcd-cert-file`, `--etcd-key-file`, else DATASTORE_TYPE,
+/// DATASTORE_PATH, KUBECONFIG, ETCD_ENDPOINTS, ETCD_CA_CERT_FILE, ETCD_CERT_FILE, ETCD_KEY_FILE.
 fn store_config(args: &mut Args) -> Result<StoreConfig> {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let kind = args
@@ -272,13 +273,23 @@ fn store_config(args: &mut Args) -> Result<StoreConfig> {
     let kind = match kind.as_deref() {
         None | Some("local") => DatastoreType::Local,
         Some("kubernetes") => DatastoreType::Kubernetes,
-        Some(other) => usage!("unknown datastore type {other:?}: use local or kubernetes"),
+        Some("etcdv3") => DatastoreType::Etcdv3,
+        Some(other) => usage!("unknown datastore type {other:?}: use local, kubernetes or etcdv3"),
     };
     let path = args
         .value(&["--datastore-path"])?
         .or_else(|| env("DATASTORE_PATH"))
         .unwrap_or_else(|| DEFAULT_DATASTORE_PATH.to_string());
     let kubeconfig = args.value(&["--kubeconfig"])?.or_else(|| env("KUBECONFIG"));
+    let mut etcd_value = |flag: &str, var: &str| -> Result<Option<String>> {
+        Ok(args.value(&[flag])?.or_else(|| env(var)))
+    };
+    let etcd = EtcdSettings {
+        endpoints: etcd_value("--etcd-endpoints", "ETCD_ENDPOINTS")?,
+        ca_cert_file: etcd_value("--etcd-ca-cert-file", "ETCD_CA_CERT_FILE")?.map(PathBuf::from),
+        cert_file: etcd_value("--etcd-cert-file", "ETCD_CERT_FILE")?.map(PathBuf::from),
+        key_file: etcd_value("--etcd-key-file", "ETCD_KEY_FILE")?.map(PathBuf::from),
+    };
     Ok(StoreConfig {
         kind,
         path: PathBuf::from(path),
@@ -289,6 +300,7 @@ fn store_config(args: &mut Args) -> Result<StoreConfig> {
             deadline: Some(tokio::time::Instant::now() + CLI_TIMEOUT),
             ..ClientOptions::default()
         },
+        etcd,
     })
 }
 

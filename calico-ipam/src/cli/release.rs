@@ -39,7 +39,7 @@ pub fn from_reports(store: &StoreConfig, paths: &[String], force: bool) -> Resul
     let outcome = with_store(store, async |store| {
         let kube_facts = match &store {
             Store::Kube(k) => Some(k.connection().cluster_facts().await?),
-            Store::Local(_) => None,
+            Store::Local(_) | Store::Etcd(_) => None,
         };
         let facts = kube_facts.clone().unwrap_or_default();
         let mut warnings = Vec::new();

@@ -52,6 +52,7 @@ pub fn check(store: &StoreConfig, opts: &CheckOptions) -> Result<i32> {
     let g = with_store(store, async |store| {
         let (kubernetes, facts, temporaries, listed) = match &store {
             Store::Local(local) => (false, ClusterFacts::default(), local.temporaries()?, None),
+            Store::Etcd(_) => (false, ClusterFacts::default(), Temporaries::default(), None),
             Store::Kube(k) => {
                 let conn = k.connection();
                 let facts = conn.cluster_facts().await?;

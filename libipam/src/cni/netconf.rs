@@ -23,6 +23,21 @@ pub enum DatastoreType {
     Local,
     /// Calico's CRDs in a Kubernetes API server (crd.projectcalico.org/v1).
     Kubernetes,
+    /// Calico's keys in an etcd v3 cluster (`etcd_endpoints`, `etcd_*_file`).
+    Etcdv3,
+}
+
+/// Where the etcd cluster of `datastore_type: etcdv3` is, and the TLS files to reach it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EtcdSettings {
+    /// Comma-separated endpoint URLs.
+    pub endpoints: Option<String>,
+    /// The CA certificate (PEM).
+    pub ca_cert_file: Option<PathBuf>,
+    /// The client certificate (PEM).
+    pub cert_file: Option<PathBuf>,
+    /// The client key (PEM).
+    pub key_file: Option<PathBuf>,
 }
 
 /// How long the node-local caches of the Kubernetes datastore serve configuration objects unless
@@ -64,6 +79,19 @@ pub struct NetConf {
     /// and refused by [`super::bounds::check_netconf`] rather than read as the default.
     #[serde(default)]
     pub datastore_path: Option<PathBuf>,
+    /// Calico's `etcd_endpoints` (comma-separated URLs), for `datastore_type: etcdv3`; else
+    /// ETCD_ENDPOINTS.
+    #[serde(default, deserialize_with = "unset_as_none")]
+    pub etcd_endpoints: Option<String>,
+    /// Calico's `etcd_ca_cert_file`; else ETCD_CA_CERT_FILE.
+    #[serde(default, deserialize_with = "unset_as_none")]
+    pub etcd_ca_cert_file: Option<PathBuf>,
+    /// Calico's `etcd_cert_file`; else ETCD_CERT_FILE.
+    #[serde(default, deserialize_with = "unset_as_none")]
+    pub etcd_cert_file: Option<PathBuf>,
+    /// Calico's `etcd_key_file`; else ETCD_KEY_FILE.
+    #[serde(default, deserialize_with = "unset_as_none")]
+    pub etcd_key_file: Option<PathBuf>,
     #[serde(default, deserialize_with = "unset_as_none")]
     pub nodename: Option<String>,
     #[serde(default, deserialize_with = "unset_as_none")]
@@ -325,8 +353,9 @@ fn datastore_type<'de, D: Deserializer<'de>>(d: D) -> Result<DatastoreType, D::E
         "" => Ok(DatastoreType::default()),
         "local" => Ok(DatastoreType::Local),
         "kubernetes" => Ok(DatastoreType::Kubernetes),
+        "etcdv3" => Ok(DatastoreType::Etcdv3),
         other => Err(serde::de::Error::custom(format!(
-            "datastore_type \"{other}\" is not supported: use \"kubernetes\" (Calico's CRDs through the API server) or \"local\""
+            "datastore_type \"{other}\" is not supported: use \"kubernetes\" (Calico's CRDs through the API server), \"etcdv3\" (Calico's keys in etcd) or \"local\""
         ))),
     }
 }
@@ -429,6 +458,31 @@ impl NetConf {
             .kubeconfig
             .clone()
             .or_else(|| std::env::var_os("KUBECONFIG").map(PathBuf::from))
+    }
+
+    /// The etcd settings of `datastore_type: etcdv3`, each from the netconf, else from the
+    /// environment as Calico's plugin reads them (ETCD_ENDPOINTS, ETCD_CA_CERT_FILE,
+    /// ETCD_CERT_FILE, ETCD_KEY_FILE): endpoints, CA, certificate, key.
+    pub fn etcd(&self) -> EtcdSettings {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        EtcdSettings {
+            endpoints: self
+                .etcd_endpoints
+                .clone()
+                .or_else(|| env("ETCD_ENDPOINTS")),
+            ca_cert_file: self
+                .etcd_ca_cert_file
+                .clone()
+                .or_else(|| env("ETCD_CA_CERT_FILE").map(PathBuf::from)),
+            cert_file: self
+                .etcd_cert_file
+                .clone()
+                .or_else(|| env("ETCD_CERT_FILE").map(PathBuf::from)),
+            key_file: self
+                .etcd_key_file
+                .clone()
+                .or_else(|| env("ETCD_KEY_FILE").map(PathBuf::from)),
+        }
     }
 
     /// Where both plugins keep their node-local Kubernetes caches: next to the host-wide IPAM
@@ -555,6 +609,31 @@ mod tests {
         );
         assert_eq!(withhold_strings("no strings here"), "no strings here");
         assert_eq!(withhold_strings(r#"x string "unterminated"#), "x a string");
+    }
+
+    #[test]
+    fn etcdv3_settings_are_read_as_calico_writes_them() {
+        let raw = br#"{"name":"k8s-pod-network","cniVersion":"0.3.1","type":"calico",
+            "datastore_type":"etcdv3",
+            "etcd_endpoints":"https://10.0.0.1:2379,https://10.0.0.2:2379",
+            "etcd_ca_cert_file":"/etc/calico/etcd-ca","etcd_cert_file":"/etc/calico/etcd-cert",
+            "etcd_key_file":"/etc/calico/etcd-key","ipam":{"type":"calico-ipam"}}"#;
+        let c = NetConf::parse(raw).expect("etcdv3 config");
+        assert_eq!(c.datastore_type, DatastoreType::Etcdv3);
+        let e = c.etcd();
+        assert_eq!(
+            e.endpoints.as_deref(),
+            Some("https://10.0.0.1:2379,https://10.0.0.2:2379")
+        );
+        assert_eq!(e.ca_cert_file, Some(PathBuf::from("/etc/calico/etcd-ca")));
+        assert_eq!(e.cert_file, Some(PathBuf::from("/etc/calico/etcd-cert")));
+        assert_eq!(e.key_file, Some(PathBuf::from("/etc/calico/etcd-key")));
+        // Go's unset strings.
+        let c = NetConf::parse(
+            br#"{"name":"n","cniVersion":"1.0.0","etcd_endpoints":"","etcd_key_file":null}"#,
+        )
+        .expect("unset");
+        assert_eq!((c.etcd_endpoints, c.etcd_key_file), (None, None));
     }
 
     #[test]
@@ -733,7 +812,7 @@ mod tests {
                 r#"{"cni.dev/valid-attachments":[["c1","eth0"]]}"#,
                 "cni.dev/valid-attachments[0]: invalid type: sequence",
             ),
-            (r#"{"datastore_type":"etcdv3"}"#, "etcdv3"),
+            (r#"{"datastore_type":"etcd"}"#, "\"etcd\" is not supported"),
             (
                 r#"{"readiness_gates":"http://localhost:9099/x"}"#,
                 "readiness_gates must be a list of URLs",

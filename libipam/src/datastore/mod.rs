@@ -22,6 +22,8 @@
 //! documented bound. `list_pools` always reads the datastore: a pool deleted or disabled must
 //! never be allocated from by a request that starts after the change.
 
+#[cfg(feature = "etcd")]
+pub mod etcd;
 #[cfg(feature = "kubernetes")]
 pub mod kube;
 pub mod local;

@@ -450,6 +450,8 @@ fn write_journal(root: &Path, id: Hash, state: &BTreeMap<String, Vec<u8>>) -> Ds
 
 /// First use of a store without a journal (new, or written by an earlier version, whose
 /// writes were each synced): its object files, as they are, become the journal's first record.
+/// The directories above the store are synced too, once: `LocalStore::open` may just have
+/// created them, and the journal is only found after a power loss if their entries are.
 fn migrate(root: &Path, boot: &str) -> DsResult<()> {
     let mut state = BTreeMap::new();
     for rel in files::all_objects(root)? {
@@ -457,7 +459,21 @@ fn migrate(root: &Path, boot: &str) -> DsResult<()> {
             state.insert(rel, data);
         }
     }
-    write_journal(root, journal::new_id(boot), &state).map(|_| ())
+    write_journal(root, journal::new_id(boot), &state)?;
+    sync_ancestors(root)
+}
+
+/// Syncs every directory above `root`, up to `/`; stops quietly at the first one this process
+/// cannot open for reading.
+fn sync_ancestors(root: &Path) -> DsResult<()> {
+    let root = fs::canonicalize(root).map_err(|e| io_err(root, e))?;
+    for dir in root.ancestors().skip(1) {
+        let Ok(d) = File::open(dir) else {
+            break;
+        };
+        d.sync_all().map_err(|e| io_err(dir, e))?;
+    }
+    Ok(())
 }
 
 /// The state the records leave, from nothing.

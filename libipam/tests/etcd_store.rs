@@ -1,0 +1,546 @@
+//! `EtcdStore` against the real three-member etcd cluster of scripts/etcd-testenv
+//! (ETCD_TESTENV_DIR), TLS with client certificates: the Datastore contract every backend
+//! passes (tests/contract), Calico's keys as stored, what Calico writes read back, unreadable
+//! pools, TLS refusals, a dead endpoint in the list, and the allocator from several simulated
+//! nodes racing. The tests take turns (one lock), as the allocator ones wipe `/calico/`.
+
+mod contract;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard};
+
+use contract::Run;
+use ipnet::IpNet;
+use libipam::datastore::etcd::{EtcdConfig, EtcdStore, connect, keys, put_resource};
+use libipam::datastore::{Datastore, DatastoreError};
+use libipam::model::{IpPool, IpamConfig};
+use libipam::{AutoAssignArgs, Ipam};
+use serde_json::json;
+
+static TURN: Mutex<()> = Mutex::new(());
+
+fn turn() -> MutexGuard<'static, ()> {
+    TURN.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn testenv_dir() -> PathBuf {
+    PathBuf::from(std::env::var_os("ETCD_TESTENV_DIR").unwrap_or_else(|| {
+        panic!(
+            "ETCD_TESTENV_DIR is not set: these tests need a real etcd cluster \
+             (scripts/test.sh starts one; or scripts/etcd-testenv up DIR)"
+        )
+    }))
+}
+
+/// `DIR/env` as pairs.
+fn testenv() -> Vec<(String, String)> {
+    let path = testenv_dir().join("env");
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+fn var(name: &str) -> String {
+    testenv()
+        .into_iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v)
+        .unwrap_or_else(|| panic!("{name} missing from the etcd-testenv env file"))
+}
+
+fn config() -> EtcdConfig {
+    EtcdConfig {
+        endpoints: EtcdConfig::parse_endpoints(&var("ETCD_ENDPOINTS")),
+        ca_cert_file: Some(var("ETCD_CA_CERT_FILE").into()),
+        cert_file: Some(var("ETCD_CERT_FILE").into()),
+        key_file: Some(var("ETCD_KEY_FILE").into()),
+    }
+}
+
+/// `f` on a runtime of its own (the client's connections live on the runtime that made them).
+fn block_on<F: Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(f)
+}
+
+/// `f` with a store connected to the cluster as `config` says.
+fn run_with<F: Future>(config: &EtcdConfig, f: impl FnOnce(EtcdStore) -> F) -> F::Output {
+    block_on(async {
+        let store = EtcdStore::new(connect(config).await.expect("connect"));
+        f(store).await
+    })
+}
+
+/// `f` with a store connected to the test cluster.
+fn run<F: Future>(f: impl FnOnce(EtcdStore) -> F) -> F::Output {
+    run_with(&config(), f)
+}
+
+/// `check` finds nothing.
+async fn assert_consistent<D: Datastore>(ipam: &Ipam<D>) {
+    let problems = ipam.check().await.expect("check");
+    assert!(
+        problems.is_empty(),
+        "problems:\n{}",
+        problems
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+/// etcdctl (v3) against the cluster, as the test client; stdout.
+fn etcdctl(args: &[&str]) -> String {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/etcd-testenv");
+    let out = std::process::Command::new(script)
+        .arg("etcdctl")
+        .arg(testenv_dir())
+        .args(args)
+        .output()
+        .expect("run scripts/etcd-testenv etcdctl");
+    assert!(
+        out.status.success(),
+        "etcdctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The value stored at `key`, raw.
+fn raw_get(key: &str) -> Option<String> {
+    let out = etcdctl(&["get", "--print-value-only", key]);
+    let v = out.strip_suffix('\n').unwrap_or(&out);
+    (!out.is_empty()).then(|| v.to_owned())
+}
+
+fn raw_put(key: &str, value: &str) {
+    etcdctl(&["put", key, value]);
+}
+
+fn wipe() {
+    etcdctl(&["del", "--prefix", "/calico/"]);
+}
+
+#[test]
+fn contract_block_compare_and_swap() {
+    let _t = turn();
+    run(async |store| contract::block_compare_and_swap(&store, &Run::new()).await);
+}
+
+#[test]
+fn contract_soft_deleted_objects_read_as_absent_and_are_deleted() {
+    let _t = turn();
+    let r = Run::new();
+    run(async |store| {
+        contract::soft_deleted_objects_read_as_absent(&store, &r, contract::Reads::FinishDeletes)
+            .await
+    });
+    // The reads finished the deletes: nothing of this run is left in etcd.
+    assert_eq!(raw_get(&keys::block_key(&r.cidr(2))), None);
+}
+
+#[test]
+fn contract_handles() {
+    let _t = turn();
+    run(async |store| contract::handles(&store, &Run::new()).await);
+}
+
+#[test]
+fn contract_affinities() {
+    let _t = turn();
+    run(async |store| contract::affinities(&store, &Run::new()).await);
+}
+
+#[test]
+fn contract_pools() {
+    let _t = turn();
+    run(async |store| contract::pools(&store, &Run::new()).await);
+}
+
+#[test]
+fn contract_config() {
+    let _t = turn();
+    run(async |store| contract::config(&store, &IpamConfig::default()).await);
+}
+
+/// What the store writes is at Calico's keys with Calico's values, byte for byte for what
+/// Calico's structs hold (tests/etcd_keys.rs has the vectors from Calico's source).
+#[test]
+fn objects_are_stored_at_calicos_keys() {
+    let _t = turn();
+    let run_ = Run::new();
+    let cidr = run_.cidr(6);
+    let host = run_.name("keys-node");
+    run(async |store| {
+        let run = &run_;
+        let mut block = libipam::model::IpamBlock::new(cidr, None, 42).expect("block");
+        block.affinity_claim_time = None;
+        let rev = store.create_block(&block).await.expect("block");
+        let key = format!(
+            "/calico/ipam/v2/assignment/ipv4/block/{}",
+            cidr.to_string().replace('/', "-")
+        );
+        assert_eq!(
+            raw_get(&key).as_deref(),
+            Some(
+                String::from_utf8(keys::encode_block(&block))
+                    .expect("utf8")
+                    .as_str()
+            )
+        );
+        let a = libipam::model::BlockAffinity::host(
+            &host,
+            cidr,
+            libipam::model::AffinityState::Confirmed,
+        );
+        let arev = store.create_affinity(&a).await.expect("affinity");
+        assert_eq!(
+            raw_get(&format!(
+                "/calico/ipam/v2/host/{host}/ipv4/block/{}",
+                cidr.to_string().replace('/', "-")
+            ))
+            .as_deref(),
+            Some(r#"{"state":"confirmed","deleted":false}"#)
+        );
+        let id = format!("k8s-pod-network.{}", run.name("Keys"));
+        let mut h = libipam::model::IpamHandle::new(&id);
+        h.increment(&cidr, 1);
+        let hrev = store.create_handle(&h).await.expect("handle");
+        assert_eq!(
+            raw_get(&format!("/calico/ipam/v2/handle/{id}")).as_deref(),
+            Some(format!(r#"{{"block":{{"{cidr}":1}},"deleted":false}}"#).as_str())
+        );
+        let pool = run.name("keys-pool");
+        store
+            .apply_pool(&IpPool::new(&pool, "10.77.0.0/16"))
+            .await
+            .expect("pool");
+        let stored: serde_json::Value = serde_json::from_str(
+            &raw_get(&format!(
+                "/calico/resources/v3/projectcalico.org/ippools/{pool}"
+            ))
+            .expect("pool stored"),
+        )
+        .expect("json");
+        assert_eq!(stored["kind"], "IPPool");
+        assert_eq!(stored["apiVersion"], "projectcalico.org/v3");
+        assert_eq!(stored["metadata"]["name"], pool.as_str());
+        assert!(stored["metadata"]["uid"].is_string());
+        assert!(stored["metadata"]["creationTimestamp"].is_string());
+        assert_eq!(stored["spec"]["cidr"], "10.77.0.0/16");
+        assert_eq!(stored["spec"]["blockSize"], 26);
+        // Re-applying keeps the metadata calicoctl gave it.
+        store
+            .apply_pool(&IpPool::new(&pool, "10.77.0.0/16"))
+            .await
+            .expect("pool");
+        let again: serde_json::Value = serde_json::from_str(
+            &raw_get(&format!(
+                "/calico/resources/v3/projectcalico.org/ippools/{pool}"
+            ))
+            .expect("pool stored"),
+        )
+        .expect("json");
+        assert_eq!(again["metadata"], stored["metadata"]);
+        // Clean up.
+        store.delete_pool(&pool).await.expect("delete pool");
+        store
+            .delete_handle(&libipam::datastore::Versioned {
+                value: h,
+                revision: hrev,
+            })
+            .await
+            .expect("delete handle");
+        store
+            .delete_affinity(&libipam::datastore::Versioned {
+                value: a,
+                revision: arev,
+            })
+            .await
+            .expect("delete affinity");
+        store
+            .delete_block(&libipam::datastore::Versioned {
+                value: block,
+                revision: rev,
+            })
+            .await
+            .expect("delete block");
+    });
+}
+
+/// What Calico writes is read: a block as `newBlock` makes it (nil attributes), an affinity
+/// without a state, a handle, the config with Go's omitted fields, a node's labels.
+#[test]
+fn what_calico_writes_is_read() {
+    let _t = turn();
+    let r = Run::new();
+    let cidr: IpNet = r.cidr(7);
+    let seg = cidr.to_string().replace('/', "-");
+    let mut allocations = vec!["null"; 16];
+    allocations[0] = "0";
+    raw_put(
+        &format!("/calico/ipam/v2/assignment/ipv4/block/{seg}"),
+        &format!(
+            r#"{{"cidr":"{cidr}","affinity":"host:calico-node","allocations":[{}],"unallocated":[{}],"attributes":[{{"handle_id":"k8s-pod-network.abc","secondary":{{"namespace":"default","node":"calico-node","pod":"p","timestamp":"2026-01-01 00:00:00 +0000 UTC"}}}}],"sequenceNumber":1767225600000000000,"sequenceNumberForAllocation":{{"0":1767225600000000000}},"deleted":false}}"#,
+            allocations.join(","),
+            (1..16).map(|i| i.to_string()).collect::<Vec<_>>().join(",")
+        ),
+    );
+    raw_put(
+        &format!("/calico/ipam/v2/host/calico-node/ipv4/block/{seg}"),
+        r#"{"state":"","deleted":false}"#,
+    );
+    run(async |store| {
+        let run = &r;
+        let b = store.get_block(&cidr).await.expect("get").expect("exists");
+        assert_eq!(b.value.affinity.as_deref(), Some("host:calico-node"));
+        assert_eq!(b.value.allocations[0], Some(0));
+        assert_eq!(b.value.unallocated.len(), 15);
+        assert_eq!(b.value.attributes[0].handle(), Some("k8s-pod-network.abc"));
+        let a = store
+            .get_affinity("calico-node", &cidr)
+            .await
+            .expect("get")
+            .expect("exists");
+        assert_eq!(a.value.state, libipam::model::AffinityState::Confirmed);
+        store.delete_block(&b).await.expect("delete");
+        store.delete_affinity(&a).await.expect("delete");
+
+        // A fresh block as Calico's newBlock writes it: nil attributes and no affinity.
+        let fresh = run.cidr(8);
+        raw_put(
+            &keys::block_key(&fresh),
+            &format!(
+                r#"{{"cidr":"{fresh}","affinity":null,"allocations":[{}],"unallocated":[{}],"attributes":null,"sequenceNumber":5,"sequenceNumberForAllocation":{{}},"deleted":false}}"#,
+                vec!["null"; 16].join(","),
+                (0..16).map(|i| i.to_string()).collect::<Vec<_>>().join(",")
+            ),
+        );
+        let b = store.get_block(&fresh).await.expect("get").expect("exists");
+        assert!(b.value.attributes.is_empty() && b.value.affinity.is_none());
+        store.delete_block(&b).await.expect("delete");
+
+        // Calico writes the config's flags only when true.
+        raw_put(
+            keys::CONFIG_KEY,
+            r#"{"strict_affinity":true,"maxBlocksPerHost":3}"#,
+        );
+        let c = store.get_config().await.expect("config");
+        assert!(c.strict_affinity && !c.auto_allocate_blocks);
+        assert_eq!(c.max_blocks_per_host, 3);
+        store
+            .apply_config(&IpamConfig::default())
+            .await
+            .expect("reset");
+        assert_eq!(
+            raw_get(keys::CONFIG_KEY).as_deref(),
+            Some(r#"{"auto_allocate_blocks":true}"#)
+        );
+
+        let node = run.name("labelled");
+        put_resource(
+            &store,
+            keys::NODE,
+            &node,
+            serde_json::from_value(json!({"labels": {"rack": "r1"}})).expect("map"),
+            serde_json::Map::new(),
+        )
+        .await
+        .expect("node");
+        let labels = store
+            .node_labels(&node)
+            .await
+            .expect("labels")
+            .expect("node");
+        assert_eq!(labels.get("rack").map(String::as_str), Some("r1"));
+        assert_eq!(
+            store.node_labels("no-such-node").await.expect("labels"),
+            None
+        );
+        etcdctl(&["del", &keys::resource_key(keys::NODE, &node)]);
+    });
+}
+
+/// A pool that does not decode is listed apart, with its CIDR; `check` reports it; applying a
+/// good definition of that name repairs it.
+#[test]
+fn an_unreadable_pool_is_listed_apart_and_repaired_by_name() {
+    let _t = turn();
+    let name = Run::new().name("torn-pool");
+    let key = keys::resource_key(keys::IP_POOL, &name);
+    raw_put(
+        &key,
+        r#"{"kind":"IPPool","apiVersion":"projectcalico.org/v3","metadata":{"name":"x"},"spec":{"cidr":"10.88.0.0/16","blockSize":"big"}}"#,
+    );
+    run(async |store| {
+        let listed = store.list_pools().await.expect("list");
+        let u = listed.unreadable(&name).expect("listed apart");
+        assert_eq!(u.cidr, Some("10.88.0.0/16".parse().expect("cidr")));
+        assert!(u.reason.contains("blockSize"), "{}", u.reason);
+        assert!(!listed.pools.iter().any(|p| p.name == name));
+        let inv = store.inventory().await.expect("inventory");
+        assert!(
+            inv.unusable
+                .iter()
+                .any(|x| x.object == format!("IPPool {name}"))
+        );
+        store
+            .apply_pool(&IpPool::new(&name, "10.88.0.0/16"))
+            .await
+            .expect("repair");
+        let listed = store.list_pools().await.expect("list");
+        assert!(listed.unreadable(&name).is_none());
+        assert!(listed.pools.iter().any(|p| p.name == name));
+        assert!(store.delete_pool(&name).await.expect("delete"));
+    });
+}
+
+/// The cluster refuses a client without a certificate it trusts, and the error names it.
+#[test]
+fn tls_client_certificates_are_required() {
+    let _t = turn();
+    let good = config();
+    for (what, cert, key) in [
+        (
+            "a certificate of another CA",
+            Some(var("ETCD_TESTENV_UNTRUSTED_CERT_FILE").into()),
+            Some(var("ETCD_TESTENV_UNTRUSTED_KEY_FILE").into()),
+        ),
+        ("no certificate", None, None),
+    ] {
+        let c = EtcdConfig {
+            cert_file: cert,
+            key_file: key,
+            ..good.clone()
+        };
+        let err = block_on(async {
+            let store = EtcdStore::new(connect(&c).await?);
+            store.list_pools().await
+        })
+        .expect_err(what);
+        assert!(
+            matches!(err, DatastoreError::Unavailable(ref m) if m.contains(&good.endpoints[0][..8])),
+            "{what}: {err:?}"
+        );
+    }
+    // Half an identity is refused before anything is sent.
+    let half = EtcdConfig {
+        key_file: None,
+        ..good
+    };
+    assert!(matches!(
+        block_on(connect(&half)),
+        Err(DatastoreError::Other(m)) if m.contains("etcd_key_file")
+    ));
+}
+
+/// Endpoints where nothing listens cost nothing: wherever the live member is in the list
+/// (a store starts at the member its pid picks), every request is answered. With no live
+/// member at all, the error names every endpoint.
+#[test]
+fn dead_endpoints_in_the_list_are_passed_over() {
+    let _t = turn();
+    let live = config().endpoints[0].clone();
+    for at in 0..3 {
+        let mut c = config();
+        c.endpoints = vec!["https://127.0.0.1:1".into(), "https://127.0.0.1:2".into()];
+        c.endpoints.insert(at, live.clone());
+        run_with(&c, async |store| {
+            for _ in 0..3 {
+                store
+                    .list_pools()
+                    .await
+                    .expect("list through the live member");
+            }
+        });
+    }
+    let mut c = config();
+    c.endpoints = vec!["https://127.0.0.1:1".into(), "https://127.0.0.1:2".into()];
+    let err = run_with(&c, async |store| store.list_pools().await).expect_err("no member");
+    assert!(
+        matches!(&err, DatastoreError::Unavailable(m)
+            if m.contains("127.0.0.1:1") && m.contains("127.0.0.1:2")),
+        "{err:?}"
+    );
+}
+
+/// Four simulated nodes, two threads each (each thread its own client and allocator, as each
+/// CNI ADD is its own process), allocate dual-stack addresses at once: none is handed out
+/// twice, `check` finds nothing, and releasing by handle frees everything.
+#[test]
+fn nodes_racing_never_share_an_address() {
+    let _t = turn();
+    wipe();
+    run(async |store| {
+        let mut v4 = IpPool::new("race-v4", "10.244.0.0/22");
+        v4.spec.block_size = Some(28);
+        let mut v6 = IpPool::new("race-v6", "fd00:10:244::/112");
+        v6.spec.block_size = Some(124);
+        store.apply_pool(&v4).await.expect("pool");
+        store.apply_pool(&v6).await.expect("pool");
+    });
+    const NODES: usize = 4;
+    const THREADS_PER_NODE: usize = 2;
+    const ADDS: usize = 12;
+    let threads: Vec<_> = (0..NODES * THREADS_PER_NODE)
+        .map(|t| {
+            std::thread::spawn(move || {
+                run(async |store| {
+                    let ipam = Ipam::new(store);
+                    let host = format!("race-node-{}", t % NODES);
+                    let mut out = Vec::new();
+                    for i in 0..ADDS {
+                        let args = AutoAssignArgs::new(format!("race-{t}-{i}"), &host, 1, 1);
+                        out.push(ipam.auto_assign(&args).await.expect("assign").all());
+                    }
+                    out
+                })
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in threads {
+        all.extend(t.join().expect("thread").into_iter().flatten());
+    }
+    let total = NODES * THREADS_PER_NODE * ADDS * 2;
+    assert_eq!(all.len(), total);
+    let distinct: BTreeSet<_> = all.iter().map(IpNet::addr).collect();
+    assert_eq!(distinct.len(), total, "no address handed out twice");
+    run(async |store| {
+        let ipam = Ipam::new(store);
+        assert_consistent(&ipam).await;
+        for t in 0..NODES * THREADS_PER_NODE {
+            for i in 0..ADDS {
+                let released = ipam
+                    .release_by_handle(&format!("race-{t}-{i}"))
+                    .await
+                    .expect("release");
+                assert_eq!(released.len(), 2);
+            }
+        }
+        assert_consistent(&ipam).await;
+        assert!(
+            ipam.store()
+                .list_handles()
+                .await
+                .expect("handles")
+                .is_empty()
+        );
+        let blocks = ipam.store().list_blocks().await.expect("blocks");
+        assert!(
+            blocks
+                .iter()
+                .all(|b| b.value.allocations.iter().all(Option::is_none)),
+            "every address free"
+        );
+    });
+    wipe();
+}
