@@ -133,6 +133,21 @@ pub fn cidr_of_raw_pool(spec: Option<&serde_json::Value>) -> Option<IpNet> {
 }
 
 /// What an object that cannot be decoded costs, for `check`'s message: a pool is left out of
+/// The pools a listing could not decode, as `check` reports them.
+pub fn unusable_pools(unreadable: Vec<UnreadablePool>) -> Vec<Unusable> {
+    unreadable
+        .into_iter()
+        .map(|u| Unusable {
+            object: u.object,
+            reason: format!(
+                "cannot be decoded ({}): {}",
+                u.reason,
+                unreadable_consequence("IPPool")
+            ),
+        })
+        .collect()
+}
+
 /// allocation; any other object fails the requests that read it.
 pub fn unreadable_consequence(kind: &str) -> &'static str {
     if kind == "IPPool" {
@@ -275,18 +290,7 @@ pub trait Datastore {
         let listed = self.list_pools().await?;
         let mut pools = listed.pools;
         pools.sort_by(|a, b| a.name.cmp(&b.name));
-        let unusable = listed
-            .unreadable
-            .into_iter()
-            .map(|u| Unusable {
-                object: u.object,
-                reason: format!(
-                    "cannot be decoded ({}): {}",
-                    u.reason,
-                    unreadable_consequence("IPPool")
-                ),
-            })
-            .collect();
+        let unusable = unusable_pools(listed.unreadable);
         Ok(Inventory {
             config: Some(self.get_config().await?),
             pools,

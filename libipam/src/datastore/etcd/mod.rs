@@ -38,7 +38,7 @@ use serde_json::{Map, Value};
 
 use super::{
     Datastore, DatastoreError, DsResult, Inventory, PoolList, Revision, UnreadablePool, Unusable,
-    Versioned, unreadable_consequence,
+    Versioned, unreadable_consequence, unusable_pools,
 };
 use crate::model::{
     AffinityType, BlockAffinity, IpPool, IpReservation, IpamBlock, IpamConfig, IpamHandle, time,
@@ -813,18 +813,7 @@ impl Datastore for EtcdStore {
     /// instead of failing its kind's listing.
     async fn inventory(&self) -> DsResult<Inventory> {
         let listed = self.list_pools().await?;
-        let mut unusable: Vec<Unusable> = listed
-            .unreadable
-            .into_iter()
-            .map(|u| Unusable {
-                object: u.object,
-                reason: format!(
-                    "cannot be decoded ({}): {}",
-                    u.reason,
-                    unreadable_consequence("IPPool")
-                ),
-            })
-            .collect();
+        let mut unusable = unusable_pools(listed.unreadable);
         let config = match self.get_config().await {
             Ok(c) => Some(c),
             Err(DatastoreError::Other(e)) => {
