@@ -41,11 +41,27 @@ KUBE_TESTENV_DIR="$(mktemp -d /tmp/calico-rs-kube.XXXXXX)"
 # (scripts/etcd-testenv, Debian's etcd-server); they find it through ETCD_TESTENV_DIR and fail
 # without it.
 ETCD_TESTENV_DIR="$(mktemp -d /tmp/calico-rs-etcd.XXXXXX)"
-export KUBE_TESTENV_DIR ETCD_TESTENV_DIR
-trap 'scripts/kube-testenv down "$KUBE_TESTENV_DIR" || true; scripts/etcd-testenv down "$ETCD_TESTENV_DIR" || true' EXIT
+# A second kube-apiserver with only Calico v3.32.1's tech-preview projectcalico.org/v3 CRDs
+# (the CRDs of its calico-v3-crds.yaml manifest), where the group is found by discovery:
+# calico-ipam/tests/kube_v3.rs (ADD/CHECK/DEL/CLI in the v3 group) finds it through
+# KUBE_TESTENV_V3_DIR and fails without it; the datastore contract runs on it afterwards.
+# CALICO_V332 overrides where Calico's v3.32.1 manifests are (default ../shared/calico/v3.32.1).
+KUBE_TESTENV_V3_DIR="$(mktemp -d /tmp/calico-rs-kube-v3.XXXXXX)"
+CALICO_V332="${CALICO_V332:-$(cd .. && pwd)/shared/calico/v3.32.1}"
+for f in crds.yaml calico-v3-crds.yaml; do
+  if [ ! -f "$CALICO_V332/$f" ]; then
+    echo "scripts/test.sh: Calico v3.32.1's $f not found in $CALICO_V332 (set CALICO_V332)" >&2
+    exit 1
+  fi
+done
+export KUBE_TESTENV_DIR ETCD_TESTENV_DIR KUBE_TESTENV_V3_DIR
+trap 'scripts/kube-testenv down "$KUBE_TESTENV_DIR" || true; scripts/kube-testenv down "$KUBE_TESTENV_V3_DIR" || true; scripts/etcd-testenv down "$ETCD_TESTENV_DIR" || true' EXIT
 scripts/kube-testenv up "$KUBE_TESTENV_DIR"
+KUBE_TESTENV_CRDS="$CALICO_V332/calico-v3-crds.yaml" scripts/kube-testenv up "$KUBE_TESTENV_V3_DIR"
 scripts/etcd-testenv up "$ETCD_TESTENV_DIR"
 cargo test --workspace --no-fail-fast
+KUBE_TESTENV_DIR="$KUBE_TESTENV_V3_DIR" cargo test --workspace --no-fail-fast --test kube_store
+scripts/kube-testenv down "$KUBE_TESTENV_V3_DIR"
 # The Kubernetes-datastore tests again, against Calico v3.31.7's own CRDs instead of ours: the
 # API server prunes every field Calico's schema does not have (IPAMBlock affinityClaimTime,
 # ...), so nothing may rely on one. A new test binary that uses the apiserver belongs in this
@@ -60,6 +76,16 @@ KUBE_TESTENV_DIR="$(mktemp -d /tmp/calico-rs-kube-calico.XXXXXX)"
 KUBE_TESTENV_CRDS="$CALICO_CRDS" scripts/kube-testenv up "$KUBE_TESTENV_DIR"
 cargo test --workspace --no-fail-fast \
   --test kube_store --test kube --test kube_netns --test calico_compat
+# Calico v3.32.1's crd.projectcalico.org/v1 CRDs: the datastore contract and calico-ipam's
+# Kubernetes tests (~2 min). Two tests are left out by name: they write an IPPool with a
+# negative blockSize past the schema to prove such a pool takes nothing down, and v3.32.1's
+# schema refuses that object (`minimum: 0`), so the case cannot arise there.
+scripts/kube-testenv down "$KUBE_TESTENV_DIR"
+KUBE_TESTENV_DIR="$(mktemp -d /tmp/calico-rs-kube-v332.XXXXXX)"
+KUBE_TESTENV_CRDS="$CALICO_V332/crds.yaml" scripts/kube-testenv up "$KUBE_TESTENV_DIR"
+cargo test --workspace --no-fail-fast --test kube_store --test kube -- \
+  --skip an_ippool_that_cannot_be_decoded_takes_nothing_down \
+  --skip check_names_objects_the_allocator_cannot_decode
 # Fuzzing of every input surface for 150 s in total, each under a memory and a per-input CPU
 # bound (scripts/fuzz.sh; README "Fuzzing"). Any finding fails the run; its input is saved
 # under fuzz-findings/.

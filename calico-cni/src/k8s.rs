@@ -91,6 +91,7 @@ pub async fn connect(conf: &NetConf) -> Result<K8s, CniError> {
         qps,
         burst,
         deadline: Some(tokio::time::Instant::now() + API_TIMEOUT - Duration::from_secs(1)),
+        api_group: conf.api_group()?,
         ..kdd::ClientOptions::default()
     };
     let conn = kdd::connect_with(&kubeconfig, USER_AGENT, &opts)
@@ -110,8 +111,15 @@ pub async fn connect(conf: &NetConf) -> Result<K8s, CniError> {
 /// How long each of `calico -t`'s two requests may take (Calico: 2 s).
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
-async fn probe_connect(kubeconfig: &Path) -> Result<Connection, String> {
-    kdd::connect(kubeconfig, USER_AGENT)
+async fn probe_connect(
+    kubeconfig: &Path,
+    api_group: Option<kdd::ApiGroup>,
+) -> Result<Connection, String> {
+    let opts = kdd::ClientOptions {
+        api_group,
+        ..kdd::ClientOptions::default()
+    };
+    kdd::connect_with(kubeconfig, USER_AGENT, &opts)
         .await
         .map_err(|e| e.to_string())
 }
@@ -119,8 +127,12 @@ async fn probe_connect(kubeconfig: &Path) -> Result<Connection, String> {
 /// `calico -t`'s datastore half (Calico's `testConnection`): ClusterInformation `default`, read
 /// afresh (never from the node cache), must say `datastoreReady: true`. The messages are
 /// Calico's, with the server named.
-pub async fn probe_datastore(kubeconfig: &Path) -> Result<(), String> {
-    let conn = probe_connect(kubeconfig)
+/// `api_group`: the netconf's `calico_api_group` (else CALICO_API_GROUP), else discovery.
+pub async fn probe_datastore(
+    kubeconfig: &Path,
+    api_group: Option<kdd::ApiGroup>,
+) -> Result<(), String> {
+    let conn = probe_connect(kubeconfig, api_group)
         .await
         .map_err(|e| format!("error getting ClusterInformation: {e}"))?;
     let ready = tokio::time::timeout(PROBE_TIMEOUT, conn.datastore_ready())
@@ -145,7 +157,7 @@ pub async fn probe_datastore(kubeconfig: &Path) -> Result<(), String> {
 /// `calico -t`'s Kubernetes half: the API server answers `GET /version`.
 pub async fn probe_server_version(kubeconfig: &Path) -> Result<(), String> {
     let unable = |e: String| format!("unable to connect to K8s server: {e}");
-    let conn = probe_connect(kubeconfig).await.map_err(unable)?;
+    let conn = probe_connect(kubeconfig, None).await.map_err(unable)?;
     tokio::time::timeout(PROBE_TIMEOUT, conn.client.apiserver_version())
         .await
         .map_err(|_| {

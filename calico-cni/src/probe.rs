@@ -42,7 +42,10 @@ pub fn run(stdin: &[u8]) -> Result<(), String> {
                  configuration"
                     .to_owned()
             })?;
-            rt.block_on(k8s::probe_datastore(&kubeconfig))?;
+            let group = conf
+                .api_group()
+                .map_err(|e| format!("failed to load netconf: {}", e.details))?;
+            rt.block_on(k8s::probe_datastore(&kubeconfig, group))?;
         }
         DatastoreType::Etcdv3 => {
             let settings = conf.etcd();

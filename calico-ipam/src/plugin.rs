@@ -71,7 +71,7 @@ impl Plugin for CalicoIpam {
         let handle_id = req.conf.handle_id(&req.env.container_id);
         let attrs = attributes(req, &node);
         let namespace = req.env.args.pod().map(|(ns, _)| ns.to_string());
-        let cfg = store_config(req, Some(&node));
+        let cfg = store_config(req, Some(&node))?;
         let marker = upgrade::marker_path(req.conf.ipam_lock_file());
         let _lock = lock::acquire(req.conf.ipam_lock_file())?;
         // The lock may have taken long; the plugin that ran us may have been killed meanwhile.
@@ -146,7 +146,7 @@ impl Plugin for CalicoIpam {
     fn del(&self, req: &Request) -> Result<(), CniError> {
         let primary = req.conf.handle_id(&req.env.container_id);
         let legacy = legacy_handle(req);
-        let cfg = store_config(req, req.conf.node_name().ok().as_deref());
+        let cfg = store_config(req, req.conf.node_name().ok().as_deref())?;
         let _lock = lock::acquire_for_release(req.conf.ipam_lock_file());
         run(async {
             let store = open(&cfg).await?;
@@ -170,7 +170,7 @@ impl Plugin for CalicoIpam {
 
     fn check(&self, req: &Request) -> Result<(), CniError> {
         let handle_id = req.conf.handle_id(&req.env.container_id);
-        let cfg = store_config(req, None);
+        let cfg = store_config(req, None)?;
         let held = run(async {
             let store = open(&cfg).await?;
             with_ipam!(store, |ipam| ipam
@@ -189,7 +189,7 @@ impl Plugin for CalicoIpam {
     }
 
     fn status(&self, req: &Request) -> Result<(), CniError> {
-        let cfg = store_config(req, None);
+        let cfg = store_config(req, None)?;
         let not_available = |e: CniError| CniError::new(code::NOT_AVAILABLE, e.msg, e.details);
         run(async {
             let store = open(&cfg).await.map_err(not_available)?;
@@ -212,7 +212,7 @@ impl Plugin for CalicoIpam {
             .iter()
             .map(|a| req.conf.handle_id(&a.container_id))
             .collect();
-        let cfg = store_config(req, req.conf.node_name().ok().as_deref());
+        let cfg = store_config(req, req.conf.node_name().ok().as_deref())?;
         let _lock = lock::acquire_for_release(req.conf.ipam_lock_file());
         run(async {
             let store = open(&cfg).await?;
@@ -344,8 +344,8 @@ fn parse_requested_ip(raw: &str) -> Result<IpAddr, CniError> {
 /// (only valid under the host-wide IPAM lock, see [`NetConf::cache_dir`]).
 ///
 /// [`NetConf::cache_dir`]: libipam::cni::NetConf::cache_dir
-fn store_config(req: &Request, node: Option<&str>) -> StoreConfig {
-    StoreConfig {
+fn store_config(req: &Request, node: Option<&str>) -> Result<StoreConfig, CniError> {
+    Ok(StoreConfig {
         kind: req.conf.datastore_type,
         path: req.conf.datastore_path().to_path_buf(),
         kubeconfig: req.conf.kubeconfig(),
@@ -358,20 +358,21 @@ fn store_config(req: &Request, node: Option<&str>) -> StoreConfig {
             node: node.to_string(),
             ttl: req.conf.cache_ttl(),
         }),
-        client: client_options(&req.conf),
-    }
+        client: client_options(&req.conf)?,
+    })
 }
 
 /// The netconf's `qps`/`burst`; retries of a 429/503 end in time for the verb's answer (a
 /// second before [`VERB_TIMEOUT`] runs out, counted from now: the store is opened first).
-fn client_options(conf: &libipam::cni::NetConf) -> ClientOptions {
+fn client_options(conf: &libipam::cni::NetConf) -> Result<ClientOptions, CniError> {
     let (qps, burst) = conf.client_rate();
-    ClientOptions {
+    Ok(ClientOptions {
         qps,
         burst,
         deadline: Some(tokio::time::Instant::now() + VERB_TIMEOUT - Duration::from_secs(1)),
+        api_group: conf.api_group()?,
         ..ClientOptions::default()
-    }
+    })
 }
 
 async fn open(cfg: &StoreConfig) -> Result<Store, CniError> {

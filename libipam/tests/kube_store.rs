@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use ipnet::IpNet;
-use libipam::datastore::kube::{KubeStore, connect};
+use libipam::datastore::kube::{ApiGroup, KubeStore, connect};
 use libipam::datastore::{Datastore, DatastoreError, Versioned};
 use libipam::model::{AffinityState, BlockAffinity, IpamBlock, IpamHandle, host_affinity};
 use libipam::names;
@@ -260,5 +260,44 @@ fn calicos_v3_31_schema_prunes_the_block_claim_time() {
         expected.affinity_claim_time = read.value.affinity_claim_time.clone();
         assert_eq!(read.value, expected);
         store.delete_block(&read).await.expect("delete");
+    });
+}
+
+/// The API group is the one Calico would choose on this server: `projectcalico.org/v3` where
+/// only Calico v3.32's v3 CRDs are installed (scripts/test.sh's `calico-v3-crds.yaml` run),
+/// `crd.projectcalico.org/v1` everywhere else. An affinity's soft delete (a boolean `deleted`
+/// in v3, a string in v1) is written, read as absent and finished in either.
+#[test]
+fn the_api_group_is_found_as_calico_finds_it() {
+    let v3 = installed_crds().contains("calico-v3-crds");
+    run(async |store| {
+        let group = store.api_group().await.expect("discovery");
+        assert_eq!(group, if v3 { ApiGroup::V3 } else { ApiGroup::V1 });
+        let cidr = cidr(97);
+        let host = format!("grp{}", unique());
+        let a = BlockAffinity::host(&host, cidr, AffinityState::Confirmed);
+        let rev = store.create_affinity(&a).await.expect("create");
+        let mut marked = Versioned {
+            value: a.clone(),
+            revision: rev,
+        };
+        marked.value.deleted = true;
+        store.update_affinity(&marked).await.expect("mark deleted");
+        assert!(
+            store
+                .get_affinity(&host, &cidr)
+                .await
+                .expect("get")
+                .is_none()
+        );
+        // The read finished the delete: the name is free again.
+        let rev = store.create_affinity(&a).await.expect("recreate");
+        store
+            .delete_affinity(&Versioned {
+                value: a,
+                revision: rev,
+            })
+            .await
+            .expect("delete");
     });
 }

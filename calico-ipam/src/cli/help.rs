@@ -25,6 +25,8 @@ global flags (else the environment):
   --datastore-type local|kubernetes|etcdv3   DATASTORE_TYPE   (default local)
   --datastore-path DIR                DATASTORE_PATH   (default /var/lib/calico/ipam)
   --kubeconfig FILE                   KUBECONFIG
+  --calico-api-group GROUP            CALICO_API_GROUP (kubernetes: projectcalico.org/v3 or
+                                      crd.projectcalico.org/v1; default: ask the API server)
   --etcd-endpoints URL,...            ETCD_ENDPOINTS   (etcdv3)
   --etcd-ca-cert-file FILE            ETCD_CA_CERT_FILE
   --etcd-cert-file FILE               ETCD_CERT_FILE

@@ -262,9 +262,10 @@ fn ippool_kind(args: &mut Args, verb: &str) -> Result<()> {
     }
 }
 
-/// `--datastore-type`, `--datastore-path`, `--kubeconfig`, `--etcd-endpoints`,
-/// `--etcd-ca-cert-file`, `--etcd-cert-file`, `--etcd-key-file`, else DATASTORE_TYPE,
-/// DATASTORE_PATH, KUBECONFIG, ETCD_ENDPOINTS, ETCD_CA_CERT_FILE, ETCD_CERT_FILE, ETCD_KEY_FILE.
+/// `--datastore-type`, `--datastore-path`, `--kubeconfig`, `--calico-api-group`,
+/// `--etcd-endpoints`, `--etcd-ca-cert-file`, `--etcd-cert-file`, `--etcd-key-file`, else
+/// DATASTORE_TYPE, DATASTORE_PATH, KUBECONFIG, CALICO_API_GROUP, ETCD_ENDPOINTS,
+/// ETCD_CA_CERT_FILE, ETCD_CERT_FILE, ETCD_KEY_FILE.
 fn store_config(args: &mut Args) -> Result<StoreConfig> {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let kind = args
@@ -281,6 +282,16 @@ fn store_config(args: &mut Args) -> Result<StoreConfig> {
         .or_else(|| env("DATASTORE_PATH"))
         .unwrap_or_else(|| DEFAULT_DATASTORE_PATH.to_string());
     let kubeconfig = args.value(&["--kubeconfig"])?.or_else(|| env("KUBECONFIG"));
+    let api_group = match args
+        .value(&["--calico-api-group"])?
+        .or_else(|| env("CALICO_API_GROUP"))
+    {
+        None => None,
+        Some(g) => match g.parse::<libipam::datastore::api_group::ApiGroup>() {
+            Ok(g) => Some(g),
+            Err(e) => usage!("{e}"),
+        },
+    };
     let mut etcd_value = |flag: &str, var: &str| -> Result<Option<String>> {
         Ok(args.value(&[flag])?.or_else(|| env(var)))
     };
@@ -298,6 +309,7 @@ fn store_config(args: &mut Args) -> Result<StoreConfig> {
         cache: None,
         client: ClientOptions {
             deadline: Some(tokio::time::Instant::now() + CLI_TIMEOUT),
+            api_group,
             ..ClientOptions::default()
         },
         etcd,

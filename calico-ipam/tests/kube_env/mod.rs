@@ -26,6 +26,9 @@ pub struct KubeEnv {
     /// `https://127.0.0.1:PORT`.
     pub server: String,
     pub audit_log: PathBuf,
+    /// Where Calico's objects are: `/apis/crd.projectcalico.org/v1`, or
+    /// `/apis/projectcalico.org/v3` when only Calico v3.32's v3 CRDs are installed.
+    pub api: String,
 }
 
 /// Tests that change cluster-wide state (IPAMConfig, pools every node selects, the audit log
@@ -43,11 +46,16 @@ pub fn exclusive() -> RwLockWriteGuard<'static, ()> {
 impl KubeEnv {
     /// The apiserver named by `KUBE_TESTENV_DIR`. Panics (fails the test) without one.
     pub fn get() -> KubeEnv {
-        let Some(dir) = std::env::var_os("KUBE_TESTENV_DIR") else {
+        KubeEnv::named_by("KUBE_TESTENV_DIR")
+    }
+
+    /// The apiserver whose directory the environment variable `var` names.
+    pub fn named_by(var: &str) -> KubeEnv {
+        let Some(dir) = std::env::var_os(var) else {
             panic!(
-                "KUBE_TESTENV_DIR is not set: the Kubernetes-datastore tests need a real \
+                "{var} is not set: the Kubernetes-datastore tests need a real \
                  kube-apiserver. Run scripts/test.sh, or `scripts/kube-testenv up DIR` and \
-                 KUBE_TESTENV_DIR=DIR cargo test"
+                 {var}=DIR cargo test"
             );
         };
         let dir = PathBuf::from(dir);
@@ -66,12 +74,21 @@ impl KubeEnv {
             server: var("KUBE_TESTENV_SERVER"),
             audit_log: dir.join("audit.log"),
             dir,
+            api: "/apis/crd.projectcalico.org/v1".to_owned(),
         };
         assert!(
             kube.raw(&["get", "/readyz"]).0,
             "the apiserver at {} is not ready",
             kube.server
         );
+        let mut kube = kube;
+        if kube.get_json("/apis/crd.projectcalico.org/v1").is_none() {
+            assert!(
+                kube.get_json("/apis/projectcalico.org/v3").is_some(),
+                "neither crd.projectcalico.org/v1 nor projectcalico.org/v3 is installed"
+            );
+            kube.api = "/apis/projectcalico.org/v3".to_owned();
+        }
         kube
     }
 
@@ -144,7 +161,7 @@ impl KubeEnv {
 
     /// A Calico CRD list (`ipamblocks`, `blockaffinities`, ...).
     pub fn calico(&self, plural: &str) -> Vec<Value> {
-        self.list(&format!("/apis/crd.projectcalico.org/v1/{plural}"))
+        self.list(&format!("{}/{plural}", self.api))
     }
 
     /// DELETE a path (as admin); missing is fine.
@@ -164,7 +181,7 @@ impl KubeEnv {
                     .and_then(|c| c.parse::<ipnet::IpNet>().ok())
                     .is_some_and(|c| nets.iter().any(|n| n.contains(&c)));
                 if let (true, Some(name)) = (inside, obj["metadata"]["name"].as_str()) {
-                    self.delete(&format!("/apis/crd.projectcalico.org/v1/{plural}/{name}"));
+                    self.delete(&format!("{}/{plural}/{name}", self.api));
                 }
             }
         }
@@ -221,7 +238,7 @@ impl Drop for PoolGuard<'_> {
         for n in &self.names {
             let _ = self.kube.raw(&[
                 "delete",
-                &format!("/apis/crd.projectcalico.org/v1/ippools/{n}"),
+                &format!("{}/ippools/{n}", self.kube.api),
                 "--ignore-not-found",
             ]);
         }

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::{CniError, SpecVersion};
+use crate::datastore::api_group::{ApiGroup, BadApiGroup};
 // Every struct of the netconf is read from a JSON object only: serde's derived structs also take
 // a JSON array as their fields in order (`["1.0.0", "net"]` was once read as a netconf, and
 // allocated a pair).
@@ -108,6 +109,11 @@ pub struct NetConf {
     /// Calico's default of 100). Negative is refused: client-go would fail every request.
     #[serde(default, deserialize_with = "null_as_default")]
     pub burst: u32,
+    /// Calico v3.32's `calico_api_group`: the API group of Calico's objects in the Kubernetes
+    /// datastore (`projectcalico.org/v3` or `crd.projectcalico.org/v1`); unset (`null`, `""`):
+    /// CALICO_API_GROUP, else asked of the API server ([`NetConf::api_group`]).
+    #[serde(default, deserialize_with = "api_group")]
+    pub calico_api_group: Option<ApiGroup>,
     #[serde(default, deserialize_with = "section")]
     pub kubernetes: KubernetesConf,
     #[serde(default, deserialize_with = "section")]
@@ -346,6 +352,14 @@ where
         .map(T::from))
 }
 
+/// `calico_api_group`: `null` and `""` are unset; anything else must name a Calico group.
+fn api_group<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ApiGroup>, D::Error> {
+    match Option::<String>::deserialize(d)?.filter(|s| !s.is_empty()) {
+        None => Ok(None),
+        Some(s) => s.parse().map(Some).map_err(serde::de::Error::custom),
+    }
+}
+
 /// `datastore_type`: `null` and `""` are the default.
 fn datastore_type<'de, D: Deserializer<'de>>(d: D) -> Result<DatastoreType, D::Error> {
     let raw = Option::<String>::deserialize(d)?.unwrap_or_default();
@@ -458,6 +472,21 @@ impl NetConf {
             .kubeconfig
             .clone()
             .or_else(|| std::env::var_os("KUBECONFIG").map(PathBuf::from))
+    }
+
+    /// The API group of Calico's objects when it is given: `calico_api_group`, else
+    /// CALICO_API_GROUP (as Calico's plugin reads it; `""` is unset); `None`: ask the API server.
+    /// A CALICO_API_GROUP that names no Calico group is code 7.
+    pub fn api_group(&self) -> Result<Option<ApiGroup>, CniError> {
+        if let Some(g) = self.calico_api_group {
+            return Ok(Some(g));
+        }
+        match std::env::var("CALICO_API_GROUP") {
+            Ok(v) if !v.is_empty() => v.parse().map(Some).map_err(|e: BadApiGroup| {
+                CniError::invalid_config(format!("CALICO_API_GROUP: {e}"))
+            }),
+            _ => Ok(None),
+        }
     }
 
     /// The etcd settings of `datastore_type: etcdv3`, each from the netconf, else from the
@@ -719,6 +748,29 @@ mod tests {
         assert_eq!(c.mtu, Some(0));
         assert_eq!(c.policy.policy_type, "k8s");
         assert!(!c.feature_control.ip_addrs_no_ipam && !c.feature_control.floating_ips);
+    }
+
+    #[test]
+    fn calico_api_group_as_calico_v3_32_writes_it() {
+        let group = |json: &str| NetConf::parse(json.as_bytes()).map(|c| c.calico_api_group);
+        assert_eq!(group("{}").expect("unset"), None);
+        assert_eq!(group(r#"{"calico_api_group":null}"#).expect("null"), None);
+        assert_eq!(
+            group(r#"{"calico_api_group":""}"#).expect("Go's unset"),
+            None
+        );
+        assert_eq!(
+            group(r#"{"calico_api_group":"projectcalico.org/v3"}"#).expect("v3"),
+            Some(ApiGroup::V3)
+        );
+        assert_eq!(
+            group(r#"{"calico_api_group":"crd.projectcalico.org/v1"}"#).expect("v1"),
+            Some(ApiGroup::V1),
+            "the value Calico's installer writes by default"
+        );
+        let err = group(r#"{"calico_api_group":"projectcalico.org/v1"}"#).expect_err("typo");
+        assert_eq!(err.code, 7, "{err:?}");
+        assert!(err.details.contains("calico_api_group"), "{err:?}");
     }
 
     #[test]

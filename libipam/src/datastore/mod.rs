@@ -22,6 +22,7 @@
 //! documented bound. `list_pools` always reads the datastore: a pool deleted or disabled must
 //! never be allocated from by a request that starts after the change.
 
+pub mod api_group;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 #[cfg(feature = "kubernetes")]

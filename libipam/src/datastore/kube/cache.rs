@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::datastore::api_group::ApiGroup;
 use crate::datastore::{Revision, Versioned};
 use crate::model::{
     BlockAffinity, IpReservation, IpamBlock, IpamConfig, IpamHandle, host_affinity,
@@ -112,6 +113,12 @@ struct File {
     /// Blocks written by someone else lately (CIDR → until, Unix ms): see [`CONTENDED_FOR`].
     #[serde(default)]
     contended: BTreeMap<String, u64>,
+    /// The API group Calico's objects were found in (discovery), and so the group every entry
+    /// above was read from. Kept until a request finds that group not served (see
+    /// [`NodeCache::forget_api_group`]): a cluster moves its objects between groups once, if
+    /// ever, so asking again every TTL would only add a request.
+    #[serde(default)]
+    api_group: Option<Timed<ApiGroup>>,
 }
 
 /// The loaded cache of one node. Changes are kept in memory until [`NodeCache::save`].
@@ -179,6 +186,49 @@ impl NodeCache {
             at: now_ms(),
             value,
         })
+    }
+
+    /// The API group found by discovery (none with the cache turned off: a zero TTL).
+    pub fn api_group(&self) -> Option<ApiGroup> {
+        if self.ttl.is_zero() {
+            return None;
+        }
+        self.file.api_group.as_ref().map(|t| t.value)
+    }
+
+    /// Drops the group, and with it every entry (a request found the group not served, so
+    /// what was read from it is gone): the next process asks again.
+    pub fn forget_api_group(&mut self) {
+        if self.file.api_group.is_some() {
+            self.reset();
+        }
+    }
+
+    /// Empties the cache, keeping whose it is.
+    fn reset(&mut self) {
+        self.file = File {
+            format: self.file.format,
+            server: std::mem::take(&mut self.file.server),
+            node: std::mem::take(&mut self.file.node),
+            ..File::default()
+        };
+        self.dirty = true;
+    }
+
+    /// Records the group in use. When it is not the one the entries were read from (the
+    /// cluster moved its objects between `crd.projectcalico.org/v1` and
+    /// `projectcalico.org/v3`), every entry is dropped first.
+    pub fn set_api_group(&mut self, group: ApiGroup) {
+        match self.file.api_group.as_ref().map(|t| t.value) {
+            Some(g) if g == group => return,
+            Some(_) => self.reset(),
+            None => {}
+        }
+        self.file.api_group = Some(Timed {
+            at: now_ms(),
+            value: group,
+        });
+        self.dirty = true;
     }
 
     /// The IPAMConfig (`Some(None)`: known to be absent).
@@ -382,6 +432,42 @@ mod tests {
             node: "node-a".into(),
             ttl: Duration::from_secs(ttl),
         }
+    }
+
+    #[test]
+    fn the_api_group_is_kept_until_forgotten_and_a_change_of_group_drops_every_entry() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c = cfg(dir.path(), 60);
+        let mut cache = NodeCache::load(&c, "https://a:6443");
+        assert_eq!(cache.api_group(), None);
+        cache.set_api_group(ApiGroup::V1);
+        cache.set_config(Some(IpamConfig::default()));
+        cache.save();
+        let mut cache = NodeCache::load(&c, "https://a:6443");
+        assert_eq!(cache.api_group(), Some(ApiGroup::V1));
+        assert!(cache.config().is_some());
+        cache.set_api_group(ApiGroup::V1);
+        assert!(cache.config().is_some(), "the same group keeps the entries");
+        cache.set_api_group(ApiGroup::V3);
+        assert_eq!(cache.api_group(), Some(ApiGroup::V3));
+        assert!(
+            cache.config().is_none(),
+            "read from the other group: dropped"
+        );
+        assert_eq!(cache.node(), "node-a");
+        cache.save();
+        assert_eq!(
+            NodeCache::load(&c, "https://a:6443").api_group(),
+            Some(ApiGroup::V3)
+        );
+        // With no TTL the group is never served from the file.
+        let c0 = cfg(dir.path(), 0);
+        assert_eq!(NodeCache::load(&c0, "https://a:6443").api_group(), None);
+        // Forgotten (the group was not served): asked again next time.
+        let mut cache = NodeCache::load(&c, "https://a:6443");
+        cache.forget_api_group();
+        cache.save();
+        assert_eq!(NodeCache::load(&c, "https://a:6443").api_group(), None);
     }
 
     #[test]

@@ -52,6 +52,9 @@ pub struct ClientOptions {
     pub retry_budget: Duration,
     /// No retry wait ends after this (the verb's deadline).
     pub deadline: Option<Instant>,
+    /// The API group of Calico's objects when it was given (`calico_api_group`,
+    /// CALICO_API_GROUP, `--calico-api-group`); `None`: asked of the server on first use.
+    pub api_group: Option<crate::datastore::api_group::ApiGroup>,
 }
 
 impl Default for ClientOptions {
@@ -61,6 +64,7 @@ impl Default for ClientOptions {
             burst: DEFAULT_BURST,
             retry_budget: DEFAULT_RETRY_BUDGET,
             deadline: None,
+            api_group: None,
         }
     }
 }
@@ -395,6 +399,9 @@ mod tests {
             let conn = Connection {
                 client: client(cfg, &opts).expect("client"),
                 server: server.url.clone(),
+                group: crate::datastore::kube::GroupCell::new(Some(
+                    crate::datastore::api_group::ApiGroup::V1,
+                )),
             };
             f(KubeStore::new(conn)).await
         })

@@ -40,8 +40,9 @@ pub struct ClusterFacts {
 impl Connection {
     /// ClusterInformation `default`; empty facts when it does not exist.
     pub async fn cluster_facts(&self) -> DsResult<ClusterFacts> {
+        let group = self.api_group().await?;
         let api: Api<Crd<ClusterInformationSpec>> =
-            Api::all_with(self.client.clone(), &CLUSTER_INFORMATION.resource());
+            Api::all_with(self.client.clone(), &CLUSTER_INFORMATION.resource(group));
         let ci = api
             .get_opt(SINGLETON)
             .await

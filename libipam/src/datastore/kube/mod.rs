@@ -19,6 +19,7 @@
 //!
 //! This module is the only part of libipam that knows about kube.
 
+pub mod api_group;
 mod cache;
 pub mod client;
 pub mod decode;
@@ -34,9 +35,12 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Namespace, Node};
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams, Preconditions};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, ListParams, PostParams, Preconditions,
+};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
+use serde_json::Value;
 
 use crate::error::error_chain;
 use serde::Serialize;
@@ -51,6 +55,8 @@ use crate::model::{
 };
 use crate::names;
 
+pub use crate::datastore::api_group::ApiGroup;
+pub use api_group::GroupCell;
 pub use cache::{CacheConfig, NodeCache};
 pub use client::ClientOptions;
 use decode::{WithStatus, versioned};
@@ -72,12 +78,15 @@ pub struct Connection {
     pub client: Client,
     /// The API server's URL, e.g. `https://10.0.0.1:443`.
     pub server: String,
+    /// The API group of Calico's objects (`api_group.rs`).
+    pub group: GroupCell,
 }
 
 impl Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Connection")
             .field("server", &self.server)
+            .field("group", &self.group.known())
             .finish()
     }
 }
@@ -122,13 +131,22 @@ pub async fn connect_with(
     cfg.headers.push((http::header::USER_AGENT, agent));
     let client = client::client(cfg, opts)
         .map_err(|e| DatastoreError::Other(format!("cannot create a client for {server}: {e}")))?;
-    Ok(Connection { client, server })
+    Ok(Connection {
+        client,
+        server,
+        group: GroupCell::new(opts.api_group),
+    })
 }
 
 impl Connection {
     /// Maps a kube error to a datastore error naming the server. Unreachable, timed out,
     /// overloaded or failing (5xx, 429) servers are `Unavailable`.
     pub fn error(&self, what: &str, e: kube::Error) -> DatastoreError {
+        Connection::map_error(&self.server, what, e)
+    }
+
+    /// [`Connection::error`] for the server at `server`.
+    pub fn map_error(server: &str, what: &str, e: kube::Error) -> DatastoreError {
         match e {
             kube::Error::Api(s) if s.is_already_exists() => DatastoreError::AlreadyExists,
             kube::Error::Api(s) if s.is_conflict() => DatastoreError::Conflict,
@@ -136,20 +154,20 @@ impl Connection {
             kube::Error::Api(s) if s.code >= 500 || s.code == 429 => {
                 DatastoreError::Unavailable(format!(
                     "{what}: API server {} answered {} {}: {}",
-                    self.server, s.code, s.reason, s.message
+                    server, s.code, s.reason, s.message
                 ))
             }
             kube::Error::Api(s) => DatastoreError::Other(format!(
                 "{what}: API server {} answered {} {}: {}",
-                self.server, s.code, s.reason, s.message
+                server, s.code, s.reason, s.message
             )),
             kube::Error::SerdeError(e) => DatastoreError::Other(format!(
                 "{what}: unexpected answer from API server {}: {e}",
-                self.server
+                server
             )),
             other => DatastoreError::Unavailable(format!(
                 "{what}: API server {} unreachable: {}",
-                self.server,
+                server,
                 error_chain(&other)
             )),
         }
@@ -158,8 +176,9 @@ impl Connection {
     /// ClusterInformation `default`'s `spec.datastoreReady`: `None` when the object does not
     /// exist, `Some(false)` when the field is false or missing.
     pub async fn datastore_ready(&self) -> DsResult<Option<bool>> {
+        let group = self.api_group().await?;
         let api: Api<Crd<ClusterInformationSpec>> =
-            Api::all_with(self.client.clone(), &CLUSTER_INFORMATION.resource());
+            Api::all_with(self.client.clone(), &CLUSTER_INFORMATION.resource(group));
         match api.get_opt(SINGLETON).await {
             Ok(Some(ci)) => Ok(Some(ci.spec.datastore_ready.unwrap_or(false))),
             Ok(None) => Ok(None),
@@ -196,6 +215,11 @@ impl KubeStore {
     /// A store with a node-local cache (the IPAM plugin, under the host-wide lock).
     pub fn with_cache(conn: Connection, cache: &CacheConfig) -> KubeStore {
         let loaded = NodeCache::load(cache, &conn.server);
+        // The group found by an earlier process of this node, while fresh: no discovery
+        // request in the steady state.
+        if let Some(g) = loaded.api_group() {
+            conn.group_cell().seed(g);
+        }
         KubeStore {
             conn,
             cache: Some(Mutex::new(loaded)),
@@ -213,8 +237,84 @@ impl KubeStore {
             .map(|m| m.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
-    fn api<S: Clone + DeserializeOwned + Debug>(&self, kind: &Kind) -> Api<Crd<S>> {
-        Api::all_with(self.conn.client.clone(), &kind.resource())
+    /// The API group of Calico's objects (found on first use, see `api_group.rs`); it is
+    /// kept in the node cache until a request finds it not served (and a cache read from
+    /// another group is dropped).
+    pub async fn api_group(&self) -> DsResult<ApiGroup> {
+        let g = self.conn.api_group().await?;
+        if let Some(mut c) = self.cache() {
+            c.set_api_group(g);
+        }
+        Ok(g)
+    }
+
+    async fn resource(&self, kind: &Kind) -> DsResult<ApiResource> {
+        Ok(kind.resource(self.api_group().await?))
+    }
+
+    async fn api<S: Clone + DeserializeOwned + Debug>(&self, kind: &Kind) -> DsResult<Api<Crd<S>>> {
+        Ok(Api::all_with(
+            self.conn.client.clone(),
+            &self.resource(kind).await?,
+        ))
+    }
+
+    /// `obj` as its group stores it (`objects::wire_spec`), for a create or an update; the
+    /// answer decoded back into the model.
+    async fn wire<S>(&self, kind: &Kind, obj: &Crd<S>) -> DsResult<(Api<Crd<Value>>, Crd<Value>)>
+    where
+        S: Clone + Serialize + DeserializeOwned + Debug,
+    {
+        let group = self.api_group().await?;
+        let spec = serde_json::to_value(&obj.spec)
+            .map_err(|e| DatastoreError::Other(format!("encode {}: {e}", kind.kind)))?;
+        let out = objects::object(
+            group,
+            kind,
+            obj.metadata.clone(),
+            objects::wire_spec(group, kind, spec),
+        );
+        Ok((
+            Api::all_with(self.conn.client.clone(), &kind.resource(group)),
+            out,
+        ))
+    }
+
+    /// The error of a LIST or a create: a 404 there means that the server has no such
+    /// resource in the group in use (the CRDs of that group are not installed), which is said
+    /// so; anything else as [`Connection::error`].
+    pub(super) fn list_or_create_error(
+        &self,
+        kind: &Kind,
+        what: &str,
+        e: kube::Error,
+    ) -> DatastoreError {
+        let kube::Error::Api(s) = &e else {
+            return self.conn.error(what, e);
+        };
+        if s.code != 404 {
+            return self.conn.error(what, e);
+        }
+        let group = self.conn.group_cell().known().unwrap_or_default();
+        if !self.conn.group_cell().is_explicit() {
+            // Found by discovery, and not served now: the next process asks again.
+            api_group::forget(&self.conn.server);
+            if let Some(mut c) = self.cache() {
+                c.forget_api_group();
+            }
+        }
+        let (_, plural) = kind.names(group);
+        DatastoreError::Other(format!(
+            "{what}: API server {} does not serve {plural}.{} ({group}): Calico's {group} CRDs \
+             are not installed{}",
+            self.conn.server,
+            group.group(),
+            if self.conn.group_cell().is_explicit() {
+                "; calico_api_group (or CALICO_API_GROUP) names this group: is it the right one?"
+            } else {
+                ""
+            }
+        ))
     }
 
     fn err(&self, what: impl AsRef<str>) -> impl FnOnce(kube::Error) -> DatastoreError + '_ {
@@ -227,6 +327,7 @@ impl KubeStore {
         S: Clone + Serialize + DeserializeOwned + Debug,
     {
         self.api::<S>(kind)
+            .await?
             .get_opt(name)
             .await
             .map_err(self.err(format!("read {} {name}", kind.kind)))
@@ -237,10 +338,18 @@ impl KubeStore {
         S: Clone + Serialize + DeserializeOwned + Debug,
     {
         let name = obj.metadata.name.clone().unwrap_or_default();
-        self.api::<S>(kind)
-            .create(&PostParams::default(), obj)
-            .await
-            .map_err(self.err(format!("create {} {name}", kind.kind)))
+        let (api, body) = self.wire(kind, obj).await?;
+        let created = match api.create(&PostParams::default(), &body).await {
+            Ok(c) => c,
+            Err(e) => {
+                return Err(self.list_or_create_error(
+                    kind,
+                    &format!("create {} {name}", kind.kind),
+                    e,
+                ));
+            }
+        };
+        decoded(kind, created)
     }
 
     /// PUT; carries `obj.metadata.resourceVersion`, so a stale copy fails with `Conflict`.
@@ -249,21 +358,22 @@ impl KubeStore {
         S: Clone + Serialize + DeserializeOwned + Debug,
     {
         let name = obj.metadata.name.clone().unwrap_or_default();
-        self.api::<S>(kind)
-            .replace(&name, &PostParams::default(), obj)
+        let (api, body) = self.wire(kind, obj).await?;
+        let written = api
+            .replace(&name, &PostParams::default(), &body)
             .await
-            .map_err(self.err(format!("update {} {name}", kind.kind)))
+            .map_err(self.err(format!("update {} {name}", kind.kind)))?;
+        decoded(kind, written)
     }
 
     async fn list_obj<S>(&self, kind: &Kind, lp: &ListParams) -> DsResult<Vec<Crd<S>>>
     where
         S: Clone + Serialize + DeserializeOwned + Debug,
     {
-        self.api::<S>(kind)
-            .list(lp)
-            .await
-            .map(|l| l.items)
-            .map_err(self.err(format!("list {}", kind.plural)))
+        match self.api::<S>(kind).await?.list(lp).await {
+            Ok(l) => Ok(l.items),
+            Err(e) => Err(self.list_or_create_error(kind, &format!("list {}", kind.plural), e)),
+        }
     }
 
     /// The second half of a two-step delete: DELETE guarded by the UID, so a recreated object
@@ -279,7 +389,7 @@ impl KubeStore {
             }),
             ..DeleteParams::default()
         };
-        match self.api::<S>(kind).delete(name, &dp).await {
+        match self.api::<S>(kind).await?.delete(name, &dp).await {
             Ok(_) => Ok(()),
             Err(e) => match self.conn.error(&format!("delete {} {name}", kind.kind), e) {
                 DatastoreError::NotFound | DatastoreError::Conflict => Ok(()),
@@ -304,6 +414,7 @@ impl KubeStore {
             ..DeleteParams::default()
         };
         self.api::<S>(kind)
+            .await?
             .delete(name, &dp)
             .await
             .map(|_| ())
@@ -367,16 +478,18 @@ impl KubeStore {
     }
 
     /// IPPools as raw objects, whatever their spec holds.
-    fn raw_pools(&self) -> Api<DynamicObject> {
-        Api::all_with(self.conn.client.clone(), &IP_POOL.resource())
+    async fn raw_pools(&self) -> DsResult<Api<DynamicObject>> {
+        Ok(Api::all_with(
+            self.conn.client.clone(),
+            &self.resource(&IP_POOL).await?,
+        ))
     }
 
     async fn list_raw_pools(&self) -> DsResult<Vec<DynamicObject>> {
-        self.raw_pools()
-            .list(&ListParams::default())
-            .await
-            .map(|l| l.items)
-            .map_err(self.err("list ippools"))
+        match self.raw_pools().await?.list(&ListParams::default()).await {
+            Ok(l) => Ok(l.items),
+            Err(e) => Err(self.list_or_create_error(&IP_POOL, "list ippools", e)),
+        }
     }
 
     /// Calico's `UpgradeHost`: gives `host`'s BlockAffinities written before Calico v3.31 (no
@@ -390,6 +503,7 @@ impl KubeStore {
     pub async fn upgrade_host(&self, host: &str) -> DsResult<usize> {
         const ATTEMPTS: usize = 5;
         let selector = format!("!{}", names::LABEL_AFFINITY_TYPE);
+        let group = self.api_group().await?;
         let mut upgraded = 0;
         for _ in 0..ATTEMPTS {
             let unlabeled: Vec<Crd<BlockAffinity>> = self
@@ -404,7 +518,7 @@ impl KubeStore {
                 let mut labels = meta.labels.take().unwrap_or_default();
                 labels.extend(obj.spec.labels());
                 meta.labels = Some(labels);
-                let updated = objects::object(&BLOCK_AFFINITY, meta, obj.spec.clone());
+                let updated = objects::object(group, &BLOCK_AFFINITY, meta, obj.spec.clone());
                 match self.replace_obj(&BLOCK_AFFINITY, &updated).await {
                     Ok(_) => upgraded += 1,
                     Err(DatastoreError::NotFound) => {}
@@ -448,9 +562,11 @@ impl Datastore for KubeStore {
             .as_ref()
             .and_then(|o| o.metadata.resource_version.clone())
             .map(Revision);
+        let group = self.api_group().await?;
         let obj = objects::object(
+            group,
             &IPAM_CONFIG,
-            objects::ipam_meta(SINGLETON, revision.as_ref(), None),
+            objects::ipam_meta(group, SINGLETON, revision.as_ref(), None),
             config.clone(),
         );
         match existing {
@@ -489,7 +605,8 @@ impl Datastore for KubeStore {
     /// Creates or replaces the pool. The existing object is read raw, so one whose spec does
     /// not decode is replaced like any other (its metadata and status kept).
     async fn apply_pool(&self, pool: &IpPool) -> DsResult<()> {
-        let api = self.raw_pools();
+        let api = self.raw_pools().await?;
+        let group = self.api_group().await?;
         let what = format!("apply IPPool {}", pool.name);
         let spec = serde_json::to_value(&pool.spec)
             .map_err(|e| DatastoreError::Other(format!("{what}: encode: {e}")))?;
@@ -505,18 +622,24 @@ impl Datastore for KubeStore {
                         .map(|_| ())
                 }
                 None => {
-                    let mut meta = objects::ipam_meta(&pool.name, None, None);
-                    // Written through calicoctl a pool's Calico metadata has its creation time.
-                    meta.annotations = Some(BTreeMap::from([(
-                        objects::METADATA_ANNOTATION.to_owned(),
-                        serde_json::json!({"creationTimestamp": time::rfc3339(time::now_nanos())})
-                            .to_string(),
-                    )]));
-                    let mut obj =
-                        kube::core::Object::new(&pool.name, &IP_POOL.resource(), pool.spec.clone());
+                    let mut meta = objects::ipam_meta(group, &pool.name, None, None);
+                    // Written through calicoctl a pool's Calico metadata has its creation time
+                    // (v1: in the annotation; v3 objects have none).
+                    if group == ApiGroup::V1 {
+                        meta.annotations = Some(BTreeMap::from([(
+                            objects::METADATA_ANNOTATION.to_owned(),
+                            serde_json::json!({"creationTimestamp": time::rfc3339(time::now_nanos())})
+                                .to_string(),
+                        )]));
+                    }
+                    let mut obj = kube::core::Object::new(
+                        &pool.name,
+                        &IP_POOL.resource(group),
+                        pool.spec.clone(),
+                    );
                     obj.metadata = meta;
                     let typed: Api<WithStatus<IpPoolSpec>> =
-                        Api::all_with(self.conn.client.clone(), &IP_POOL.resource());
+                        Api::all_with(self.conn.client.clone(), &IP_POOL.resource(group));
                     typed.create(&PostParams::default(), &obj).await.map(|_| ())
                 }
             };
@@ -533,6 +656,7 @@ impl Datastore for KubeStore {
     async fn delete_pool(&self, name: &str) -> DsResult<bool> {
         match self
             .raw_pools()
+            .await?
             .delete(name, &DeleteParams::default())
             .await
         {
@@ -628,9 +752,11 @@ impl Datastore for KubeStore {
     }
 
     async fn create_block(&self, block: &IpamBlock) -> DsResult<Revision> {
+        let group = self.api_group().await?;
         let obj = objects::object(
+            group,
             &IPAM_BLOCK,
-            objects::ipam_meta(&names::cidr_to_name(&block.cidr), None, None),
+            objects::ipam_meta(group, &names::cidr_to_name(&block.cidr), None, None),
             block.clone(),
         );
         let created = self.create_obj(&IPAM_BLOCK, &obj).await.map(versioned)?;
@@ -640,9 +766,16 @@ impl Datastore for KubeStore {
 
     async fn update_block(&self, block: &Versioned<IpamBlock>) -> DsResult<Revision> {
         let cidr = block.value.cidr;
+        let group = self.api_group().await?;
         let obj = objects::object(
+            group,
             &IPAM_BLOCK,
-            objects::ipam_meta(&names::cidr_to_name(&cidr), Some(&block.revision), None),
+            objects::ipam_meta(
+                group,
+                &names::cidr_to_name(&cidr),
+                Some(&block.revision),
+                None,
+            ),
             block.value.clone(),
         );
         let written = self.replace_obj(&IPAM_BLOCK, &obj).await.map(versioned);
@@ -671,11 +804,11 @@ impl Datastore for KubeStore {
 
     /// Only the names are listed (metadata only): a block's name is its CIDR.
     async fn list_block_cidrs(&self) -> DsResult<Vec<IpNet>> {
-        let api: Api<Crd<IpamBlock>> = self.api(&IPAM_BLOCK);
-        let listed = api
-            .list_metadata(&ListParams::default())
-            .await
-            .map_err(self.err("list ipamblocks"))?;
+        let api: Api<Crd<IpamBlock>> = self.api(&IPAM_BLOCK).await?;
+        let listed = match api.list_metadata(&ListParams::default()).await {
+            Ok(l) => l,
+            Err(e) => return Err(self.list_or_create_error(&IPAM_BLOCK, "list ipamblocks", e)),
+        };
         Ok(listed
             .items
             .iter()
@@ -744,9 +877,11 @@ impl Datastore for KubeStore {
     }
 
     async fn create_affinity(&self, affinity: &BlockAffinity) -> DsResult<Revision> {
+        let group = self.api_group().await?;
         let obj = objects::object(
+            group,
             &BLOCK_AFFINITY,
-            objects::ipam_meta(&affinity.name(), None, Some(affinity.labels())),
+            objects::ipam_meta(group, &affinity.name(), None, Some(affinity.labels())),
             affinity.clone(),
         );
         let created = self.create_obj(&BLOCK_AFFINITY, &obj).await.map(versioned);
@@ -756,9 +891,11 @@ impl Datastore for KubeStore {
 
     async fn update_affinity(&self, affinity: &Versioned<BlockAffinity>) -> DsResult<Revision> {
         let a = &affinity.value;
+        let group = self.api_group().await?;
         let obj = objects::object(
+            group,
             &BLOCK_AFFINITY,
-            objects::ipam_meta(&a.name(), Some(&affinity.revision), Some(a.labels())),
+            objects::ipam_meta(group, &a.name(), Some(&affinity.revision), Some(a.labels())),
             a.clone(),
         );
         let written = self.replace_obj(&BLOCK_AFFINITY, &obj).await.map(versioned);
@@ -796,9 +933,11 @@ impl Datastore for KubeStore {
 
     async fn create_handle(&self, handle: &IpamHandle) -> DsResult<Revision> {
         let name = names::handle_object_name(&handle.handle_id);
+        let group = self.api_group().await?;
         let obj = objects::object(
+            group,
             &IPAM_HANDLE,
-            objects::ipam_meta(&name, None, None),
+            objects::ipam_meta(group, &name, None, None),
             handle.clone(),
         );
         let created = self.create_obj(&IPAM_HANDLE, &obj).await.map(versioned);
@@ -810,9 +949,16 @@ impl Datastore for KubeStore {
 
     async fn update_handle(&self, handle: &Versioned<IpamHandle>) -> DsResult<Revision> {
         let id = &handle.value.handle_id;
+        let group = self.api_group().await?;
         let obj = objects::object(
+            group,
             &IPAM_HANDLE,
-            objects::ipam_meta(&names::handle_object_name(id), Some(&handle.revision), None),
+            objects::ipam_meta(
+                group,
+                &names::handle_object_name(id),
+                Some(&handle.revision),
+                None,
+            ),
             handle.value.clone(),
         );
         let written = self.replace_obj(&IPAM_HANDLE, &obj).await.map(versioned);
@@ -847,6 +993,19 @@ impl Datastore for KubeStore {
     async fn inventory(&self) -> DsResult<Inventory> {
         self.read_inventory().await
     }
+}
+
+/// An object as the server answered a write, decoded into the model (`Crd<S>`).
+fn decoded<S: DeserializeOwned + Clone>(kind: &Kind, obj: Crd<Value>) -> DsResult<Crd<S>> {
+    let spec = serde_json::from_value(obj.spec).map_err(|e| {
+        DatastoreError::Other(format!("unexpected {} from the API server: {e}", kind.kind))
+    })?;
+    Ok(Crd {
+        types: obj.types,
+        metadata: obj.metadata,
+        spec,
+        status: obj.status,
+    })
 }
 
 const _: fn() = || {

@@ -16,11 +16,14 @@ use crate::names;
 
 /// Every object of `kind`: its name and its body.
 async fn list_raw(store: &KubeStore, kind: &Kind) -> DsResult<Vec<(String, Vec<u8>)>> {
-    let api: Api<DynamicObject> = Api::all_with(store.conn.client.clone(), &kind.resource());
-    let listed = api
-        .list(&ListParams::default())
-        .await
-        .map_err(store.err(format!("list {}", kind.plural)))?;
+    let api: Api<DynamicObject> =
+        Api::all_with(store.conn.client.clone(), &store.resource(kind).await?);
+    let listed = match api.list(&ListParams::default()).await {
+        Ok(l) => l,
+        Err(e) => {
+            return Err(store.list_or_create_error(kind, &format!("list {}", kind.plural), e));
+        }
+    };
     Ok(listed
         .items
         .into_iter()
