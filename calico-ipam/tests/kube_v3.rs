@@ -90,6 +90,17 @@ fn addresses(out: &Output) -> Vec<IpNet> {
         .collect()
 }
 
+/// Deletes the paths when dropped, also when the test fails.
+struct Cleanup<'a>(&'a KubeEnv, Vec<String>);
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        for p in &self.1 {
+            self.0.delete(p);
+        }
+    }
+}
+
 fn keys(v: &Value) -> Vec<String> {
     let mut k: Vec<String> = v
         .as_object()
@@ -378,4 +389,133 @@ fn an_explicit_group_is_used_without_discovery_and_a_wrong_one_is_refused() {
         &[("CALICO_API_GROUP", "nonsense")],
     );
     assert_eq!(out.status.code(), Some(2), "usage error: {}", text(&out));
+}
+
+/// The IPAM configuration and reservations come from the v3 group: `apply -f` writes an
+/// `IPAMConfiguration` as Calico v3.32 does (`ipamconfigurations/default`, no annotation), and
+/// an `IPReservation` of `projectcalico.org/v3` keeps its addresses from the next ADD.
+#[test]
+fn configuration_and_reservations_are_read_from_the_v3_group() {
+    let kube = v3_env();
+    let _x = exclusive();
+    let u = unique();
+    let tag = format!("v3c{u}");
+    let p4 = format!("t-v3c-{u}-v4");
+    let resv = format!("t-v3c-{u}");
+    let _pools = PoolGuard {
+        kube: &kube,
+        names: vec![p4.clone()],
+    };
+    kube.purge_ipam(&["10.95.0.0/28"]);
+    let _cleanup = Cleanup(
+        &kube,
+        vec![
+            format!("{V3}/ipreservations/{resv}"),
+            format!("{V3}/ipamconfigurations/default"),
+        ],
+    );
+    let config = tempfile::NamedTempFile::new().expect("tmp");
+    std::fs::write(
+        config.path(),
+        "apiVersion: projectcalico.org/v3\nkind: IPAMConfiguration\nmetadata: {name: default}\n\
+         spec: {strictAffinity: true, autoAllocateBlocks: true, maxBlocksPerHost: 7}\n",
+    )
+    .expect("write");
+    let out = cli(
+        &kube,
+        &["apply", "-f", config.path().to_str().expect("utf8")],
+        &[],
+    );
+    assert!(out.status.success(), "apply: {}", text(&out));
+    let stored = kube
+        .get_json(&format!("{V3}/ipamconfigurations/default"))
+        .expect("IPAMConfiguration default");
+    assert_eq!(stored["kind"], "IPAMConfiguration");
+    assert_calico_v3_metadata(&stored, None);
+    assert_eq!(
+        stored["spec"],
+        json!({"strictAffinity": true, "autoAllocateBlocks": true, "maxBlocksPerHost": 7})
+    );
+
+    kube.apply(&format!(
+        "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {{name: {p4}}}\n\
+         spec: {{cidr: 10.95.0.0/28, blockSize: 28, nodeSelector: \"calico-rs-test == '{tag}'\"}}\n\
+         ---\napiVersion: projectcalico.org/v3\nkind: IPReservation\nmetadata: {{name: {resv}}}\n\
+         spec: {{reservedCIDRs: [10.95.0.0/29]}}\n"
+    ));
+    let node = format!("v3cnode-{u}");
+    kube.apply(&node_yaml(&node, &[("calico-rs-test", &tag)]));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut c = conf(&kube, &node, dir.path(), None);
+    c["ipam"]["assign_ipv6"] = json!("false");
+    let cid = format!("v3c{u}");
+    let ips = addresses(&verb("ADD", &c, &cid));
+    let reserved: IpNet = "10.95.0.0/29".parse().expect("cidr");
+    assert!(
+        ips.iter().all(|ip| !reserved.contains(&ip.addr())),
+        "the v3 reservation is honoured: {ips:?}"
+    );
+    assert!(verb("DEL", &c, &cid).status.success());
+}
+
+/// calico-cni reads ClusterInformation from the v3 group: `calico -t` passes while
+/// `datastoreReady` is true there and fails with Calico's message once it is false.
+#[test]
+fn calico_cni_reads_cluster_information_in_the_v3_group() {
+    let kube = v3_env();
+    let _x = exclusive();
+    let calico = std::path::Path::new(BIN).with_file_name("calico-cni");
+    assert!(
+        calico.exists(),
+        "{} is missing: build the workspace's binaries first (cargo build --workspace --bins)",
+        calico.display()
+    );
+    let conf = json!({
+        "cniVersion": "1.0.0",
+        "name": "k8s-pod-network",
+        "type": "calico",
+        "datastore_type": "kubernetes",
+        "ipam": {"type": "calico-ipam"},
+        "kubernetes": {"kubeconfig": kube.cni},
+        "nodename": "v3-probe",
+    })
+    .to_string();
+    let probe = || {
+        use std::io::Write;
+        let mut child = Command::new(&calico)
+            .arg("-t")
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn calico-cni -t");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(conf.as_bytes())
+            .expect("stdin");
+        child.wait_with_output().expect("wait")
+    };
+    let out = probe();
+    assert!(out.status.success(), "{}", text(&out));
+    let path = format!("{V3}/clusterinformations/default");
+    let ci = kube.get_json(&path).expect("ClusterInformation");
+    let set_ready = |ready: bool| {
+        let mut v = ci.clone();
+        v["spec"]["datastoreReady"] = json!(ready);
+        v["metadata"] = json!({"name": "default"});
+        kube.apply(&v.to_string());
+    };
+    set_ready(false);
+    let out = probe();
+    set_ready(true);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("Calico is currently not ready to process requests"),
+        "{}",
+        text(&out)
+    );
 }

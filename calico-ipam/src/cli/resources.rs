@@ -157,11 +157,13 @@ struct IpipConfig {
     mode: Option<String>,
 }
 
-/// projectcalico.org/v3 IPAMConfigurationSpec.
+/// projectcalico.org/v3 IPAMConfigurationSpec (`autoAllocateBlocks` since Calico v3.32, whose
+/// v3 CRD has it).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct ConfigSpecV3 {
     strict_affinity: Option<bool>,
+    auto_allocate_blocks: Option<bool>,
     max_blocks_per_host: Option<u32>,
     #[serde(rename = "kubeVirtVMAddressPersistence")]
     kube_virt_vm_address_persistence: Option<String>,
@@ -259,6 +261,7 @@ fn resource(doc: Value) -> Result<Resource> {
             let s: ConfigSpecV3 = strict(spec).context("IPAMConfiguration default: spec")?;
             Ok(Resource::Config(ConfigPatch {
                 strict_affinity: s.strict_affinity,
+                auto_allocate_blocks: s.auto_allocate_blocks,
                 max_blocks_per_host: s.max_blocks_per_host,
                 kube_virt_vm_address_persistence: s.kube_virt_vm_address_persistence,
                 ..ConfigPatch::default()
@@ -445,9 +448,20 @@ mod tests {
         );
         assert!(e.contains("did you mean strictAffinity?"), "{e}");
         let e = err(
-            "apiVersion: projectcalico.org/v3\nkind: IPAMConfiguration\nmetadata: {name: default}\nspec: {autoAllocateBlocks: true}\n",
+            "apiVersion: projectcalico.org/v3\nkind: IPAMConfiguration\nmetadata: {name: default}\nspec: {ipCooldownSeconds: 5}\n",
         );
-        assert!(e.contains("unknown field autoAllocateBlocks"), "{e}");
+        assert!(e.contains("unknown field ipCooldownSeconds"), "{e}");
+        let v3 = parse(
+            "apiVersion: projectcalico.org/v3\nkind: IPAMConfiguration\nmetadata: {name: default}\nspec: {autoAllocateBlocks: false}\n",
+        )
+        .expect("Calico v3.32's v3 IPAMConfiguration has autoAllocateBlocks");
+        assert_eq!(
+            v3,
+            vec![Resource::Config(ConfigPatch {
+                auto_allocate_blocks: Some(false),
+                ..ConfigPatch::default()
+            })]
+        );
         let ok = parse(
             "apiVersion: crd.projectcalico.org/v1\nkind: IPAMConfig\nmetadata: {name: default}\nspec: {strictAffinity: true, autoAllocateBlocks: true, maxBlocksPerHost: 4}\n",
         )
