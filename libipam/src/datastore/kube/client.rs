@@ -479,6 +479,62 @@ mod tests {
         );
     }
 
+    /// The group is found with one `GET /apis` and then kept; a server that will not say
+    /// (401/403/404) means v1, as in Calico; a failing one is reported.
+    #[test]
+    fn the_api_group_is_discovered_once_with_calicos_rule() {
+        let groups = |names: &[&str]| {
+            let list: Vec<String> = names
+                .iter()
+                .map(|n| format!(r#"{{"name":"{n}","versions":[]}}"#))
+                .collect();
+            http_answer(
+                200,
+                &[],
+                &format!(
+                    r#"{{"kind":"APIGroupList","apiVersion":"v1","groups":[{}]}}"#,
+                    list.join(",")
+                ),
+            )
+        };
+        let discover = |answers: Vec<String>| {
+            let server = Canned::start(answers);
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let got = rt.block_on(async {
+                let cfg = Config::new(server.url.parse().expect("url"));
+                let conn = Connection {
+                    client: client(cfg, &ClientOptions::default()).expect("client"),
+                    server: server.url.clone(),
+                    group: crate::datastore::kube::GroupCell::new(None),
+                };
+                let first = conn.api_group().await;
+                if first.is_ok() {
+                    // Kept: a clone of the connection asks nothing.
+                    assert_eq!(conn.clone().api_group().await, first);
+                }
+                first
+            });
+            (got, server.seen())
+        };
+        use crate::datastore::api_group::ApiGroup;
+        let (g, seen) = discover(vec![groups(&["apps", "projectcalico.org"])]);
+        assert_eq!(g, Ok(ApiGroup::V3));
+        assert_eq!(seen, vec!["GET /apis".to_owned()], "one request");
+        let (g, _) = discover(vec![groups(&["projectcalico.org", "crd.projectcalico.org"])]);
+        assert_eq!(g, Ok(ApiGroup::V1), "aggregated API server over the v1 CRDs");
+        let (g, _) = discover(vec![status(403, "Forbidden", None)]);
+        assert_eq!(g, Ok(ApiGroup::V1));
+        let (g, seen) = discover(vec![status(500, "InternalError", None)]);
+        assert!(
+            matches!(&g, Err(DatastoreError::Unavailable(m)) if m.contains("500")),
+            "{g:?}"
+        );
+        assert_eq!(seen.len(), 1, "a write-free GET answered 500 is not retried here");
+    }
+
     fn answer(status: u16, retry_after: Option<&str>) -> Response<()> {
         let mut r = Response::builder().status(status);
         if let Some(v) = retry_after {
