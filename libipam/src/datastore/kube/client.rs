@@ -523,8 +523,15 @@ mod tests {
         let (g, seen) = discover(vec![groups(&["apps", "projectcalico.org"])]);
         assert_eq!(g, Ok(ApiGroup::V3));
         assert_eq!(seen, vec!["GET /apis".to_owned()], "one request");
-        let (g, _) = discover(vec![groups(&["projectcalico.org", "crd.projectcalico.org"])]);
-        assert_eq!(g, Ok(ApiGroup::V1), "aggregated API server over the v1 CRDs");
+        let (g, _) = discover(vec![groups(&[
+            "projectcalico.org",
+            "crd.projectcalico.org",
+        ])]);
+        assert_eq!(
+            g,
+            Ok(ApiGroup::V1),
+            "aggregated API server over the v1 CRDs"
+        );
         let (g, _) = discover(vec![status(403, "Forbidden", None)]);
         assert_eq!(g, Ok(ApiGroup::V1));
         let (g, seen) = discover(vec![status(500, "InternalError", None)]);
@@ -532,7 +539,11 @@ mod tests {
             matches!(&g, Err(DatastoreError::Unavailable(m)) if m.contains("500")),
             "{g:?}"
         );
-        assert_eq!(seen.len(), 1, "a write-free GET answered 500 is not retried here");
+        assert_eq!(
+            seen.len(),
+            1,
+            "a write-free GET answered 500 is not retried here"
+        );
     }
 
     fn answer(status: u16, retry_after: Option<&str>) -> Response<()> {
