@@ -47,8 +47,10 @@ fn cidr(second_octet: u8) -> IpNet {
     format!("10.{second_octet}.{n}.0/28").parse().expect("cidr")
 }
 
+/// Block writes and deletes are compare-and-swap on the revision read (the delete is one DELETE
+/// with a `resourceVersion` precondition); two-step deletes are `soft_deleted_...` below.
 #[test]
-fn block_compare_and_swap_and_two_step_delete() {
+fn block_updates_and_deletes_are_compare_and_swap_on_the_revision_read() {
     run(async |store| {
         let cidr = cidr(95);
         if let Some(old) = store.get_block(&cidr).await.expect("get") {

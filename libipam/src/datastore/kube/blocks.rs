@@ -1,0 +1,117 @@
+//! IPAMBlocks: reads (a copy for update may come from the node cache, DESIGN.md 3a), CAS
+//! writes that keep the cache in step, and the listings.
+
+use ipnet::IpNet;
+use kube::api::{Api, ListParams};
+
+use super::KubeStore;
+use super::decode::versioned;
+use super::objects::{self, Crd, IPAM_BLOCK};
+use crate::datastore::{DatastoreError, DsResult, Revision, Versioned};
+use crate::model::IpamBlock;
+use crate::names;
+
+impl KubeStore {
+    pub(super) fn remember_block(&self, cidr: &IpNet, b: Option<&Versioned<IpamBlock>>) {
+        if let Some(mut c) = self.cache() {
+            let node = c.node().to_owned();
+            match b {
+                Some(b) if b.value.is_affine_to(&node) => c.put_block(&cidr.to_string(), Some(b)),
+                _ => c.put_block(&cidr.to_string(), None),
+            }
+        }
+    }
+}
+
+pub(super) async fn get(store: &KubeStore, cidr: &IpNet) -> DsResult<Option<Versioned<IpamBlock>>> {
+    let found = store
+        .get_live::<IpamBlock>(&IPAM_BLOCK, &names::cidr_to_name(cidr))
+        .await?;
+    store.remember_block(cidr, found.as_ref());
+    Ok(found)
+}
+
+pub(super) async fn get_for_update(
+    store: &KubeStore,
+    cidr: &IpNet,
+) -> DsResult<Option<Versioned<IpamBlock>>> {
+    if let Some(b) = store.cache().and_then(|c| c.block(&cidr.to_string())) {
+        return Ok(Some(b));
+    }
+    get(store, cidr).await
+}
+
+pub(super) async fn create(store: &KubeStore, block: &IpamBlock) -> DsResult<Revision> {
+    let group = store.api_group().await?;
+    let obj = objects::object(
+        group,
+        &IPAM_BLOCK,
+        objects::ipam_meta(group, &names::cidr_to_name(&block.cidr), None, None),
+        block.clone(),
+    );
+    let created = store.create_obj(&IPAM_BLOCK, &obj).await.map(versioned)?;
+    store.remember_block(&block.cidr, Some(&created));
+    Ok(created.revision)
+}
+
+pub(super) async fn update(store: &KubeStore, block: &Versioned<IpamBlock>) -> DsResult<Revision> {
+    let cidr = block.value.cidr;
+    let group = store.api_group().await?;
+    let obj = objects::object(
+        group,
+        &IPAM_BLOCK,
+        objects::ipam_meta(
+            group,
+            &names::cidr_to_name(&cidr),
+            Some(&block.revision),
+            None,
+        ),
+        block.value.clone(),
+    );
+    let written = store.replace_obj(&IPAM_BLOCK, &obj).await.map(versioned);
+    match &written {
+        // Someone else wrote it since our copy: read it before writing for a while
+        // (`cache::CONTENDED_FOR`), so the next write does not fail the same way.
+        Err(DatastoreError::Conflict) => {
+            if let Some(mut c) = store.cache() {
+                c.mark_contended(&cidr.to_string());
+            }
+        }
+        Err(_) => store.remember_block(&cidr, None),
+        Ok(_) => {}
+    }
+    let written = written?;
+    store.remember_block(&cidr, Some(&written));
+    Ok(written.revision)
+}
+
+pub(super) async fn delete(store: &KubeStore, block: &Versioned<IpamBlock>) -> DsResult<()> {
+    let cidr = block.value.cidr;
+    store.remember_block(&cidr, None);
+    store
+        .delete_at::<IpamBlock>(&IPAM_BLOCK, &names::cidr_to_name(&cidr), &block.revision)
+        .await
+}
+
+/// Only the names are listed (metadata only): a block's name is its CIDR.
+pub(super) async fn list_cidrs(store: &KubeStore) -> DsResult<Vec<IpNet>> {
+    let api: Api<Crd<IpamBlock>> = store.api(&IPAM_BLOCK).await?;
+    let listed = match api.list_metadata(&ListParams::default()).await {
+        Ok(l) => l,
+        Err(e) => return Err(store.list_or_create_error(&IPAM_BLOCK, "list ipamblocks", e)),
+    };
+    Ok(listed
+        .items
+        .iter()
+        .filter_map(|m| names::name_to_cidr(m.metadata.name.as_deref()?))
+        .collect())
+}
+
+pub(super) async fn list(store: &KubeStore) -> DsResult<Vec<Versioned<IpamBlock>>> {
+    let listed: Vec<Crd<IpamBlock>> = store.list_obj(&IPAM_BLOCK, &ListParams::default()).await?;
+    Ok(listed
+        .into_iter()
+        .filter(|o| !o.spec.deleted)
+        .map(versioned)
+        .collect())
+}
