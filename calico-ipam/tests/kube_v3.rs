@@ -202,6 +202,13 @@ fn a_dual_stack_pod_in_the_v3_group_as_calico_v3_32_writes_it() {
         "the node cache knows the group:\n  {}",
         reqs.join("\n  ")
     );
+    // As in v1: LIST ippools, POST the handle, PUT each family's block.
+    assert!(
+        reqs.len() <= 4,
+        "steady-state dual-stack ADD in v3: {} requests:\n  {}",
+        reqs.len(),
+        reqs.join("\n  ")
+    );
 
     // The objects, as Calico v3.32 writes them in the v3 group.
     let handle = format!("k8s-pod-network.{cid}");
