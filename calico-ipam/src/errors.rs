@@ -24,6 +24,7 @@ fn code_of(e: &IpamError) -> u32 {
     match e {
         IpamError::AddressInUse { .. }
         | IpamError::AddressNotInPool { .. }
+        | IpamError::UseNotAllowed { .. }
         | IpamError::BlockOverlap { .. }
         | IpamError::AddressInUnusablePool { .. } => code::ADDRESS_UNAVAILABLE,
         _ => match e.kind() {

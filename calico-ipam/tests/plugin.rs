@@ -278,3 +278,54 @@ fn a_disabled_or_deleted_pool_is_never_used_by_the_next_add() {
     let out = store.cli(&["check"]);
     assert!(out.status.success(), "{}", text(&out));
 }
+
+/// Calico v3.33 (calico#13301): an address requested with `IP=` in `CNI_ARGS` (how calico-cni
+/// passes a pod's `cni.projectcalico.org/ipAddrs`) is a workload address, so a pool whose
+/// `allowedUses` leaves out Workload (a pool for tunnel addresses) refuses it, with code 102 as
+/// any requested address that cannot be had, and nothing is written; the same address in a
+/// pool that allows workloads is handed out.
+#[test]
+fn a_requested_address_in_a_pool_not_for_workloads_is_refused() {
+    let store = Store::new();
+    store.apply_pools(
+        "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: tunnels}\n\
+         spec: {cidr: '10.70.0.0/24', blockSize: 26, allowedUses: [Tunnel]}\n---\n\
+         apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: pods}\n\
+         spec: {cidr: '10.71.0.0/24', blockSize: 26, allowedUses: [Workload]}\n",
+    );
+    let mut conf = store.netconf("1.0.0", "node-a");
+    conf["ipam"]["assign_ipv6"] = json!("false");
+    let conf = conf.to_string();
+    let before = store.snapshot();
+    let out = cni(
+        "ADD",
+        "c1",
+        &[("CNI_ARGS", "IP=10.70.0.5")],
+        conf.as_bytes(),
+    );
+    assert!(!out.status.success(), "{}", text(&out));
+    let e: Value = serde_json::from_slice(&out.stdout).expect("a CNI error");
+    assert_eq!(e["code"], 102, "{e}");
+    assert_eq!(
+        e["msg"],
+        "IP address 10.70.0.5 is in IP pool \"tunnels\", which is not allowed for use Workload \
+         (allowedUses: [Tunnel])"
+    );
+    assert_eq!(in_use(&store), 0);
+    // Nothing was written: no block, affinity or handle (the store's files are as they were).
+    assert_eq!(
+        store.snapshot().keys().collect::<Vec<_>>(),
+        before.keys().collect::<Vec<_>>()
+    );
+
+    let out = cni(
+        "ADD",
+        "c2",
+        &[("CNI_ARGS", "IP=10.71.0.5")],
+        conf.as_bytes(),
+    );
+    assert_eq!(v4_of(&out), "10.71.0.5/32");
+    assert_eq!(in_use(&store), 1);
+    assert!(cni("DEL", "c2", &[], conf.as_bytes()).status.success());
+    assert_eq!(in_use(&store), 0);
+}

@@ -158,14 +158,20 @@ pub enum IpamError {
         ip: IpAddr,
     },
 
-    /// The pool holding a specific address does not allow the intended use.
-    #[error("pool {pool} does not allow {intended_use} addresses (allowedUses: {allowed})")]
+    /// The pool holding a specific address does not allow the intended use (Calico v3.33's
+    /// check in `AssignIP`, calico#13301): a pod's `ipAddrs` address in a Tunnel-only pool, or a
+    /// tunnel address in a Workload-only one.
+    #[error(
+        "IP address {ip} is in IP pool {pool:?}, which is not allowed for use {intended_use} (allowedUses: {allowed})"
+    )]
     UseNotAllowed {
+        /// The address.
+        ip: IpAddr,
         /// The pool name.
         pool: String,
         /// What the caller wanted the address for.
         intended_use: AllowedUse,
-        /// The pool's allowed uses, comma-separated.
+        /// The pool's allowed uses, as Calico prints them (`[Workload Tunnel]`).
         allowed: String,
     },
 

@@ -307,8 +307,38 @@ fn allowed_uses_filter_pools() {
     .expect_err("use");
     assert_eq!(
         e.to_string(),
-        "pool tunnel does not allow Workload addresses (allowedUses: Tunnel)"
+        "IP address 10.0.0.200 is in IP pool \"tunnel\", which is not allowed for use Workload (allowedUses: [Tunnel])"
     );
+    assert_eq!(e.kind(), ErrorKind::InvalidRequest);
+
+    // The reverse (calico#13301): a tunnel address is refused in a pool for workloads only,
+    // and allowed in one that allows tunnels.
+    let mut workload_only = pool("pods", "10.1.0.0/24", 28);
+    workload_only.spec.allowed_uses = Some(vec!["Workload".into()]);
+    let both = pool("both", "10.2.0.0/24", 28);
+    let ipam = ipam_with(&[workload_only, both]);
+    let specific = |ip_s: &str, intended_use| AssignIpArgs {
+        ip: ip(ip_s),
+        handle_id: format!("tunnel-{ip_s}"),
+        attrs: Default::default(),
+        hostname: "n".into(),
+        intended_use,
+    };
+    let e = block_on(ipam.assign_ip(&specific("10.1.0.1", AllowedUse::Tunnel))).expect_err("use");
+    assert_eq!(
+        e.to_string(),
+        "IP address 10.1.0.1 is in IP pool \"pods\", which is not allowed for use Tunnel (allowedUses: [Workload])"
+    );
+    block_on(ipam.assign_ip(&specific("10.1.0.2", AllowedUse::Workload))).expect("workload");
+    block_on(ipam.assign_ip(&specific("10.2.0.1", AllowedUse::Tunnel))).expect("tunnel");
+    block_on(ipam.assign_ip(&specific("10.2.0.2", AllowedUse::Workload))).expect("workload");
+    // Refused before anything was read or written: no block was claimed for 10.1.0.1 other
+    // than the one 10.1.0.2 made, and it holds only 10.1.0.2.
+    let block = block_on(ipam.store().get_block(&net("10.1.0.0/28")))
+        .expect("get")
+        .expect("block");
+    assert_eq!(block.value.in_use(), 1);
+    assert_consistent(&ipam);
 }
 
 #[test]
@@ -584,6 +614,161 @@ fn reclaims_another_hosts_old_empty_block() {
             .expect("get")
             .is_none()
     );
+    assert_consistent(&ipam);
+}
+
+/// Rewrites a block as a backend that prunes `affinityClaimTime` (Calico v3.31's IPAMBlock
+/// CRD) or Calico before v3.32 would hold it: no claim time, and the sequence number of a block
+/// created `age_secs` ago.
+fn date_block(ipam: &Ipam<MemoryStore>, cidr: &IpNet, claim_time: Option<&str>, age_secs: u64) {
+    let store = ipam.store();
+    let mut block = block_on(store.get_block(cidr))
+        .expect("get")
+        .expect("block");
+    block.value.affinity_claim_time = claim_time.map(str::to_owned);
+    block.value.sequence_number = libipam::model::time::now_nanos() - age_secs * 1_000_000_000;
+    block_on(store.update_block(&block)).expect("date it");
+}
+
+/// Issue 17, item 3: where the claim time is missing (pruned by the CRD, or never written by
+/// Calico before v3.32), the block's sequence number, which starts at its creation time, says
+/// when it was claimed. Strict affinity on, so the second node can only reclaim (Calico's
+/// reclaim does not depend on strictAffinity), never borrow.
+#[test]
+fn a_block_without_a_claim_time_is_dated_by_its_sequence_number() {
+    let ipam = ipam_with(&[pool("p", "10.0.0.0/28", 28)]);
+    set_config(&ipam, |c| c.strict_affinity = true);
+    let store = ipam.store();
+    let r = assign(&ipam, &AutoAssignArgs::new("a", "node-a", 1, 0)).expect("owner");
+    let cidr = r.ipv4[0].trunc();
+    block_on(ipam.release_by_handle("a")).expect("release");
+
+    let refused = |why: &str| {
+        let e = assign(&ipam, &AutoAssignArgs::new("b", "node-b", 1, 0)).expect_err(why);
+        assert_eq!(e.kind(), ErrorKind::Exhausted, "{why}: {e}");
+        let block = block_on(store.get_block(&cidr))
+            .expect("get")
+            .expect("kept");
+        assert_eq!(
+            block.value.affinity.as_deref(),
+            Some("host:node-a"),
+            "{why}"
+        );
+        let aff = block_on(store.get_affinity("node-a", &cidr))
+            .expect("get")
+            .expect("kept");
+        assert_eq!(aff.value.state, AffinityState::Confirmed, "{why}");
+    };
+    // Claimed a second ago, the claim time pruned: too young, as its sequence number says.
+    date_block(&ipam, &cidr, None, 1);
+    refused("no claim time, created a second ago");
+    // Just under the minimum age.
+    date_block(&ipam, &cidr, None, 50);
+    refused("no claim time, created 50 s ago");
+    // A claim time, when there is one, is what counts: a recent one protects an old block.
+    let now = libipam::model::time::rfc3339(libipam::model::time::now_nanos());
+    date_block(&ipam, &cidr, Some(&now), 3600);
+    refused("claimed just now");
+    // A claim time that does not parse is as good as none.
+    date_block(&ipam, &cidr, Some("yesterday"), 1);
+    refused("unreadable claim time, created a second ago");
+
+    // Two minutes old by its sequence number, no claim time: node-b takes it over.
+    date_block(&ipam, &cidr, None, 120);
+    let got = assign(&ipam, &AutoAssignArgs::new("b", "node-b", 1, 0)).expect("reclaimed");
+    assert_eq!(got.ipv4[0].trunc(), cidr);
+    let block = block_on(store.get_block(&cidr)).expect("get").expect("b");
+    assert_eq!(block.value.affinity.as_deref(), Some("host:node-b"));
+    assert!(block.value.affinity_claim_time.is_some(), "claimed anew");
+    assert!(
+        block_on(store.get_affinity("node-a", &cidr))
+            .expect("get")
+            .is_none()
+    );
+    assert_consistent(&ipam);
+}
+
+/// Issue 17, item 1, the race with the old owner: between the reclaiming node's listing and its
+/// delete, the owner writes the block. The delete loses, the block stays the owner's, and the
+/// owner's affinity, marked `pendingDeletion` on the way, is given back confirmed (Calico
+/// leaves it pending deletion, for the owner's next request to confirm again).
+#[test]
+fn a_reclaim_that_loses_to_the_owner_gives_the_affinity_back() {
+    let ipam = ipam_with(&[pool("p", "10.0.0.0/28", 28)]);
+    set_config(&ipam, |c| c.strict_affinity = true);
+    let store = ipam.store();
+    let r = assign(&ipam, &AutoAssignArgs::new("a", "node-a", 1, 0)).expect("owner");
+    let cidr = r.ipv4[0].trunc();
+    block_on(ipam.release_by_handle("a")).expect("release");
+    date_block(&ipam, &cidr, Some("2020-01-01T00:00:00Z"), 3600);
+
+    store.race_next_block_delete();
+    let e = assign(&ipam, &AutoAssignArgs::new("b", "node-b", 1, 0)).expect_err("lost");
+    assert_eq!(e.kind(), ErrorKind::Exhausted, "{e}");
+    let block = block_on(store.get_block(&cidr))
+        .expect("get")
+        .expect("kept");
+    assert_eq!(block.value.affinity.as_deref(), Some("host:node-a"));
+    let aff = block_on(store.get_affinity("node-a", &cidr))
+        .expect("get")
+        .expect("kept");
+    assert_eq!(aff.value.state, AffinityState::Confirmed);
+    assert!(
+        block_on(store.get_affinity("node-b", &cidr))
+            .expect("get")
+            .is_none()
+    );
+    // The owner goes on allocating from it at once.
+    let again = assign(&ipam, &AutoAssignArgs::new("a2", "node-a", 1, 0)).expect("owner");
+    assert_eq!(again.ipv4[0].trunc(), cidr);
+    assert_consistent(&ipam);
+}
+
+/// Issue 17, item 4: a node that must borrow picks from one listing of the blocks with their
+/// contents (the one the claim step made), not one read per block. 64 blocks of 4 addresses,
+/// each claimed and filled by its own node.
+#[test]
+fn borrowing_reads_one_listing_not_every_block() {
+    let ipam = ipam_with(&[pool("p", "10.0.0.0/24", 30)]);
+    let store = ipam.store();
+    let mut first = None;
+    for i in 0..64 {
+        let r = assign(
+            &ipam,
+            &AutoAssignArgs::new(format!("h{i}"), format!("node-{i}"), 4, 0),
+        )
+        .expect("fill");
+        first.get_or_insert(r.ipv4[0].addr());
+    }
+    assert_eq!(block_on(store.list_blocks()).expect("list").len(), 64);
+
+    // Every block full: the borrower finds nothing, from one listing and no block read.
+    let before = store.stats();
+    let e = assign(&ipam, &AutoAssignArgs::new("x", "borrower", 1, 0)).expect_err("full");
+    assert_eq!(e.kind(), ErrorKind::Exhausted, "{e}");
+    let after = store.stats();
+    assert_eq!(after.full_block_lists - before.full_block_lists, 1);
+    assert_eq!(after.block_reads - before.block_reads, 0);
+
+    // One address free in one block: one listing, and no read of any block but for the
+    // write (none here: the listed copy is current).
+    let freed = first.expect("an address");
+    block_on(ipam.release_ips(&[freed])).expect("free one");
+    let before = store.stats();
+    let got = assign(&ipam, &AutoAssignArgs::new("y", "borrower", 1, 0)).expect("borrow");
+    assert_eq!(got.ipv4[0].addr(), freed);
+    let after = store.stats();
+    assert_eq!(after.full_block_lists - before.full_block_lists, 1);
+    assert_eq!(after.block_reads - before.block_reads, 0);
+
+    // A listed copy gone stale meanwhile costs a read of that block only.
+    block_on(ipam.release_ips(&[freed])).expect("free it again");
+    store.inject_conflicts(1);
+    let before = store.stats();
+    let got = assign(&ipam, &AutoAssignArgs::new("z", "borrower", 1, 0)).expect("borrow");
+    assert_eq!(got.ipv4[0].addr(), freed);
+    let after = store.stats();
+    assert!(after.block_reads - before.block_reads <= 2, "{after:?}");
     assert_consistent(&ipam);
 }
 

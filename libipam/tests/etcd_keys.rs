@@ -20,6 +20,11 @@ const SEQ: u64 = 1_767_225_600_000_000_000;
 /// `newBlock(10.244.1.0/30)` claimed by node-1: nil attributes, an empty (non-nil) map.
 const FRESH_BLOCK: &str = r#"{"cidr":"10.244.1.0/30","affinity":"host:node-1","allocations":[null,null,null,null],"unallocated":[0,1,2,3],"attributes":null,"sequenceNumber":1767225600000000000,"sequenceNumberForAllocation":{},"deleted":false}"#;
 
+/// The same block as Calico v3.32's `claimAffineBlock` writes it: `AffinityClaimTime
+/// *metav1.Time` (`json:"affinity_claim_time,omitempty"`, declared after `Affinity`; metav1.Time
+/// is RFC 3339 in UTC, whole seconds).
+const CLAIMED_BLOCK_V3_32: &str = r#"{"cidr":"10.244.1.0/30","affinity":"host:node-1","affinity_claim_time":"2026-01-01T00:00:00Z","allocations":[null,null,null,null],"unallocated":[0,1,2,3],"attributes":null,"sequenceNumber":1767225600000000000,"sequenceNumberForAllocation":{},"deleted":false}"#;
+
 /// The same block after Calico's `autoAssign` gave ordinal 0 to a pod (`&` escaped as Go does).
 const USED_BLOCK: &str = r#"{"cidr":"10.244.1.0/30","affinity":"host:node-1","allocations":[0,null,null,null],"unallocated":[1,2,3],"attributes":[{"handle_id":"k8s-pod-network.abc","secondary":{"namespace":"default","node":"node-1","pod":"web\u00260","timestamp":"2026-01-01 00:00:00.000000000 +0000 UTC"}}],"sequenceNumber":1767225600000000001,"sequenceNumberForAllocation":{"0":1767225600000000000},"deleted":false}"#;
 
@@ -62,8 +67,9 @@ fn block_keys() {
 fn block_values() {
     let mut fresh =
         IpamBlock::new(net("10.244.1.0/30"), Some("host:node-1".into()), SEQ).expect("block");
-    // Calico v3.31's block has no claim time; ours is written after Calico's fields.
+    // Calico v3.31's block has no claim time.
     let claim_time = fresh.affinity_claim_time.take();
+    assert_eq!(claim_time.as_deref(), Some("2026-01-01T00:00:00Z"));
     assert_eq!(
         String::from_utf8(keys::encode_block(&fresh)).expect("utf8"),
         FRESH_BLOCK
@@ -72,17 +78,23 @@ fn block_values() {
         keys::decode_block(FRESH_BLOCK.as_bytes()),
         Ok(fresh.clone())
     );
-    fresh.affinity_claim_time = claim_time.clone();
+    // Calico v3.32's has one, right after the affinity, and so has ours.
+    fresh.affinity_claim_time = claim_time;
     let with_claim = String::from_utf8(keys::encode_block(&fresh)).expect("utf8");
+    assert_eq!(with_claim, CLAIMED_BLOCK_V3_32);
     assert_eq!(
-        with_claim,
-        format!(
-            "{},\"affinityClaimTime\":\"{}\"}}",
-            FRESH_BLOCK.strip_suffix('}').expect("object"),
-            claim_time.expect("affine")
-        )
+        keys::decode_block(CLAIMED_BLOCK_V3_32.as_bytes()),
+        Ok(fresh.clone())
     );
-    assert_eq!(keys::decode_block(with_claim.as_bytes()), Ok(fresh));
+    // What this datastore wrote before it followed v3.32: the claim time last, camel-cased.
+    let ours_before = format!(
+        "{},\"affinityClaimTime\":\"2026-01-01T00:00:00Z\"}}",
+        FRESH_BLOCK.strip_suffix('}').expect("object")
+    );
+    assert_eq!(
+        keys::decode_block(ours_before.as_bytes()),
+        Ok(fresh.clone())
+    );
 
     // Calico's allocation, read and written back unchanged.
     let used = keys::decode_block(USED_BLOCK.as_bytes()).expect("decode");

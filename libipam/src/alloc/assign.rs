@@ -482,6 +482,7 @@ impl<D: Datastore> Ipam<D> {
                 if step.as_ref().is_err_and(|e| e.is_conflict()) {
                     // A lost race: the retry lists the blocks again.
                     req.block_cidrs = None;
+                    req.listed_blocks = None;
                 }
                 step
             })
@@ -591,42 +592,61 @@ impl<D: Datastore> Ipam<D> {
 
     /// Takes addresses from other hosts' blocks (strict affinity off, nothing left to
     /// claim), walking each pool's existing blocks in this host's walk order.
+    ///
+    /// The blocks come from one listing with their contents (the one the claim step just made,
+    /// or a new one), not one read per block: a node that must borrow in a pool of 1,000 full
+    /// blocks used to read all 1,000 one by one. The listing is a fresh read, so "this block is
+    /// full" is decided from it (invariant 3a); a block with room is written from its listed
+    /// copy, a compare-and-swap that fails if it changed since, and only then re-read.
     async fn borrow(
         &self,
         req: &mut Request<'_>,
         fam: &FamilyRequest<'_>,
         want: u32,
     ) -> Result<Vec<IpNet>> {
-        let existing = self
-            .store
-            .list_block_cidrs()
-            .await
-            .map_err(ds("list blocks"))?;
+        let blocks = match req.listed_blocks.take() {
+            Some(b) => b,
+            None => self.store.list_blocks().await.map_err(ds("list blocks"))?,
+        };
+        let cooldown = req.cooldown();
         let mut got: Vec<IpNet> = Vec::new();
         for pool in &fam.pools {
             let walk = super::walk::BlockWalk::new(pool.cidr, pool.block_size, req.host);
-            let mut in_pool: Vec<IpNet> = existing
+            let mut in_pool: Vec<&Versioned<IpamBlock>> = blocks
                 .iter()
-                .filter(|c| c.prefix_len() == pool.block_size && pool.cidr.contains(*c))
-                .copied()
+                .filter(|b| {
+                    b.value.cidr.prefix_len() == pool.block_size
+                        && pool.cidr.contains(&b.value.cidr)
+                })
                 .collect();
-            in_pool.sort_by_key(|c| walk.position(c));
-            for cidr in in_pool {
+            in_pool.sort_by_key(|b| walk.position(&b.value.cidr));
+            for listed in in_pool {
                 let remaining = want - got.len() as u32;
                 if remaining == 0 {
                     return Ok(got);
                 }
+                let cidr = listed.value.cidr;
                 if req.reservation_covering(&cidr).is_some() {
                     continue;
                 }
+                let mut trial = listed.value.clone();
+                trial.garbage_collect(cooldown);
+                if trial.num_free(|ip| req.reserved(ip)) == 0 {
+                    continue;
+                }
                 let op = format!("borrow addresses from block {cidr}");
+                let mut first = Some(listed.clone());
                 let ips = retry_on_conflict(DATASTORE_RETRIES, &op, async || {
-                    match self
-                        .store
-                        .get_block_for_update(&cidr)
-                        .await
-                        .map_err(ds(format!("read block {cidr}")))?
-                    {
+                    let block = match first.take() {
+                        Some(b) => Some(b),
+                        // The listed copy was stale: read this block, and only this one.
+                        None => self
+                            .store
+                            .get_block(&cidr)
+                            .await
+                            .map_err(ds(format!("read block {cidr}")))?,
+                    };
+                    match block {
                         Some(b) => self.assign_from_block(req, b, remaining).await,
                         None => Ok(Vec::new()),
                     }
@@ -662,6 +682,7 @@ impl<D: Datastore> Ipam<D> {
             .ok_or(IpamError::AddressNotInPool { ip: args.ip })?;
         if !pool.allows(args.intended_use) {
             return Err(IpamError::UseNotAllowed {
+                ip: args.ip,
                 pool: pool.name.clone(),
                 intended_use: args.intended_use,
                 allowed: pool.uses_string(),

@@ -21,6 +21,26 @@ use crate::model::{AffinityState, BlockAffinity, IpamBlock, host_affinity};
 /// (Calico's `EmptyBlockMinReclaimAge`), so a block is not stolen between claim and first use.
 const EMPTY_BLOCK_MIN_RECLAIM_AGE_SECS: i64 = 60;
 
+/// When `block`'s affinity was claimed, in Unix seconds: its `affinityClaimTime`, and when
+/// that is missing or unreadable, the time the block was created, which its sequence number
+/// keeps. Calico (since v3.32) writes the claim time as it creates the block; a block is only
+/// ever given an affinity by its creation (a claim creates it, a release removes the affinity
+/// or deletes it), so the two times are the same. Blocks written by Calico before v3.32 have
+/// no claim time, and an `IPAMBlock` CRD without the field (Calico v3.31's) prunes ours; the
+/// sequence number starts at the creation time in Unix nanoseconds (Calico's `newBlock`,
+/// invariant 4) and every write adds 1, so it stays within a second of that time for a billion
+/// writes. A block from a Calico old enough to have started it at 0 reads as claimed in 1970,
+/// i.e. long ago, which it was. Calico itself reads a missing claim time as "long ago": a block
+/// claimed seconds before could be taken from its new owner before it used it, the very race
+/// the minimum age is there to prevent.
+fn claimed_at(block: &IpamBlock) -> i64 {
+    block
+        .affinity_claim_time
+        .as_deref()
+        .and_then(time::parse_rfc3339)
+        .unwrap_or_else(|| i64::try_from(block.sequence_number / 1_000_000_000).unwrap_or(i64::MAX))
+}
+
 /// A block the host can use next.
 pub(super) enum Candidate {
     /// No block exists at this CIDR yet.
@@ -349,21 +369,24 @@ impl<D: Datastore> Ipam<D> {
                 }
             }
         }
-        let now = (time::now_nanos() / 1_000_000_000) as i64;
+        // Calico v3.32's last resort (calico#11149): nothing left to claim and none of ours
+        // has room, so take over an empty block of another host, in walk order, if it was
+        // claimed long enough ago. The release below is a compare-and-swap on the revision
+        // listed, so a block its owner allocated from since is left alone.
+        let now = i64::try_from(time::now_nanos() / 1_000_000_000).unwrap_or(i64::MAX);
         for b in reclaimable {
-            let claimed_at = b
-                .value
-                .affinity_claim_time
-                .as_deref()
-                .and_then(time::parse_rfc3339);
-            if claimed_at.is_some_and(|t| now - t < EMPTY_BLOCK_MIN_RECLAIM_AGE_SECS) {
+            if now.saturating_sub(claimed_at(&b.value)) < EMPTY_BLOCK_MIN_RECLAIM_AGE_SECS {
                 continue;
             }
             let cidr = b.value.cidr;
             if self.release_block_affinity(b, true).await? {
+                // Whoever wins the claim that follows, the listing is out of date.
+                req.listed_blocks = None;
                 return Ok(Some(Candidate::Unclaimed(cidr)));
             }
         }
+        // Borrowing is next (for this family, in this step): it picks from this listing.
+        req.listed_blocks = Some(blocks);
         Ok(None)
     }
 
@@ -396,6 +419,7 @@ impl<D: Datastore> Ipam<D> {
                 .map_err(ds(format!("read affinity of {owner} for {cidr}")))?,
             None => None,
         };
+        let held_state = aff.as_ref().map(|a| a.value.state);
         if let Some(a) = aff.as_mut() {
             a.value.state = AffinityState::PendingDeletion;
             match self.store.update_affinity(a).await {
@@ -414,7 +438,21 @@ impl<D: Datastore> Ipam<D> {
         };
         match result {
             Ok(()) => {}
-            Err(e) if lost(&e) => return Ok(false),
+            // Deleted by someone else meanwhile: the CIDR is free all the same (Calico carries
+            // on too).
+            Err(DatastoreError::NotFound) if empty => {}
+            Err(e) if lost(&e) => {
+                // The block changed since the caller read it (its owner allocated from it):
+                // it stays the owner's. Give the owner back the affinity as it was, so its
+                // next request need not confirm the claim again (three writes); if anybody
+                // touched the affinity since, this compare-and-swap fails and whoever did
+                // decides. Calico leaves it `pendingDeletion`.
+                if let (Some(mut a), Some(state)) = (aff, held_state) {
+                    a.value.state = state;
+                    let _ = self.store.update_affinity(&a).await;
+                }
+                return Ok(false);
+            }
             Err(e) => return Err(IpamError::store(format!("release block {cidr}"))(e)),
         }
         if let Some(a) = aff {

@@ -201,6 +201,10 @@ struct Request<'a> {
     /// families (plus the blocks this request claimed); dropped after a lost race so the
     /// retry lists again.
     block_cidrs: Option<Vec<IpNet>>,
+    /// Every block with its contents, as the claim step that found nothing to claim or
+    /// reclaim listed them (a fresh read), for the borrowing that follows it: taken by that
+    /// borrowing, and dropped by whatever makes it stale first (a lost race, a reclaim).
+    listed_blocks: Option<Vec<Versioned<IpamBlock>>>,
 }
 
 impl Request<'_> {
@@ -276,6 +280,7 @@ impl<D: Datastore> Ipam<D> {
             handle: HandleCache::Unknown,
             affinities: BTreeMap::new(),
             block_cidrs: None,
+            listed_blocks: None,
         })
     }
 

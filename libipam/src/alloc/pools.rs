@@ -73,12 +73,11 @@ impl Pool {
         self.allowed_uses.contains(&use_)
     }
 
+    /// The allowed uses as Calico's messages print them (Go's `%v` of a slice):
+    /// `[Workload Tunnel]`.
     pub fn uses_string(&self) -> String {
-        self.allowed_uses
-            .iter()
-            .map(|u| u.as_str())
-            .collect::<Vec<_>>()
-            .join(",")
+        let uses: Vec<&str> = self.allowed_uses.iter().map(|u| u.as_str()).collect();
+        format!("[{}]", uses.join(" "))
     }
 }
 

@@ -10,7 +10,9 @@
 //! - [`MemoryStore::conflict_randomly`]: each compare-and-swap write fails with `Conflict` with
 //!   a given probability, from a seeded generator (reproducible);
 //! - [`MemoryStore::fail_next_writes`]: the next `n` writes of any kind fail with a given error;
-//! - [`MemoryStore::set_unavailable`]: every call fails with `Unavailable`.
+//! - [`MemoryStore::set_unavailable`]: every call fails with `Unavailable`;
+//! - [`MemoryStore::race_next_block_delete`]: the next block delete loses to a write of the
+//!   block by somebody else (which, unlike the faults above, changes the store).
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
@@ -52,6 +54,7 @@ struct Faults {
     fail_next: u32,
     fail_with: Option<DatastoreError>,
     unavailable: bool,
+    race_block_delete: bool,
 }
 
 /// Counters of what the store was asked to do.
@@ -69,6 +72,8 @@ pub struct Stats {
     pub block_cidr_lists: u64,
     /// `node_labels` calls.
     pub node_label_reads: u64,
+    /// Single-block reads (`get_block`, `get_block_for_update`).
+    pub block_reads: u64,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -259,6 +264,15 @@ impl MemoryStore {
         }
     }
 
+    /// The next block delete finds the block written by somebody else since it was read (as
+    /// its owner would, allocating from it): the block is rewritten with the next sequence
+    /// number and a new revision just before the delete, which then fails with `Conflict`.
+    pub fn race_next_block_delete(&self) {
+        if let Ok(mut g) = self.inner.lock() {
+            g.faults.race_block_delete = true;
+        }
+    }
+
     /// Makes every call fail with `Unavailable` (or work again).
     pub fn set_unavailable(&self, unavailable: bool) {
         if let Ok(mut g) = self.inner.lock() {
@@ -346,7 +360,10 @@ impl Datastore for MemoryStore {
     }
 
     async fn get_block(&self, cidr: &IpNet) -> DsResult<Option<Versioned<IpamBlock>>> {
-        self.with(|s| Ok(s.blocks.get(cidr)))
+        self.with(|s| {
+            s.stats.block_reads += 1;
+            Ok(s.blocks.get(cidr))
+        })
     }
 
     async fn create_block(&self, block: &IpamBlock) -> DsResult<Revision> {
@@ -365,6 +382,13 @@ impl Datastore for MemoryStore {
 
     async fn delete_block(&self, block: &Versioned<IpamBlock>) -> DsResult<()> {
         self.with(|s| {
+            if std::mem::take(&mut s.faults.race_block_delete)
+                && let Some(mut current) = s.blocks.get(&block.value.cidr)
+            {
+                current.value.sequence_number = current.value.sequence_number.wrapping_add(1);
+                s.blocks
+                    .update(block.value.cidr, &current, &mut s.last_rev)?;
+            }
             s.gate(Write::Cas)?;
             s.blocks.delete(&block.value.cidr, &block.revision)
         })

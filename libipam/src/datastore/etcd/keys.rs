@@ -3,15 +3,17 @@
 //!
 //! | Object | Key | Value |
 //! |---|---|---|
-//! | block | `/calico/ipam/v2/assignment/ipv4/block/10.244.1.0-26` | `AllocationBlock`: `cidr`, `affinity` (null when none), `allocations`, `unallocated`, `attributes` (`handle_id`, `secondary`), `sequenceNumber`, `sequenceNumberForAllocation`, `deleted` |
+//! | block | `/calico/ipam/v2/assignment/ipv4/block/10.244.1.0-26` | `AllocationBlock`: `cidr`, `affinity` (null when none), `affinity_claim_time` (when claimed), `allocations`, `unallocated`, `attributes` (`handle_id`, `secondary`), `sequenceNumber`, `sequenceNumberForAllocation`, `deleted` |
 //! | affinity | `/calico/ipam/v2/host/<node>/ipv6/block/fd00:10:244::-122` | `{"state":"confirmed","deleted":false}` (node, CIDR and type are in the key) |
 //! | handle | `/calico/ipam/v2/handle/<handle ID, as given>` | `{"block":{"10.244.1.0/26":1},"deleted":false}` |
 //! | IPAM config | `/calico/ipam/v2/config` | `{"strict_affinity":true,"auto_allocate_blocks":true,"maxBlocksPerHost":4}`, each omitted when false or 0 |
 //! | pool, reservation, node | `/calico/resources/v3/projectcalico.org/{ippools,ipreservations,nodes}/<name>` | the `projectcalico.org/v3` resource: `kind`, `apiVersion`, `metadata`, `spec` |
 //!
 //! Values are written as Go's `encoding/json` writes Calico's structs: fields in declaration
-//! order, no spaces, `<`, `>` and `&` escaped, nil pointers and slices as `null`. Fields Calico's
-//! structs do not have (the block's `affinityClaimTime`, a cooling-down attribute's
+//! order, no spaces, `<`, `>` and `&` escaped, nil pointers and slices as `null`. The block's
+//! claim time is Calico v3.32's `affinity_claim_time`, after `affinity` (omitted when there is
+//! none, as Calico's `omitempty`); a block written with the `affinityClaimTime` this datastore
+//! wrote before is still read. Fields Calico's structs do not have (a cooling-down attribute's
 //! `releasedAt`, the IPAM config's `ipCooldownSeconds`) come after Calico's: Calico ignores them.
 //! Reading accepts what Go writes for an empty slice or map (`null`).
 
@@ -21,7 +23,7 @@ use serde_json::{Map, Value};
 
 use crate::model::{
     AffinityState, AffinityType, BlockAffinity, Extra, IpPool, IpPoolSpec, IpReservation,
-    IpReservationSpec, IpamBlock, IpamConfig, IpamHandle, V3_SPEC_FIELDS,
+    IpReservationSpec, IpamBlock, IpamConfig, IpamHandle,
 };
 use crate::strict;
 
@@ -261,6 +263,11 @@ pub fn encode_block(block: &IpamBlock) -> Vec<u8> {
     // A nil *string and a nil slice: what Calico writes for a block nobody owns, and for one
     // that never had an attribute.
     map.entry("affinity").or_insert(Value::Null);
+    // Calico v3.32's `AffinityClaimTime *metav1.Time `json:"affinity_claim_time,omitempty"``,
+    // declared right after `Affinity`.
+    if let Some(t) = map.remove("affinityClaimTime") {
+        map.insert("affinity_claim_time".into(), t);
+    }
     if map
         .get("attributes")
         .and_then(Value::as_array)
@@ -282,6 +289,7 @@ pub fn encode_block(block: &IpamBlock) -> Vec<u8> {
         &[
             "cidr",
             "affinity",
+            "affinity_claim_time",
             "allocations",
             "unallocated",
             "attributes",
@@ -305,6 +313,14 @@ pub fn decode_block(bytes: &[u8]) -> Result<IpamBlock, String> {
     );
     if map.get("affinity").is_some_and(Value::is_null) {
         map.remove("affinity");
+    }
+    // Calico (v3.32 on) writes the claim time as `affinity_claim_time`; earlier versions of
+    // this datastore wrote it as `affinityClaimTime` after Calico's fields.
+    match map.remove("affinity_claim_time") {
+        Some(Value::Null) | None => {}
+        Some(t) => {
+            map.insert("affinityClaimTime".into(), t);
+        }
     }
     // A block written before `affinity` existed names its host in `hostAffinity`.
     if !map.contains_key("affinity")
@@ -465,6 +481,23 @@ const OBJECT_META: &[&str] = &[
     "managedFields",
 ];
 
+/// Calico v3.31's `IPPoolSpec` field order; every field but `cidr` is `omitempty`.
+const IP_POOL_SPEC: &[&str] = &[
+    "cidr",
+    "vxlanMode",
+    "ipipMode",
+    "natOutgoing",
+    "disabled",
+    "disableBGPExport",
+    "blockSize",
+    "nodeSelector",
+    "namespaceSelector",
+    "ipip",
+    "nat-outgoing",
+    "allowedUses",
+    "assignmentMode",
+];
+
 /// A v3 resource's value, as calicoctl stores it: `kind`, `apiVersion`, `metadata` (the one
 /// given, in Go's order, without `resourceVersion`, which etcd keeps), `spec`.
 pub fn encode_resource(
@@ -485,10 +518,9 @@ pub fn encode_resource(
 /// A pool's value, with `metadata` (see [`encode_resource`]).
 pub fn encode_pool(pool: &IpPool, mut metadata: Map<String, Value>) -> Vec<u8> {
     metadata.insert("name".into(), pool.name.clone().into());
-    // Every field of Calico's IPPoolSpec but `cidr` is `omitempty`.
-    let mut spec = pool.v3_spec();
-    omit_empty(&mut spec, &V3_SPEC_FIELDS[1..]);
-    encode_resource(IP_POOL.0, metadata, spec)
+    let mut spec = to_map(&pool.spec);
+    omit_empty(&mut spec, &IP_POOL_SPEC[1..]);
+    encode_resource(IP_POOL.0, metadata, ordered(spec, IP_POOL_SPEC))
 }
 
 /// What a stored v3 resource holds: its metadata and its spec, each a JSON object.
