@@ -5,7 +5,10 @@
 # Copies the CNI plugin (installed as `calico`) and `calico-ipam` into the CNI bin dir(s), writes
 # the network configuration list into the CNI conf dir and, for the kubernetes datastore (or a
 # template that names __KUBECONFIG_FILEPATH__), a kubeconfig for the `calico-cni-plugin` service
-# account, whose token it obtains with a TokenRequest authenticated by this pod's own token.
+# account, whose token it obtains with a TokenRequest authenticated by this pod's own token. For
+# the etcdv3 datastore it writes Calico's etcd settings (ETCD_ENDPOINTS) and, as Calico does,
+# copies the etcd TLS assets found in TLS_ASSETS_DIR (etcd-ca, etcd-cert, etcd-key) into
+# <conf-dir>/calico-tls/, naming them in the conflist.
 # `--watch-token` (and SLEEP=true) keep renewing that token before it expires, as Calico's node
 # agent does. Runs on a host directly, or in a pod with the host mounted under /host (Calico's
 # layout: /host/opt/cni/bin, /host/secondary-bin-dir, /host/etc/cni/net.d).
@@ -65,9 +68,18 @@ Settings: environment variable (Calico's name) first, then the flag; a flag wins
   --conf-mode MODE         conflist file mode (default 0600, as Calico; env TEST_FILE_PERMISSION)
   --network-name NAME      network name (default k8s-pod-network)
   --cni-version V          conflist cniVersion (default 1.0.0)
-  --datastore-type T       DATASTORE_TYPE: local | kubernetes (default kubernetes in a pod, as
-                           Calico; local elsewhere)
+  --datastore-type T       DATASTORE_TYPE: local | kubernetes | etcdv3 (default kubernetes in a
+                           pod, as Calico; local elsewhere)
   --datastore-path DIR     local datastore directory (default /var/lib/calico/ipam)
+  --etcd-endpoints URLS    ETCD_ENDPOINTS: the etcd cluster of etcdv3 (comma-separated URLs;
+                           required by the built-in conflist for etcdv3; __ETCD_ENDPOINTS__)
+  --tls-assets-dir DIR     TLS_ASSETS_DIR: Calico's mounted etcd secret (default /calico-secrets);
+                           its etcd-ca, etcd-cert and etcd-key are copied into
+                           <conf-dir>/calico-tls/ (etcd-key mode 0600) and named in the conflist
+                           (etcd_ca_cert_file, ...; __ETCD_CA_CERT_FILE__, ...), as Calico does
+  --etcd-ca-cert-file F    ETCD_CA_CERT_FILE, ETCD_CERT_FILE, ETCD_KEY_FILE: ours, for a host
+  --etcd-cert-file F       install: absolute paths of the host's own files, written into the
+  --etcd-key-file F        conflist as they are when TLS_ASSETS_DIR has no file of that name
   --nodename NAME          KUBERNETES_NODE_NAME (or NODENAME): node name (default: hostname)
   --mtu N                  CNI_MTU: veth MTU (default: not set in the built-in conflist, the
                            plugin's default; 1500 for __CNI_MTU__ in a template, as Calico)
@@ -136,6 +148,11 @@ NETWORK_NAME=k8s-pod-network
 CNI_VERSION=1.0.0
 if [ "$IN_POD" = 1 ]; then DATASTORE=${DATASTORE_TYPE:-kubernetes}; else DATASTORE=${DATASTORE_TYPE:-local}; fi
 DATASTORE_PATH=/var/lib/calico/ipam
+ETCD_EP=${ETCD_ENDPOINTS:-}
+TLS_ASSETS=${TLS_ASSETS_DIR:-/calico-secrets}
+ETCD_CA=${ETCD_CA_CERT_FILE:-}
+ETCD_CERT=${ETCD_CERT_FILE:-}
+ETCD_KEY=${ETCD_KEY_FILE:-}
 NODE=${KUBERNETES_NODE_NAME:-${NODENAME:-}}
 MTU=${CNI_MTU:-}
 LOG_LEVEL_V=${LOG_LEVEL:-info}
@@ -187,6 +204,11 @@ while [ $# -gt 0 ]; do
     --cni-version) need "$@"; CNI_VERSION=$2; shift ;;
     --datastore-type) need "$@"; DATASTORE=$2; shift ;;
     --datastore-path) need "$@"; DATASTORE_PATH=$2; shift ;;
+    --etcd-endpoints) need "$@"; ETCD_EP=$2; shift ;;
+    --tls-assets-dir) need "$@"; TLS_ASSETS=$2; shift ;;
+    --etcd-ca-cert-file) need "$@"; ETCD_CA=$2; shift ;;
+    --etcd-cert-file) need "$@"; ETCD_CERT=$2; shift ;;
+    --etcd-key-file) need "$@"; ETCD_KEY=$2; shift ;;
     --nodename) need "$@"; NODE=$2; shift ;;
     --mtu) need "$@"; MTU=$2; shift ;;
     --log-level) need "$@"; LOG_LEVEL_V=$2; shift ;;
@@ -247,7 +269,12 @@ if [ -z "$CONF_DIR" ]; then
 fi
 HOST_CONF_DIR=${HOST_CONF_DIR:-$CONF_DIR}
 
-case $DATASTORE in local|kubernetes) ;; *) die "DATASTORE_TYPE / --datastore-type must be local or kubernetes, not '$DATASTORE'" ;; esac
+case $DATASTORE in local|kubernetes|etcdv3) ;; *) die "DATASTORE_TYPE / --datastore-type must be local, kubernetes or etcdv3, not '$DATASTORE'" ;; esac
+for v in "ETCD_CA_CERT_FILE / --etcd-ca-cert-file:$ETCD_CA" "ETCD_CERT_FILE / --etcd-cert-file:$ETCD_CERT" \
+  "ETCD_KEY_FILE / --etcd-key-file:$ETCD_KEY"; do
+  [ -z "${v#*:}" ] || [[ ${v#*:} == /* ]] ||
+    die "${v%%:*} '${v#*:}' is not an absolute path: the plugin reads it from the runtime's working directory otherwise"
+done
 [[ $CNI_VERSION =~ ^[0-9]+\.[0-9]+\.[0-9]+$ ]] || die "--cni-version '$CNI_VERSION' is not a version"
 [[ $NETWORK_NAME =~ ^[a-zA-Z0-9_.-]+$ ]] || die "--network-name '$NETWORK_NAME' is not a valid network name"
 conf_file_name_ok() { [[ $1 != */* && $1 != .* && ($1 == *.conflist || $1 == *.conf || $1 == *.json) ]]; }
@@ -642,6 +669,28 @@ kubeconfig_host_path() {
   if [[ $k == "$c"/* ]]; then echo "${HOST_CONF_DIR%/}/${k#"$c"/}"; else echo "$k"; fi
 }
 
+# Calico's etcd TLS assets: each of etcd-ca, etcd-cert, etcd-key in TLS_ASSETS_DIR is copied to
+# <conf-dir>/calico-tls/ (Calico's install: only when at least one of them is there).
+TLS_PLAN=()
+if [ -d "$TLS_ASSETS" ]; then
+  for n in etcd-ca etcd-cert etcd-key; do
+    if [ -f "$TLS_ASSETS/$n" ]; then
+      [ -r "$TLS_ASSETS/$n" ] || die "cannot read the etcd TLS asset $TLS_ASSETS/$n (TLS_ASSETS_DIR)"
+      TLS_PLAN+=("$n")
+    fi
+  done
+fi
+# etcd_file NAME GIVEN: the path the conflist names for TLS asset NAME, as the host sees it: the
+# installed copy (this run's, or one already there, as Calico checks), else GIVEN (ETCD_*_FILE).
+etcd_file() {
+  local n
+  for n in "${TLS_PLAN[@]}"; do
+    if [ "$n" = "$1" ]; then echo "${HOST_CONF_DIR%/}/calico-tls/$1"; return; fi
+  done
+  if [ -f "$CONF_DIR/calico-tls/$1" ]; then echo "${HOST_CONF_DIR%/}/calico-tls/$1"; return; fi
+  echo "$2"
+}
+
 # Calico's placeholders, replaced in Calico's order with its defaults (values JSON-escaped, which
 # changes nothing for valid ones: they stand inside JSON strings in Calico's templates).
 render_template() {
@@ -663,11 +712,10 @@ render_template() {
   sub __KUBERNETES_SERVICE_PORT__ "$K8S_PORT"
   sub __SERVICEACCOUNT_TOKEN__ "$own"
   sub __CALICO_API_GROUP__ "${CALICO_API_GROUP:-crd.projectcalico.org/v1}"
-  # etcd is not a datastore of ours: no TLS assets are installed, so their paths are empty.
-  sub __ETCD_CERT_FILE__ ""
-  sub __ETCD_CA_CERT_FILE__ ""
-  sub __ETCD_KEY_FILE__ ""
-  sub __ETCD_ENDPOINTS__ "${ETCD_ENDPOINTS:-}"
+  sub __ETCD_CERT_FILE__ "$(etcd_file etcd-cert "$ETCD_CERT")"
+  sub __ETCD_CA_CERT_FILE__ "$(etcd_file etcd-ca "$ETCD_CA")"
+  sub __ETCD_KEY_FILE__ "$(etcd_file etcd-key "$ETCD_KEY")"
+  sub __ETCD_ENDPOINTS__ "$ETCD_EP"
   sub __ETCD_DISCOVERY_SRV__ "${ETCD_DISCOVERY_SRV:-}"
   sub __REQUIRE_MTU_FILE__ "${REQUIRE_MTU_FILE:-false}"
   # Ours, beyond Calico's set.
@@ -692,6 +740,13 @@ render_builtin() {
   [ -z "$LOG_MAX_COUNT" ] || echo "$p\"log_file_max_count\": $LOG_MAX_COUNT,"
   echo "$p\"datastore_type\": $(json_str "$DATASTORE"),"
   [ "$DATASTORE" != local ] || echo "$p\"datastore_path\": $(json_str "$DATASTORE_PATH"),"
+  if [ "$DATASTORE" = etcdv3 ]; then
+    echo "$p\"etcd_endpoints\": $(json_str "$ETCD_EP"),"
+    local f
+    f=$(etcd_file etcd-ca "$ETCD_CA"); [ -z "$f" ] || echo "$p\"etcd_ca_cert_file\": $(json_str "$f"),"
+    f=$(etcd_file etcd-cert "$ETCD_CERT"); [ -z "$f" ] || echo "$p\"etcd_cert_file\": $(json_str "$f"),"
+    f=$(etcd_file etcd-key "$ETCD_KEY"); [ -z "$f" ] || echo "$p\"etcd_key_file\": $(json_str "$f"),"
+  fi
   echo "$p\"nodename\": $(json_str "$node"),"
   [ -z "$IPAM_LOCK_FILE" ] || echo "$p\"ipam_lock_file\": $(json_str "$IPAM_LOCK_FILE"),"
   [ -z "$MTU" ] || echo "$p\"mtu\": $MTU,"
@@ -784,6 +839,9 @@ fi
 NODE=$(nodename)
 [ -n "$NODE" ] || die "no node name: set KUBERNETES_NODE_NAME or pass --nodename"
 KC_HOST_PATH=$(kubeconfig_host_path)
+if [ "$DATASTORE" = etcdv3 ] && [ -z "$TEMPLATE" ] && [ -z "$ETCD_EP" ]; then
+  die "the etcdv3 datastore needs the etcd endpoints: set ETCD_ENDPOINTS or pass --etcd-endpoints"
+fi
 if [ -n "$TEMPLATE" ]; then
   render_template "$NODE" "$KC_HOST_PATH" >"$WORK/conflist"
   valid_json_object "$WORK/conflist" || die "the network configuration is not a valid JSON object after substitution (check CNI_NETWORK_CONFIG / CNI_NETWORK_CONFIG_FILE)"
@@ -813,6 +871,15 @@ for d in "${BIN_DIRS[@]}"; do
 done
 for b in "${SKIP_BINARIES[@]}"; do [ -z "$b" ] || say "skipped $b (SKIP_CNI_BINARIES)"; done
 [ "$NEED_KUBECONFIG" = 0 ] || write_kubeconfig
+if [ ${#TLS_PLAN[@]} -gt 0 ]; then
+  ensure_dir "$CONF_DIR/calico-tls"
+  for n in "${TLS_PLAN[@]}"; do
+    mode=$(stat -c %a "$TLS_ASSETS/$n")
+    [ "$n" != etcd-key ] || mode=600 # a private key: root only, whatever the secret's mode
+    install_file "$TLS_ASSETS/$n" "$CONF_DIR/calico-tls/$n" "$mode"
+    INSTALLED+=("$(abspath "$CONF_DIR/calico-tls/$n")")
+  done
+fi
 # The conflist last: runtimes pick it up as soon as it appears, so the binaries must be there.
 install_file "$WORK/conflist" "$CONFLIST" "$CONF_MODE"
 INSTALLED+=("$(abspath "$CONFLIST")")

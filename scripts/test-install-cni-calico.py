@@ -15,7 +15,9 @@ conflist Calico's installer would write from it as the expected output.
       byte: the placeholders replaced one after the other in its order with its defaults, nothing
       escaped, no newline added. KUBECONFIG_PATH is what it substitutes for
       __KUBECONFIG_FILEPATH__ (CNI_NET_DIR/calico-kubeconfig); OWN_TOKEN_FILE holds the pod's own
-      token, its __SERVICEACCOUNT_TOKEN__.
+      token, its __SERVICEACCOUNT_TOKEN__. The etcd TLS placeholders name
+      CNI_NET_DIR/calico-tls/etcd-{ca,cert,key} for each file TLS_ASSETS_DIR (default
+      /calico-secrets) holds (Calico copies them there), else "".
 """
 import os
 import shlex
@@ -60,6 +62,14 @@ def calico_expect(kubeconfig_path, own_token_file):
         template = open(env["CNI_NETWORK_CONFIG_FILE"]).read()
     own_token = open(own_token_file).read() if os.path.exists(own_token_file) else ""
     hostname = socket.gethostname().lower()
+    assets = env.get("TLS_ASSETS_DIR", "/calico-secrets")
+    net_dir = env.get("CNI_NET_DIR", "/etc/cni/net.d")
+
+    def tls(name):
+        if os.path.exists(os.path.join(assets, name)):
+            return f"{net_dir}/calico-tls/{name}"
+        return ""
+
     steps = [
         ("__LOG_LEVEL__", env.get("LOG_LEVEL", "info")),
         ("__LOG_FILE_PATH__", env.get("LOG_FILE_PATH", "/var/log/calico/cni/cni.log")),
@@ -74,9 +84,9 @@ def calico_expect(kubeconfig_path, own_token_file):
         ("__KUBERNETES_SERVICE_PORT__", env.get("KUBERNETES_SERVICE_PORT", "")),
         ("__SERVICEACCOUNT_TOKEN__", own_token),
         ("__CALICO_API_GROUP__", env.get("CALICO_API_GROUP", "crd.projectcalico.org/v1")),
-        ("__ETCD_CERT_FILE__", ""),
-        ("__ETCD_CA_CERT_FILE__", ""),
-        ("__ETCD_KEY_FILE__", ""),
+        ("__ETCD_CERT_FILE__", tls("etcd-cert")),
+        ("__ETCD_CA_CERT_FILE__", tls("etcd-ca")),
+        ("__ETCD_KEY_FILE__", tls("etcd-key")),
         ("__ETCD_ENDPOINTS__", env.get("ETCD_ENDPOINTS", "")),
         ("__ETCD_DISCOVERY_SRV__", env.get("ETCD_DISCOVERY_SRV", "")),
         ("__REQUIRE_MTU_FILE__", env.get("REQUIRE_MTU_FILE", "false")),

@@ -67,7 +67,7 @@ CALICO_VARS=(CNI_CONF_NAME CNI_OLD_CONF_NAME CNI_NET_DIR CNI_MTU CNI_NETWORK_CON
   LOG_FILE_MAX_COUNT DATASTORE_TYPE SLEEP KUBERNETES_NODE_NAME NODENAME KUBERNETES_SERVICE_HOST
   KUBERNETES_SERVICE_PORT KUBERNETES_SERVICE_PROTOCOL SKIP_TLS_VERIFY CALICO_CNI_SERVICE_ACCOUNT
   CNI_TOKEN_REFRESH_INTERVAL REQUIRE_MTU_FILE CALICO_API_GROUP ETCD_ENDPOINTS ETCD_DISCOVERY_SRV
-  TEST_FILE_PERMISSION)
+  TEST_FILE_PERMISSION TLS_ASSETS_DIR ETCD_CA_CERT_FILE ETCD_CERT_FILE ETCD_KEY_FILE)
 unset "${CALICO_VARS[@]}"
 run_install() {
   local envs=()
@@ -321,6 +321,68 @@ ok "each placeholder replaced (the file's template, not the env text); CNI_NET_D
 (export "${ALL_ENV[@]}"; "$PY" "$CALICO_PY" expect /etc/kubernetes/cni/net.d/calico-kubeconfig "$SA/token") >"$T/expected.conflist"
 cmp -s "$T/expected.conflist" "$C/10-calico.conflist" || fail "not what Calico writes: $(diff "$T/expected.conflist" "$C/10-calico.conflist")"
 ok "byte for byte what Calico's installer writes for the same template and env"
+step "etcdv3: ETCD_ENDPOINTS and Calico's TLS assets (TLS_ASSETS_DIR) in the conflist"
+S=$T/calico-secrets B3=$T/etcd/opt/cni/bin C3=$T/etcd/etc/cni/net.d
+mkdir -p "$S"
+for n in etcd-ca etcd-cert etcd-key; do echo "PEM of $n" >"$S/$n"; chmod 644 "$S/$n"; done
+ETCD_ENV=(DATASTORE_TYPE=etcdv3 ETCD_ENDPOINTS=https://10.0.0.1:2379,https://10.0.0.2:2379
+  TLS_ASSETS_DIR="$S" KUBERNETES_NODE_NAME=node-e CNI_NET_DIR=/etc/cni/net.d)
+run_install "${ETCD_ENV[@]}" -- -q --from "$FROM" --bin-dir "$B3" --conf-dir "$C3" || fail "etcdv3 install failed"
+jq -e '.plugins[0] | .datastore_type == "etcdv3" and
+  .etcd_endpoints == "https://10.0.0.1:2379,https://10.0.0.2:2379" and
+  .etcd_ca_cert_file == "/etc/cni/net.d/calico-tls/etcd-ca" and
+  .etcd_cert_file == "/etc/cni/net.d/calico-tls/etcd-cert" and
+  .etcd_key_file == "/etc/cni/net.d/calico-tls/etcd-key" and .nodename == "node-e" and
+  has("kubernetes") == false and has("datastore_path") == false' "$C3/10-calico.conflist" >/dev/null ||
+  fail "etcd settings not written: $(cat "$C3/10-calico.conflist")"
+for n in etcd-ca etcd-cert etcd-key; do cmp -s "$S/$n" "$C3/calico-tls/$n" || fail "$n not copied"; done
+[ "$(stat -c %a "$C3/calico-tls/etcd-key")" = 600 ] || fail "etcd-key is not 0600"
+[ "$(stat -c %a "$C3/calico-tls/etcd-ca")" = 644 ] || fail "etcd-ca did not keep its mode"
+[ ! -e "$C3/calico-kubeconfig" ] || fail "etcdv3 wrote a kubeconfig"
+before=$(snap "$T/etcd")
+run_install "${ETCD_ENV[@]}" -- -q --from "$FROM" --bin-dir "$B3" --conf-dir "$C3" || fail "re-run failed"
+[ "$before" = "$(snap "$T/etcd")" ] || fail "re-run changed files: $(diff <(echo "$before") <(snap "$T/etcd"))"
+ok "endpoints and calico-tls/etcd-{ca,cert,key} (copied, the key 0600) named as the host sees them; a re-run changes nothing"
+# Calico's template for etcd mode: its placeholders, byte for byte as Calico's installer fills them.
+cat >"$T/etcd.json" <<'EOF'
+{"name": "k8s-pod-network", "cniVersion": "0.3.1", "plugins": [{"type": "calico",
+ "log_level": "__LOG_LEVEL__", "datastore_type": "__DATASTORE_TYPE__", "nodename": "__KUBERNETES_NODE_NAME__",
+ "etcd_endpoints": "__ETCD_ENDPOINTS__", "etcd_key_file": "__ETCD_KEY_FILE__",
+ "etcd_cert_file": "__ETCD_CERT_FILE__", "etcd_ca_cert_file": "__ETCD_CA_CERT_FILE__",
+ "mtu": __CNI_MTU__, "ipam": {"type": "calico-ipam"}}]}
+EOF
+rm "$S/etcd-ca" # only the files that are there are named
+run_install "${ETCD_ENV[@]}" CNI_NETWORK_CONFIG_FILE="$T/etcd.json" -- -q --from "$FROM" --bin-dir "$B3" \
+  --conf-dir "$T/etcd-t" || fail "etcd template install failed"
+(export "${ETCD_ENV[@]}" CNI_NETWORK_CONFIG_FILE="$T/etcd.json"; "$PY" "$CALICO_PY" expect /etc/cni/net.d/calico-kubeconfig "$SA/token") >"$T/etcd-expected"
+cmp -s "$T/etcd-expected" "$T/etcd-t/10-calico.conflist" || fail "not what Calico writes: $(diff "$T/etcd-expected" "$T/etcd-t/10-calico.conflist")"
+jq -e '.plugins[0].etcd_ca_cert_file == "" and .plugins[0].etcd_key_file == "/etc/cni/net.d/calico-tls/etcd-key"' \
+  "$T/etcd-t/10-calico.conflist" >/dev/null || fail "template: $(cat "$T/etcd-t/10-calico.conflist")"
+[ ! -e "$T/etcd-t/calico-tls/etcd-ca" ] || fail "an etcd-ca that is not in TLS_ASSETS_DIR was installed"
+ok "Calico's etcd template: byte for byte what Calico's installer writes (a missing asset named \"\")"
+# A host install without TLS_ASSETS_DIR: ETCD_*_FILE name the host's own files.
+run_install DATASTORE_TYPE=etcdv3 ETCD_ENDPOINTS=https://e:2379 TLS_ASSETS_DIR="$T/none" NODENAME=n \
+  ETCD_CA_CERT_FILE=/etc/etcd/ca.pem ETCD_CERT_FILE=/etc/etcd/c.pem ETCD_KEY_FILE=/etc/etcd/k.pem -- \
+  -q --from "$FROM" --bin-dir "$B3" --conf-dir "$T/etcd-h" --etcd-key-file /etc/etcd/flag-k.pem || fail "host install failed"
+jq -e '.plugins[0] | .etcd_ca_cert_file == "/etc/etcd/ca.pem" and .etcd_cert_file == "/etc/etcd/c.pem" and
+  .etcd_key_file == "/etc/etcd/flag-k.pem"' "$T/etcd-h/10-calico.conflist" >/dev/null ||
+  fail "ETCD_*_FILE not written: $(cat "$T/etcd-h/10-calico.conflist")"
+[ ! -e "$T/etcd-h/calico-tls" ] || fail "calico-tls made without TLS assets"
+ok "ETCD_*_FILE (flags over env) written as given when TLS_ASSETS_DIR has none"
+# Refused, nothing written: a relative ETCD_*_FILE, etcdv3 without endpoints.
+before=$(snap "$T/etcd")
+for bad in "ETCD_KEY_FILE=calico-tls/etcd-key:ETCD_KEY_FILE / --etcd-key-file 'calico-tls/etcd-key' is not an absolute path" \
+  "ETCD_ENDPOINTS=:needs the etcd endpoints: set ETCD_ENDPOINTS"; do
+  if run_install "${ETCD_ENV[@]}" "${bad%%:*}" -- -q --from "$FROM" --bin-dir "$B3" --conf-dir "$C3" 2>"$T/bad.err"; then
+    fail "${bad%%:*} accepted"
+  fi
+  has "$(cat "$T/bad.err")" "${bad#*:}" || fail "${bad%%:*}: unexpected message: $(cat "$T/bad.err")"
+done
+[ "$before" = "$(snap "$T/etcd")" ] || fail "a refused install changed files"
+ok "a relative ETCD_KEY_FILE and missing endpoints are refused, naming the setting; nothing changed"
+"$INSTALL" -q --uninstall --conf-dir "$C3" || fail "uninstall failed"
+[ ! -e "$C3/calico-tls" ] || fail "uninstall left $(ls -lA "$C3/calico-tls")"
+ok "--uninstall removes calico-tls with the assets"
 printf '{"name": "__NETWORK_NAME__", "v": "__CNI_VERSION__", "x": "__KUBERNETES_NODE_NAME__"}' >"$T/flag.json"
 run_install "${ALL_ENV[@]}" KUBERNETES_NODE_NAME='node"q' -- -q --from "$FROM" --bin-dir "$B" --conf-dir "$C" \
   --serviceaccount-dir "$SA" --no-token-request --config-template "$T/flag.json" || fail "install failed"

@@ -59,6 +59,15 @@ trap 'scripts/kube-testenv down "$KUBE_TESTENV_DIR" || true; scripts/kube-testen
 scripts/kube-testenv up "$KUBE_TESTENV_DIR"
 KUBE_TESTENV_CRDS="$CALICO_V332/calico-v3-crds.yaml" scripts/kube-testenv up "$KUBE_TESTENV_V3_DIR"
 scripts/etcd-testenv up "$ETCD_TESTENV_DIR"
+# The shipped static binaries (scripts/build-release.sh, built by test-image.sh above) carry the
+# etcdv3 datastore: the release calico-ipam reads the cluster over TLS with a client certificate.
+(
+  set -a
+  # shellcheck disable=SC1091
+  source "$ETCD_TESTENV_DIR/env"
+  set +a
+  DATASTORE_TYPE=etcdv3 "$(scripts/build-release.sh)/calico-ipam" ipam check >/dev/null
+) || { echo "scripts/test.sh: the release calico-ipam cannot use the etcdv3 datastore" >&2; exit 1; }
 cargo test --workspace --no-fail-fast
 KUBE_TESTENV_DIR="$KUBE_TESTENV_V3_DIR" cargo test --workspace --no-fail-fast --test kube_store
 scripts/kube-testenv down "$KUBE_TESTENV_V3_DIR"

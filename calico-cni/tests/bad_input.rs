@@ -130,6 +130,15 @@ fn bad_paths_and_names_are_refused_before_anything_is_made() {
             "log_file_path \"cni.log\" is not an absolute path",
         ),
         (
+            "relative etcd_key_file",
+            edit(&|v| {
+                v["datastore_type"] = json!("etcdv3");
+                v["etcd_endpoints"] = json!("https://127.0.0.1:1");
+                v["etcd_key_file"] = json!("calico-tls/etcd-key");
+            }),
+            "etcd_key_file \"calico-tls/etcd-key\" is not an absolute path",
+        ),
+        (
             "missing name",
             edit(&|v| {
                 v.as_object_mut().map(|o| o.remove("name"));

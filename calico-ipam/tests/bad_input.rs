@@ -356,6 +356,18 @@ fn cases(store: &Store) -> Vec<Case> {
             "ipam_lock_file \"ipam.lock\" is not an absolute path",
         ),
         case(
+            "relative etcd_cert_file",
+            "ADD",
+            vec![],
+            with(&base, |v| {
+                v["datastore_type"] = json!("etcdv3");
+                v["etcd_endpoints"] = json!("https://127.0.0.1:1");
+                v["etcd_cert_file"] = json!("etcd-cert");
+            }),
+            7,
+            "etcd_cert_file \"etcd-cert\" is not an absolute path",
+        ),
+        case(
             "missing network name",
             "ADD",
             vec![],

@@ -2,15 +2,18 @@
 //! (ETCD_TESTENV_DIR), TLS with client certificates: the Datastore contract every backend
 //! passes (tests/contract), Calico's keys as stored, what Calico writes read back, unreadable
 //! pools, TLS refusals, a dead endpoint in the list, and the allocator from several simulated
-//! nodes racing. The tests take turns (one lock), as the allocator ones wipe `/calico/`.
+//! nodes racing. The tests take turns with every etcd test (etcd_env::exclusive), as some wipe
+//! `/calico/` and others kill members.
 
+mod common;
 mod contract;
+mod etcd_env;
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
-use std::sync::{Mutex, MutexGuard};
 
+use common::assert_consistent_on;
 use contract::Run;
+use etcd_env::{etcdctl, var, wipe};
 use ipnet::IpNet;
 use libipam::datastore::etcd::{EtcdConfig, EtcdStore, connect, keys, put_resource};
 use libipam::datastore::{Datastore, DatastoreError};
@@ -18,38 +21,8 @@ use libipam::model::{IpPool, IpamConfig};
 use libipam::{AutoAssignArgs, Ipam};
 use serde_json::json;
 
-static TURN: Mutex<()> = Mutex::new(());
-
-fn turn() -> MutexGuard<'static, ()> {
-    TURN.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn testenv_dir() -> PathBuf {
-    PathBuf::from(std::env::var_os("ETCD_TESTENV_DIR").unwrap_or_else(|| {
-        panic!(
-            "ETCD_TESTENV_DIR is not set: these tests need a real etcd cluster \
-             (scripts/test.sh starts one; or scripts/etcd-testenv up DIR)"
-        )
-    }))
-}
-
-/// `DIR/env` as pairs.
-fn testenv() -> Vec<(String, String)> {
-    let path = testenv_dir().join("env");
-    std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
-}
-
-fn var(name: &str) -> String {
-    testenv()
-        .into_iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v)
-        .unwrap_or_else(|| panic!("{name} missing from the etcd-testenv env file"))
+fn turn() -> etcd_env::Turn {
+    etcd_env::exclusive()
 }
 
 fn config() -> EtcdConfig {
@@ -83,37 +56,6 @@ fn run<F: Future>(f: impl FnOnce(EtcdStore) -> F) -> F::Output {
     run_with(&config(), f)
 }
 
-/// `check` finds nothing.
-async fn assert_consistent<D: Datastore>(ipam: &Ipam<D>) {
-    let problems = ipam.check().await.expect("check");
-    assert!(
-        problems.is_empty(),
-        "problems:\n{}",
-        problems
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
-}
-
-/// etcdctl (v3) against the cluster, as the test client; stdout.
-fn etcdctl(args: &[&str]) -> String {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/etcd-testenv");
-    let out = std::process::Command::new(script)
-        .arg("etcdctl")
-        .arg(testenv_dir())
-        .args(args)
-        .output()
-        .expect("run scripts/etcd-testenv etcdctl");
-    assert!(
-        out.status.success(),
-        "etcdctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// The value stored at `key`, raw.
 fn raw_get(key: &str) -> Option<String> {
     let out = etcdctl(&["get", "--print-value-only", key]);
@@ -125,14 +67,15 @@ fn raw_put(key: &str, value: &str) {
     etcdctl(&["put", key, value]);
 }
 
-fn wipe() {
-    etcdctl(&["del", "--prefix", "/calico/"]);
-}
-
 #[test]
-fn contract_block_compare_and_swap() {
+fn contract_compare_and_swap_of_each_kind() {
     let _t = turn();
-    run(async |store| contract::block_compare_and_swap(&store, &Run::new()).await);
+    run(async |store| {
+        let r = Run::new();
+        contract::compare_and_swap::<contract::Blocks, _>(&store, &r).await;
+        contract::compare_and_swap::<contract::Handles, _>(&store, &r).await;
+        contract::compare_and_swap::<contract::Affinities, _>(&store, &r).await;
+    });
 }
 
 #[test]
@@ -148,15 +91,13 @@ fn contract_soft_deleted_objects_read_as_absent_and_are_deleted() {
 }
 
 #[test]
-fn contract_handles() {
+fn contract_listings() {
     let _t = turn();
-    run(async |store| contract::handles(&store, &Run::new()).await);
-}
-
-#[test]
-fn contract_affinities() {
-    let _t = turn();
-    run(async |store| contract::affinities(&store, &Run::new()).await);
+    run(async |store| {
+        let r = Run::new();
+        contract::block_cidrs(&store, &r).await;
+        contract::affinity_listings(&store, &r).await;
+    });
 }
 
 #[test]
@@ -168,7 +109,7 @@ fn contract_pools() {
 #[test]
 fn contract_config() {
     let _t = turn();
-    run(async |store| contract::config(&store, &IpamConfig::default()).await);
+    run(async |store| contract::config(&store, &IpamConfig::default(), 30).await);
 }
 
 /// What the store writes is at Calico's keys with Calico's values, byte for byte for what
@@ -516,7 +457,7 @@ fn nodes_racing_never_share_an_address() {
     assert_eq!(distinct.len(), total, "no address handed out twice");
     run(async |store| {
         let ipam = Ipam::new(store);
-        assert_consistent(&ipam).await;
+        assert_consistent_on(&ipam).await;
         for t in 0..NODES * THREADS_PER_NODE {
             for i in 0..ADDS {
                 let released = ipam
@@ -526,7 +467,7 @@ fn nodes_racing_never_share_an_address() {
                 assert_eq!(released.len(), 2);
             }
         }
-        assert_consistent(&ipam).await;
+        assert_consistent_on(&ipam).await;
         assert!(
             ipam.store()
                 .list_handles()

@@ -66,11 +66,11 @@ fn the_datastore_contract_holds() {
     let local = LocalStore::open(dir.path()).expect("open");
     let run = contract::Run::new();
     block_on(contract::all(&local, &run, contract::Reads::LeaveDeletes));
-    block_on(contract::config(&local, &IpamConfig::default()));
+    block_on(contract::config(&local, &IpamConfig::default(), 30));
     assert_files_valid(dir.path());
     let memory = libipam::datastore::memory::MemoryStore::new();
     block_on(contract::all(&memory, &run, contract::Reads::LeaveDeletes));
-    block_on(contract::config(&memory, &IpamConfig::default()));
+    block_on(contract::config(&memory, &IpamConfig::default(), 30));
 }
 
 #[test]

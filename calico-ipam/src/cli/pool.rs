@@ -4,7 +4,7 @@
 use anyhow::{Context, Result, bail};
 use ipnet::IpNet;
 use libipam::datastore::{Datastore, UnreadablePool};
-use libipam::model::{IpPool, IpPoolSpec};
+use libipam::model::IpPool;
 use serde_json::{Map, Value, json};
 
 use super::resources::{self, Resource};
@@ -337,37 +337,10 @@ fn unreadable(u: &UnreadablePool) -> String {
     )
 }
 
-/// A pool as a projectcalico.org/v3 document, fields in Calico's order.
+/// A pool as a projectcalico.org/v3 document, fields in Calico's order (libipam's one
+/// encoder, which the etcd datastore's values use too).
 pub fn to_v3(p: &IpPool) -> Value {
-    json!({"kind": "IPPool", "apiVersion": "projectcalico.org/v3",
-           "metadata": {"name": p.name}, "spec": spec_v3(&p.spec)})
-}
-
-fn spec_v3(s: &IpPoolSpec) -> Value {
-    const ORDER: [&str; 11] = [
-        "cidr",
-        "vxlanMode",
-        "ipipMode",
-        "natOutgoing",
-        "disabled",
-        "disableBGPExport",
-        "blockSize",
-        "nodeSelector",
-        "namespaceSelector",
-        "allowedUses",
-        "assignmentMode",
-    ];
-    let Ok(Value::Object(mut fields)) = serde_json::to_value(s) else {
-        return Value::Null;
-    };
-    let mut out = Map::new();
-    for k in ORDER {
-        if let Some(v) = fields.remove(k) {
-            out.insert(k.to_string(), v);
-        }
-    }
-    out.extend(fields);
-    Value::Object(out)
+    p.v3_document()
 }
 
 /// YAML as calicoctl prints it (sigs.k8s.io/yaml: keys sorted).

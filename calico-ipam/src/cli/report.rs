@@ -39,6 +39,8 @@ pub fn report_version() -> String {
 /// Everything one check reads.
 struct Gathered {
     kubernetes: bool,
+    /// The report's `datastore_type`: `local`, `kubernetes` or `etcdv3`.
+    datastore_type: &'static str,
     facts: ClusterFacts,
     temporaries: Temporaries,
     problems: Vec<Problem>,
@@ -50,6 +52,11 @@ struct Gathered {
 pub fn check(store: &StoreConfig, opts: &CheckOptions) -> Result<i32> {
     println!("Checking IPAM for inconsistencies...\n");
     let g = with_store(store, async |store| {
+        let datastore_type = match &store {
+            Store::Local(_) => "local",
+            Store::Kube(_) => "kubernetes",
+            Store::Etcd(_) => "etcdv3",
+        };
         let (kubernetes, facts, temporaries, listed) = match &store {
             Store::Local(local) => (false, ClusterFacts::default(), local.temporaries()?, None),
             Store::Etcd(_) => (false, ClusterFacts::default(), Temporaries::default(), None),
@@ -76,6 +83,7 @@ pub fn check(store: &StoreConfig, opts: &CheckOptions) -> Result<i32> {
             let audit = audit::audit(&blocks, &inventory.handles, &pools, &liveness);
             Ok::<_, anyhow::Error>(Gathered {
                 kubernetes,
+                datastore_type,
                 facts,
                 temporaries,
                 problems,
@@ -330,7 +338,7 @@ pub struct Report {
     pub allocations: BTreeMap<String, Vec<ReportAllocation>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub leaked_handles: Vec<HandleInfo>,
-    /// Ours: `local` or `kubernetes`.
+    /// Ours: `local`, `kubernetes` or `etcdv3`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub datastore_type: String,
     /// Ours: blocks, handles and affinities that disagree with each other, one sentence each.
@@ -446,7 +454,7 @@ fn report(g: &Gathered) -> Report {
                 revision: h.revision.clone(),
             })
             .collect(),
-        datastore_type: if g.kubernetes { "kubernetes" } else { "local" }.into(),
+        datastore_type: g.datastore_type.into(),
         inconsistencies: g.problems.iter().map(ToString::to_string).collect(),
         problems,
     }

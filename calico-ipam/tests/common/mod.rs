@@ -174,3 +174,71 @@ pub fn seed_pools() -> String {
 pub fn tiny_pools() -> String {
     pools("tiny-pools.yaml")
 }
+
+/// Runs `f(i)` for every `i` in 0..n on `parallel` worker threads, each running one call at
+/// a time (a call typically spawns one plugin process): the results, in completion order.
+pub fn fan_out<T: Send + 'static>(
+    n: usize,
+    parallel: usize,
+    f: impl Fn(usize) -> T + Send + Sync + 'static,
+) -> Vec<T> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    let f = Arc::new(f);
+    let next = Arc::new(AtomicUsize::new(0));
+    let results = Arc::new(Mutex::new(Vec::with_capacity(n)));
+    let workers: Vec<_> = (0..parallel)
+        .map(|_| {
+            let (f, next, results) = (f.clone(), next.clone(), results.clone());
+            std::thread::spawn(move || {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= n {
+                        return;
+                    }
+                    let r = f(i);
+                    results.lock().expect("results").push(r);
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().expect("worker");
+    }
+    std::mem::take(&mut *results.lock().expect("results"))
+}
+
+/// The addresses of successful ADD results (`(i, output)`, all of which must have
+/// succeeded with `per_add` addresses each), checked to lie in `pools` and to be handed out
+/// once: the addresses of each ADD by `i`.
+pub fn distinct_addresses(
+    adds: &[(usize, Output)],
+    per_add: usize,
+    pools: &[ipnet::IpNet],
+) -> BTreeMap<usize, Vec<std::net::IpAddr>> {
+    let mut seen = std::collections::HashSet::new();
+    let mut by_add = BTreeMap::new();
+    for (i, out) in adds {
+        assert!(out.status.success(), "ADD {i}: {}", text(out));
+        let result: Value = serde_json::from_slice(&out.stdout).expect("result");
+        let ips = result["ips"].as_array().expect("ips");
+        assert_eq!(ips.len(), per_add, "ADD {i}: {result}");
+        let mut mine = Vec::new();
+        for ip in ips {
+            let net: ipnet::IpNet = ip["address"]
+                .as_str()
+                .expect("address")
+                .parse()
+                .expect("cidr");
+            let addr = net.addr();
+            assert!(
+                pools.iter().any(|p| p.contains(&addr)),
+                "{addr} outside the pools"
+            );
+            assert!(seen.insert(addr), "{addr} handed out twice");
+            mine.push(addr);
+        }
+        by_add.insert(*i, mine);
+    }
+    by_add
+}

@@ -96,6 +96,9 @@ pub fn check_paths(conf: &NetConf) -> Result<(), CniError> {
         ("ipam_lock_file", conf.ipam_lock_file.as_deref()),
         ("log_file_path", conf.log_file_path.as_deref()),
         ("nodename_file", conf.nodename_file.as_deref()),
+        ("etcd_ca_cert_file", conf.etcd_ca_cert_file.as_deref()),
+        ("etcd_cert_file", conf.etcd_cert_file.as_deref()),
+        ("etcd_key_file", conf.etcd_key_file.as_deref()),
     ] {
         if let Some(path) = path {
             check_absolute(field, path)?;
@@ -230,6 +233,17 @@ mod tests {
             ("ipam_lock_file", "\"ipam.lock\"", "ipam_lock_file"),
             ("log_file_path", "\"cni.log\"", "log_file_path"),
             ("nodename_file", "\"nodename\"", "nodename_file"),
+            (
+                "etcd_ca_cert_file",
+                "\"etcd-ca\"",
+                "etcd_ca_cert_file \"etcd-ca\" is not an absolute path",
+            ),
+            ("etcd_cert_file", "\"certs/etcd-cert\"", "etcd_cert_file"),
+            (
+                "etcd_key_file",
+                "\"./etcd-key\"",
+                "etcd_key_file \"./etcd-key\"",
+            ),
         ] {
             let e =
                 check_netconf(&conf(&format!("{base},\"{field}\":{value}}}"))).expect_err(field);

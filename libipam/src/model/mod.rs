@@ -25,7 +25,7 @@ pub use config::{DEFAULT_MAX_BLOCKS_PER_HOST, IpamConfig};
 pub use handle::IpamHandle;
 pub use pool::{
     AllowedUse, AssignmentMode, DEFAULT_V4_BLOCK_SIZE, DEFAULT_V6_BLOCK_SIZE, EncapMode, IpPool,
-    IpPoolSpec,
+    IpPoolSpec, V3_SPEC_FIELDS,
 };
 pub use reservation::{IpReservation, IpReservationSpec};
 

@@ -59,6 +59,24 @@ pub struct IpPoolSpec {
     pub extra: Extra,
 }
 
+/// Calico v3.31's `IPPoolSpec` field order (projectcalico.org/v3, `api/pkg/apis/projectcalico/v3`):
+/// how a v3 document lists the fields, for calicoctl's output and the etcd datastore's values.
+pub const V3_SPEC_FIELDS: &[&str] = &[
+    "cidr",
+    "vxlanMode",
+    "ipipMode",
+    "natOutgoing",
+    "disabled",
+    "disableBGPExport",
+    "blockSize",
+    "nodeSelector",
+    "namespaceSelector",
+    "ipip",
+    "nat-outgoing",
+    "allowedUses",
+    "assignmentMode",
+];
+
 /// A named IP pool.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct IpPool {
@@ -90,6 +108,34 @@ impl IpPool {
     /// The parsed CIDR, if it parses.
     pub fn cidr(&self) -> Option<IpNet> {
         self.spec.cidr.trim().parse().ok()
+    }
+
+    /// The spec as a projectcalico.org/v3 JSON object: the fields it has, in Calico's order
+    /// ([`V3_SPEC_FIELDS`]), fields Calico's struct lacks last. The one encoder of a v3 spec.
+    pub fn v3_spec(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut fields = match serde_json::to_value(&self.spec) {
+            Ok(serde_json::Value::Object(m)) => m,
+            _ => serde_json::Map::new(),
+        };
+        let mut out = serde_json::Map::new();
+        for f in V3_SPEC_FIELDS {
+            if let Some(v) = fields.remove(*f) {
+                out.insert((*f).to_owned(), v);
+            }
+        }
+        out.extend(fields);
+        out
+    }
+
+    /// The pool as a projectcalico.org/v3 document, as calicoctl prints one: `kind`,
+    /// `apiVersion`, `metadata` (its name), `spec` ([`IpPool::v3_spec`]).
+    pub fn v3_document(&self) -> serde_json::Value {
+        serde_json::json!({
+            "kind": "IPPool",
+            "apiVersion": "projectcalico.org/v3",
+            "metadata": {"name": self.name},
+            "spec": self.v3_spec(),
+        })
     }
 }
 

@@ -53,7 +53,12 @@ pub fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 
 /// Asserts the store is consistent.
 pub fn assert_consistent<D: Datastore>(ipam: &Ipam<D>) {
-    let problems = block_on(ipam.check()).expect("check");
+    block_on(assert_consistent_on(ipam));
+}
+
+/// [`assert_consistent`] on the caller's runtime (for a store whose connections live there).
+pub async fn assert_consistent_on<D: Datastore>(ipam: &Ipam<D>) {
+    let problems = ipam.check().await.expect("check");
     assert!(
         problems.is_empty(),
         "problems:\n{}",

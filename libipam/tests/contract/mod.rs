@@ -1,11 +1,13 @@
 //! The `Datastore` contract (libipam/src/datastore/mod.rs), as tests every backend passes: the
 //! memory and local stores (`local_store.rs`), the etcd store against a real cluster
-//! (`etcd_store.rs`). Each check works in a store other runs share: its objects are named by
+//! (`etcd_store.rs`), the Kubernetes store against a real apiserver (`kube_store.rs`). The
+//! compare-and-swap and soft-delete checks are written once over [`Kind`] and run for blocks,
+//! handles and affinities alike. Each check works in a store other runs share: its objects are named by
 //! [`Run`], and what it leaves is removed.
 #![allow(dead_code)]
 
 use ipnet::IpNet;
-use libipam::datastore::{Datastore, DatastoreError, Versioned};
+use libipam::datastore::{Datastore, DatastoreError, DsResult, Revision, Versioned};
 use libipam::model::{AffinityState, BlockAffinity, IpPool, IpamBlock, IpamConfig, IpamHandle};
 
 /// Names of this run's objects, apart from other runs' in a shared store.
@@ -48,86 +50,257 @@ impl Run {
     }
 }
 
-async fn clear_block<D: Datastore>(store: &D, cidr: &IpNet) {
-    if let Some(old) = store.get_block(cidr).await.expect("get") {
-        store.delete_block(&old).await.expect("clean up");
+/// One kind of compare-and-swap object of the `Datastore` (blocks, handles, affinities): how
+/// to make one, change it, mark it deleted, and reach it through the store. The checks below
+/// are written once over this, not once per kind.
+pub trait Kind {
+    type Value: Clone + PartialEq + std::fmt::Debug;
+    /// For messages.
+    const NAME: &'static str;
+    /// A fresh object of `run`, told apart from its others by `n`.
+    fn sample(run: &Run, n: u8) -> Self::Value;
+    /// A change that a read shows.
+    fn change(v: &mut Self::Value);
+    /// Another writer's first half of a delete.
+    fn mark_deleted(v: &mut Self::Value);
+    /// Whether two values are the same object (same name).
+    fn same(a: &Self::Value, b: &Self::Value) -> bool;
+    async fn create<D: Datastore>(s: &D, v: &Self::Value) -> DsResult<Revision>;
+    async fn get<D: Datastore>(
+        s: &D,
+        like: &Self::Value,
+    ) -> DsResult<Option<Versioned<Self::Value>>>;
+    async fn update<D: Datastore>(s: &D, v: &Versioned<Self::Value>) -> DsResult<Revision>;
+    async fn delete<D: Datastore>(s: &D, v: &Versioned<Self::Value>) -> DsResult<()>;
+    /// The listing that would show `like` (all blocks, all handles, `like`'s host's affinities).
+    async fn list<D: Datastore>(s: &D, like: &Self::Value)
+    -> DsResult<Vec<Versioned<Self::Value>>>;
+}
+
+pub struct Blocks;
+pub struct Handles;
+pub struct Affinities;
+
+impl Kind for Blocks {
+    type Value = IpamBlock;
+    const NAME: &'static str = "block";
+    fn sample(run: &Run, n: u8) -> IpamBlock {
+        let mut b = IpamBlock::new(run.cidr(n), Some("host:n1".into()), 1).expect("block");
+        // Ours, not Calico's: Calico's IPAMBlock CRD prunes it.
+        b.affinity_claim_time = None;
+        b
+    }
+    fn change(v: &mut IpamBlock) {
+        v.sequence_number += 1;
+    }
+    fn mark_deleted(v: &mut IpamBlock) {
+        v.deleted = true;
+    }
+    fn same(a: &IpamBlock, b: &IpamBlock) -> bool {
+        a.cidr == b.cidr
+    }
+    async fn create<D: Datastore>(s: &D, v: &IpamBlock) -> DsResult<Revision> {
+        s.create_block(v).await
+    }
+    async fn get<D: Datastore>(s: &D, like: &IpamBlock) -> DsResult<Option<Versioned<IpamBlock>>> {
+        s.get_block(&like.cidr).await
+    }
+    async fn update<D: Datastore>(s: &D, v: &Versioned<IpamBlock>) -> DsResult<Revision> {
+        s.update_block(v).await
+    }
+    async fn delete<D: Datastore>(s: &D, v: &Versioned<IpamBlock>) -> DsResult<()> {
+        s.delete_block(v).await
+    }
+    async fn list<D: Datastore>(s: &D, _: &IpamBlock) -> DsResult<Vec<Versioned<IpamBlock>>> {
+        s.list_blocks().await
     }
 }
 
-/// Blocks: create, AlreadyExists, compare-and-swap updates and deletes, NotFound, and a
-/// recreated block never matching a revision of its previous life.
-pub async fn block_compare_and_swap<D: Datastore>(store: &D, run: &Run) {
-    let cidr = run.cidr(1);
-    clear_block(store, &cidr).await;
-    let block = IpamBlock::new(cidr, Some("host:n1".into()), 1).expect("block");
-    let r1 = store.create_block(&block).await.expect("create");
+impl Kind for Handles {
+    type Value = IpamHandle;
+    const NAME: &'static str = "handle";
+    fn sample(run: &Run, n: u8) -> IpamHandle {
+        // Mixed case: the ID is read back in its case (stores may lower-case the name).
+        let mut h = IpamHandle::new(format!(
+            "K8s-Pod-Network.{}",
+            run.name(&format!("Handle{n}"))
+        ));
+        h.increment(&run.cidr(n), 2);
+        h.increment(&run.cidr6(n), 1);
+        h
+    }
+    fn change(v: &mut IpamHandle) {
+        let first = v.block.keys().next().cloned();
+        if let Some(cidr) = first.and_then(|c| c.parse::<IpNet>().ok()) {
+            v.decrement(&cidr, 1);
+        }
+    }
+    fn mark_deleted(v: &mut IpamHandle) {
+        v.deleted = true;
+    }
+    fn same(a: &IpamHandle, b: &IpamHandle) -> bool {
+        a.handle_id == b.handle_id
+    }
+    async fn create<D: Datastore>(s: &D, v: &IpamHandle) -> DsResult<Revision> {
+        s.create_handle(v).await
+    }
+    async fn get<D: Datastore>(
+        s: &D,
+        like: &IpamHandle,
+    ) -> DsResult<Option<Versioned<IpamHandle>>> {
+        s.get_handle(&like.handle_id).await
+    }
+    async fn update<D: Datastore>(s: &D, v: &Versioned<IpamHandle>) -> DsResult<Revision> {
+        s.update_handle(v).await
+    }
+    async fn delete<D: Datastore>(s: &D, v: &Versioned<IpamHandle>) -> DsResult<()> {
+        s.delete_handle(v).await
+    }
+    async fn list<D: Datastore>(s: &D, _: &IpamHandle) -> DsResult<Vec<Versioned<IpamHandle>>> {
+        s.list_handles().await
+    }
+}
+
+impl Kind for Affinities {
+    type Value = BlockAffinity;
+    const NAME: &'static str = "affinity";
+    fn sample(run: &Run, n: u8) -> BlockAffinity {
+        BlockAffinity::host(
+            run.name(&format!("node{n}")),
+            run.cidr(n),
+            AffinityState::Pending,
+        )
+    }
+    fn change(v: &mut BlockAffinity) {
+        v.state = AffinityState::Confirmed;
+    }
+    fn mark_deleted(v: &mut BlockAffinity) {
+        v.deleted = true;
+    }
+    fn same(a: &BlockAffinity, b: &BlockAffinity) -> bool {
+        a.node == b.node && a.cidr == b.cidr && a.affinity_type == b.affinity_type
+    }
+    async fn create<D: Datastore>(s: &D, v: &BlockAffinity) -> DsResult<Revision> {
+        s.create_affinity(v).await
+    }
+    async fn get<D: Datastore>(
+        s: &D,
+        like: &BlockAffinity,
+    ) -> DsResult<Option<Versioned<BlockAffinity>>> {
+        s.get_affinity(&like.node, &like.cidr).await
+    }
+    async fn update<D: Datastore>(s: &D, v: &Versioned<BlockAffinity>) -> DsResult<Revision> {
+        s.update_affinity(v).await
+    }
+    async fn delete<D: Datastore>(s: &D, v: &Versioned<BlockAffinity>) -> DsResult<()> {
+        s.delete_affinity(v).await
+    }
+    async fn list<D: Datastore>(
+        s: &D,
+        like: &BlockAffinity,
+    ) -> DsResult<Vec<Versioned<BlockAffinity>>> {
+        s.list_host_affinities(&like.node).await
+    }
+}
+
+/// Removes what an earlier, interrupted run of the same name left.
+async fn clear<K: Kind, D: Datastore>(store: &D, like: &K::Value) {
+    if let Some(old) = K::get(store, like).await.expect("get") {
+        K::delete(store, &old).await.expect("clean up");
+    }
+}
+
+/// Where `v`'s object is in `K`'s listing: its revision there.
+async fn listed<K: Kind, D: Datastore>(store: &D, v: &K::Value) -> Option<Revision> {
+    K::list(store, v)
+        .await
+        .expect("list")
+        .into_iter()
+        .find(|x| K::same(&x.value, v))
+        .map(|x| x.revision)
+}
+
+/// Create, AlreadyExists, compare-and-swap updates and deletes, NotFound, listings, and a
+/// recreated object never matching a revision of its previous life: for one kind.
+pub async fn compare_and_swap<K: Kind, D: Datastore>(store: &D, run: &Run) {
+    let what = K::NAME;
+    let object = K::sample(run, 1);
+    clear::<K, D>(store, &object).await;
+    let r1 = K::create(store, &object).await.expect("create");
     assert_eq!(
-        store.create_block(&block).await,
-        Err(DatastoreError::AlreadyExists)
+        K::create(store, &object).await,
+        Err(DatastoreError::AlreadyExists),
+        "{what}: a second create"
     );
-    let read = store.get_block(&cidr).await.expect("get").expect("exists");
+    let read = K::get(store, &object).await.expect("get").expect("exists");
     assert_eq!(
         read.revision, r1,
-        "a write returns the revision a read sees"
+        "{what}: a write returns the revision a read sees"
     );
-    assert_eq!(read.value, block, "read back as written");
+    assert_eq!(read.value, object, "{what}: read back as written");
+    assert_eq!(
+        listed::<K, D>(store, &object).await,
+        Some(r1.clone()),
+        "{what}: listed"
+    );
     let mut v = read.clone();
-    v.value.sequence_number += 1;
-    let r2 = store.update_block(&v).await.expect("update at r1");
-    assert_ne!(r1, r2);
+    K::change(&mut v.value);
+    let r2 = K::update(store, &v).await.expect("update at r1");
+    assert_ne!(r1, r2, "{what}: an update moves the revision");
     // The copy at r1 is stale now: every write from it is refused.
     assert_eq!(
-        store.update_block(&read).await,
-        Err(DatastoreError::Conflict)
+        K::update(store, &read).await,
+        Err(DatastoreError::Conflict),
+        "{what}"
     );
     assert_eq!(
-        store.delete_block(&read).await,
-        Err(DatastoreError::Conflict)
+        K::delete(store, &read).await,
+        Err(DatastoreError::Conflict),
+        "{what}"
     );
-    let current = store.get_block(&cidr).await.expect("get").expect("exists");
-    assert_eq!(current.revision, r2);
-    assert_eq!(current.value.sequence_number, 2);
+    let current = K::get(store, &object).await.expect("get").expect("exists");
+    assert_eq!(current.revision, r2, "{what}");
+    assert_eq!(current.value, v.value, "{what}: the update read back");
+    assert_eq!(
+        listed::<K, D>(store, &object).await,
+        Some(r2.clone()),
+        "{what}: listed at r2"
+    );
+    K::delete(store, &current).await.expect("delete at r2");
     assert!(
-        store
-            .list_block_cidrs()
-            .await
-            .expect("cidrs")
-            .contains(&cidr)
-    );
-    assert!(
-        store
-            .list_blocks()
-            .await
-            .expect("list")
-            .iter()
-            .any(|b| b.value.cidr == cidr && b.revision == r2)
-    );
-    store.delete_block(&current).await.expect("delete at r2");
-    assert!(store.get_block(&cidr).await.expect("get").is_none());
-    assert_eq!(
-        store.update_block(&current).await,
-        Err(DatastoreError::NotFound)
+        K::get(store, &object).await.expect("get").is_none(),
+        "{what}: deleted"
     );
     assert_eq!(
-        store.delete_block(&current).await,
-        Err(DatastoreError::NotFound)
+        K::update(store, &current).await,
+        Err(DatastoreError::NotFound),
+        "{what}"
     );
-    assert!(
-        !store
-            .list_block_cidrs()
-            .await
-            .expect("cidrs")
-            .contains(&cidr)
-    );
-    // A recreated block never matches a revision from its previous life.
-    let r3 = store.create_block(&block).await.expect("recreate");
-    assert!(r3 != r1 && r3 != r2);
     assert_eq!(
-        store.update_block(&read).await,
-        Err(DatastoreError::Conflict)
+        K::delete(store, &current).await,
+        Err(DatastoreError::NotFound),
+        "{what}"
     );
-    let again = store.get_block(&cidr).await.expect("get").expect("exists");
-    store.delete_block(&again).await.expect("delete");
+    assert_eq!(
+        listed::<K, D>(store, &object).await,
+        None,
+        "{what}: not listed once deleted"
+    );
+    // A recreated object never matches a revision from its previous life.
+    let r3 = K::create(store, &object).await.expect("recreate");
+    assert!(r3 != r1 && r3 != r2, "{what}: {r3:?} reused");
+    assert_eq!(
+        K::update(store, &read).await,
+        Err(DatastoreError::Conflict),
+        "{what}"
+    );
+    assert_eq!(
+        K::update(store, &current).await,
+        Err(DatastoreError::Conflict),
+        "{what}"
+    );
+    let again = K::get(store, &object).await.expect("get").expect("exists");
+    K::delete(store, &again).await.expect("delete");
 }
 
 /// Whether a backend finishes another writer's two-step delete when it reads the object
@@ -139,157 +312,89 @@ pub enum Reads {
     LeaveDeletes,
 }
 
-/// Objects another writer marked `deleted: true` read as absent, in single reads and
-/// listings; a backend that finishes such deletes lets their names be created again.
-pub async fn soft_deleted_objects_read_as_absent<D: Datastore>(store: &D, run: &Run, reads: Reads) {
-    let cidr = run.cidr(2);
-    clear_block(store, &cidr).await;
-    let block = IpamBlock::new(cidr, None, 1).expect("block");
-    let rev = store.create_block(&block).await.expect("create");
+/// An object another writer marked `deleted: true` reads as absent, in single reads and
+/// listings; a backend that finishes such deletes lets its name be created again.
+pub async fn soft_deleted_reads_as_absent<K: Kind, D: Datastore>(
+    store: &D,
+    run: &Run,
+    reads: Reads,
+) {
+    let what = K::NAME;
+    let object = K::sample(run, 2);
+    clear::<K, D>(store, &object).await;
+    let rev = K::create(store, &object).await.expect("create");
     let mut marked = Versioned {
-        value: block,
+        value: object.clone(),
         revision: rev,
     };
-    marked.value.deleted = true;
-    marked.revision = store.update_block(&marked).await.expect("mark deleted");
-    assert!(store.get_block(&cidr).await.expect("get").is_none());
+    K::mark_deleted(&mut marked.value);
+    marked.revision = K::update(store, &marked).await.expect("mark deleted");
     assert!(
-        !store
-            .list_blocks()
-            .await
-            .expect("list")
-            .iter()
-            .any(|b| b.value.cidr == cidr)
+        K::get(store, &object).await.expect("get").is_none(),
+        "{what}: read as absent"
     );
+    assert_eq!(listed::<K, D>(store, &object).await, None, "{what}: listed");
     if reads == Reads::FinishDeletes {
-        let again = IpamBlock::new(cidr, None, 2).expect("block");
-        let rev = store.create_block(&again).await.expect("recreate");
-        store
-            .delete_block(&Versioned {
-                value: again,
+        let rev = K::create(store, &object).await.expect("recreate");
+        K::delete(
+            store,
+            &Versioned {
+                value: object,
                 revision: rev,
-            })
-            .await
-            .expect("delete");
+            },
+        )
+        .await
+        .expect("delete");
     } else {
-        store
-            .delete_block(&marked)
-            .await
-            .expect("finish the delete");
-    }
-
-    let host = run.name("soft");
-    let a = BlockAffinity::host(&host, cidr, AffinityState::Confirmed);
-    let rev = store.create_affinity(&a).await.expect("affinity");
-    let mut marked = Versioned {
-        value: a.clone(),
-        revision: rev,
-    };
-    marked.value.deleted = true;
-    marked.revision = store.update_affinity(&marked).await.expect("mark deleted");
-    assert!(
-        store
-            .get_affinity(&host, &cidr)
-            .await
-            .expect("get")
-            .is_none()
-    );
-    assert!(
-        store
-            .list_host_affinities(&host)
-            .await
-            .expect("list")
-            .is_empty()
-    );
-    if reads == Reads::FinishDeletes {
-        let rev = store.create_affinity(&a).await.expect("recreate");
-        store
-            .delete_affinity(&Versioned {
-                value: a,
-                revision: rev,
-            })
-            .await
-            .expect("delete");
-    } else {
-        store
-            .delete_affinity(&marked)
-            .await
-            .expect("finish the delete");
-    }
-
-    let id = run.name("soft-handle");
-    let h = IpamHandle::new(&id);
-    let rev = store.create_handle(&h).await.expect("handle");
-    let mut marked = Versioned {
-        value: h.clone(),
-        revision: rev,
-    };
-    marked.value.deleted = true;
-    marked.revision = store.update_handle(&marked).await.expect("mark deleted");
-    assert!(store.get_handle(&id).await.expect("get").is_none());
-    assert!(
-        !store
-            .list_handles()
-            .await
-            .expect("list")
-            .iter()
-            .any(|x| x.value.handle_id == id)
-    );
-    if reads == Reads::FinishDeletes {
-        let rev = store.create_handle(&h).await.expect("recreate");
-        store
-            .delete_handle(&Versioned {
-                value: h,
-                revision: rev,
-            })
-            .await
-            .expect("delete");
-    } else {
-        store
-            .delete_handle(&marked)
-            .await
-            .expect("finish the delete");
+        K::delete(store, &marked).await.expect("finish the delete");
     }
 }
 
-/// Handles: the ID keeps its case, the counts round-trip, compare-and-swap as for blocks.
-pub async fn handles<D: Datastore>(store: &D, run: &Run) {
-    let id = format!("K8s-Pod-Network.{}", run.name("MixedCase"));
-    let mut h = IpamHandle::new(&id);
-    h.increment(&run.cidr(3), 2);
-    h.increment(&run.cidr6(3), 1);
-    let r1 = store.create_handle(&h).await.expect("create");
-    assert_eq!(
-        store.create_handle(&h).await,
-        Err(DatastoreError::AlreadyExists)
-    );
-    let got = store.get_handle(&id).await.expect("get").expect("found");
-    assert_eq!(got.value, h, "read back as written, the ID in its case");
-    assert_eq!(got.revision, r1);
+/// Every kind's compare-and-swap.
+pub async fn compare_and_swap_all<D: Datastore>(store: &D, run: &Run) {
+    compare_and_swap::<Blocks, D>(store, run).await;
+    compare_and_swap::<Handles, D>(store, run).await;
+    compare_and_swap::<Affinities, D>(store, run).await;
+}
+
+/// Every kind's soft-deleted objects.
+pub async fn soft_deleted_objects_read_as_absent<D: Datastore>(store: &D, run: &Run, reads: Reads) {
+    soft_deleted_reads_as_absent::<Blocks, D>(store, run, reads).await;
+    soft_deleted_reads_as_absent::<Handles, D>(store, run, reads).await;
+    soft_deleted_reads_as_absent::<Affinities, D>(store, run, reads).await;
+}
+
+/// Blocks are also listed by CIDR alone.
+pub async fn block_cidrs<D: Datastore>(store: &D, run: &Run) {
+    let block = Blocks::sample(run, 3);
+    clear::<Blocks, D>(store, &block).await;
+    let rev = store.create_block(&block).await.expect("create");
     assert!(
         store
-            .list_handles()
+            .list_block_cidrs()
             .await
-            .expect("list")
-            .iter()
-            .any(|x| x.value.handle_id == id)
+            .expect("cidrs")
+            .contains(&block.cidr)
     );
-    let mut v = got.clone();
-    v.value.decrement(&run.cidr(3), 2);
-    let r2 = store.update_handle(&v).await.expect("update");
-    assert_eq!(
-        store.update_handle(&got).await,
-        Err(DatastoreError::Conflict)
+    store
+        .delete_block(&Versioned {
+            value: block.clone(),
+            revision: rev,
+        })
+        .await
+        .expect("delete");
+    assert!(
+        !store
+            .list_block_cidrs()
+            .await
+            .expect("cidrs")
+            .contains(&block.cidr)
     );
-    v.revision = r2;
-    store.delete_handle(&v).await.expect("delete");
-    assert!(store.get_handle(&id).await.expect("get").is_none());
-    assert_eq!(store.delete_handle(&v).await, Err(DatastoreError::NotFound));
 }
 
 /// Affinities: one listing per host gives both families and no other host's (not even one
-/// whose name starts with this one's); compare-and-swap as for blocks.
-pub async fn affinities<D: Datastore>(store: &D, run: &Run) {
+/// whose name starts with this one's); all hosts' in the full listing.
+pub async fn affinity_listings<D: Datastore>(store: &D, run: &Run) {
     let host = run.name("node");
     let longer = format!("{host}x");
     let (v4, v6) = (run.cidr(4), run.cidr6(4));
@@ -300,11 +405,8 @@ pub async fn affinities<D: Datastore>(store: &D, run: &Run) {
         (&longer, v4, AffinityState::Confirmed),
     ] {
         let a = BlockAffinity::host(h.as_str(), cidr, state);
+        clear::<Affinities, D>(store, &a).await;
         let rev = store.create_affinity(&a).await.expect("create");
-        assert_eq!(
-            store.create_affinity(&a).await,
-            Err(DatastoreError::AlreadyExists)
-        );
         written.push(Versioned {
             value: a,
             revision: rev,
@@ -319,37 +421,7 @@ pub async fn affinities<D: Datastore>(store: &D, run: &Run) {
     for w in &written {
         assert!(all.contains(w), "{w:?}");
     }
-    let got = store
-        .get_affinity(&host, &v4)
-        .await
-        .expect("get")
-        .expect("exists");
-    assert_eq!(got, written[0]);
-    let mut confirmed = got.clone();
-    confirmed.value.state = AffinityState::Confirmed;
-    confirmed.revision = store.update_affinity(&confirmed).await.expect("confirm");
-    assert_eq!(
-        store.update_affinity(&got).await,
-        Err(DatastoreError::Conflict)
-    );
-    assert_eq!(
-        store.delete_affinity(&got).await,
-        Err(DatastoreError::Conflict)
-    );
-    assert_eq!(
-        store
-            .get_affinity(&host, &v4)
-            .await
-            .expect("get")
-            .map(|a| a.value.state),
-        Some(AffinityState::Confirmed)
-    );
-    store.delete_affinity(&confirmed).await.expect("delete");
-    assert_eq!(
-        store.update_affinity(&confirmed).await,
-        Err(DatastoreError::NotFound)
-    );
-    for w in &written[1..] {
+    for w in &written {
         store.delete_affinity(w).await.expect("delete");
     }
     assert!(
@@ -395,13 +467,14 @@ pub async fn pools<D: Datastore>(store: &D, run: &Run) {
     );
 }
 
-/// The IPAM configuration round-trips; `reset` is applied afterwards.
-pub async fn config<D: Datastore>(store: &D, reset: &IpamConfig) {
+/// The IPAM configuration round-trips (`cooldown`: our `ipCooldownSeconds`, 0 where the
+/// backend keeps only Calico's fields); `reset` is applied afterwards.
+pub async fn config<D: Datastore>(store: &D, reset: &IpamConfig, cooldown: u32) {
     let c = IpamConfig {
         strict_affinity: true,
         auto_allocate_blocks: false,
         max_blocks_per_host: 7,
-        ip_cooldown_seconds: 30,
+        ip_cooldown_seconds: cooldown,
         ..IpamConfig::default()
     };
     store.apply_config(&c).await.expect("apply");
@@ -410,11 +483,11 @@ pub async fn config<D: Datastore>(store: &D, reset: &IpamConfig) {
     assert_eq!(&store.get_config().await.expect("get"), reset);
 }
 
-/// Every check above, one after the other.
+/// Every check above but the configuration's, one after the other.
 pub async fn all<D: Datastore>(store: &D, run: &Run, reads: Reads) {
-    block_compare_and_swap(store, run).await;
+    compare_and_swap_all(store, run).await;
     soft_deleted_objects_read_as_absent(store, run, reads).await;
-    handles(store, run).await;
-    affinities(store, run).await;
+    block_cidrs(store, run).await;
+    affinity_listings(store, run).await;
     pools(store, run).await;
 }

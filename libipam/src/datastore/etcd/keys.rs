@@ -23,7 +23,7 @@ use serde_json::{Map, Value};
 
 use crate::model::{
     AffinityState, AffinityType, BlockAffinity, Extra, IpPool, IpPoolSpec, IpReservation,
-    IpReservationSpec, IpamBlock, IpamConfig, IpamHandle,
+    IpReservationSpec, IpamBlock, IpamConfig, IpamHandle, V3_SPEC_FIELDS,
 };
 use crate::strict;
 
@@ -481,23 +481,6 @@ const OBJECT_META: &[&str] = &[
     "managedFields",
 ];
 
-/// Calico v3.31's `IPPoolSpec` field order; every field but `cidr` is `omitempty`.
-const IP_POOL_SPEC: &[&str] = &[
-    "cidr",
-    "vxlanMode",
-    "ipipMode",
-    "natOutgoing",
-    "disabled",
-    "disableBGPExport",
-    "blockSize",
-    "nodeSelector",
-    "namespaceSelector",
-    "ipip",
-    "nat-outgoing",
-    "allowedUses",
-    "assignmentMode",
-];
-
 /// A v3 resource's value, as calicoctl stores it: `kind`, `apiVersion`, `metadata` (the one
 /// given, in Go's order, without `resourceVersion`, which etcd keeps), `spec`.
 pub fn encode_resource(
@@ -518,9 +501,10 @@ pub fn encode_resource(
 /// A pool's value, with `metadata` (see [`encode_resource`]).
 pub fn encode_pool(pool: &IpPool, mut metadata: Map<String, Value>) -> Vec<u8> {
     metadata.insert("name".into(), pool.name.clone().into());
-    let mut spec = to_map(&pool.spec);
-    omit_empty(&mut spec, &IP_POOL_SPEC[1..]);
-    encode_resource(IP_POOL.0, metadata, ordered(spec, IP_POOL_SPEC))
+    // Every field of Calico's IPPoolSpec but `cidr` is `omitempty`.
+    let mut spec = pool.v3_spec();
+    omit_empty(&mut spec, &V3_SPEC_FIELDS[1..]);
+    encode_resource(IP_POOL.0, metadata, spec)
 }
 
 /// What a stored v3 resource holds: its metadata and its spec, each a JSON object.
