@@ -287,15 +287,56 @@ impl K8s {
             })
     }
 
-    /// DEL: clears `podIP` and `podIPs` (keeping `containerID`), guarded by the pod's
-    /// resourceVersion and UID, unless the pod now belongs to another container (a DEL for a
-    /// stale sandbox must not unpublish the live one). A missing pod is fine.
+    /// DEL: clears `podIP` and `podIPs` (keeping `containerID`), unless the pod now belongs to
+    /// another container (a DEL for a stale sandbox must not unpublish the live one). A
+    /// missing pod is fine.
+    ///
+    /// One request when the pod names this container: a JSON patch whose `test` operation
+    /// makes the server apply it only while `containerID` is `container_id` (the server
+    /// evaluates it against the object it writes, so it is as exact as a resourceVersion
+    /// guard). When the test fails (another container, or no `containerID` at all, as on a
+    /// pod annotated by something else), the pod is read and patched as before: guarded by its
+    /// resourceVersion and UID.
     pub async fn clear_pod_addresses(
         &self,
         namespace: &str,
         name: &str,
         container_id: &str,
     ) -> Result<(), CniError> {
+        if !container_id.is_empty() {
+            let pointer = |key: &str| {
+                format!(
+                    "/metadata/annotations/{}",
+                    key.replace('~', "~0").replace('/', "~1")
+                )
+            };
+            let ops = json!([
+                {"op": "test", "path": pointer(ANNOTATION_CONTAINER_ID), "value": container_id},
+                {"op": "add", "path": pointer(ANNOTATION_POD_IP), "value": ""},
+                {"op": "add", "path": pointer(ANNOTATION_POD_IPS), "value": ""},
+            ]);
+            let path = format!(
+                "/api/v1/namespaces/{}/pods/{}/status",
+                path_segment(namespace),
+                path_segment(name)
+            );
+            let req = http::Request::patch(path)
+                .header(http::header::CONTENT_TYPE, "application/json-patch+json")
+                .body(ops.to_string().into_bytes())
+                .map_err(|e| CniError::try_again(format!("build the pod annotation patch: {e}")))?;
+            match self.conn.client.request::<Pod>(req).await {
+                Ok(_) => return Ok(()),
+                // The test failed: the pod names another container or none.
+                Err(kube::Error::Api(s)) if s.code == 422 => {}
+                Err(e) => match self
+                    .conn
+                    .error(&format!("update pod {namespace}/{name} annotations"), e)
+                {
+                    DatastoreError::NotFound => return Ok(()),
+                    other => return Err(api_error(other)),
+                },
+            }
+        }
         for _ in 0..CLEAR_ATTEMPTS {
             let Some(pod) = self.pod(namespace, name).await? else {
                 return Ok(());
@@ -346,6 +387,17 @@ impl K8s {
     pub fn save(&mut self) {
         self.cache.save();
     }
+}
+
+/// A path segment for a URL: Kubernetes names and namespaces are DNS labels and subdomains,
+/// which need no escaping; anything else is percent-encoded.
+fn path_segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// `podIP` = the first address, `podIPs` = all, comma-separated; always /32 and /128.

@@ -200,6 +200,14 @@ fn dual_stack_pods_in_the_kubernetes_datastore() {
                 reqs.len(),
                 reqs.join("\n  ")
             );
+            // PATCH pod/status (a JSON patch whose `test` checks the containerID, so no GET
+            // of the pod first), PUT both blocks, DELETE the handle.
+            assert!(
+                reqs.len() <= 4 && !reqs.iter().any(|r| r.starts_with("get /api/v1/namespaces")),
+                "steady-state dual-stack DEL: {} requests:\n  {}",
+                reqs.len(),
+                reqs.join("\n  ")
+            );
         }
         let a = pod_annotations(&kube, ns, name);
         assert_eq!(a["cni.projectcalico.org/podIP"], "", "{name}: {a}");
