@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# etcd round trips and latency per dual-stack pod in the etcdv3 datastore, next to the
+# Kubernetes datastore's in the same run: calico-cni + calico-ipam ADD and DEL pods one at a time
+# on one node, against scripts/etcd-testenv's three-member TLS cluster started inside the node's
+# netns; then scripts/bench-kdd.sh with the same binaries and count. Requests are counted from
+# the members' own metrics (grpc_server_handled_total, unary calls, summed over the members;
+# scripts/bench/etcd.py), latency is the whole plugin process. Prints both tables and the load
+# average (the figures are only comparable on a quiet machine).
+#   scripts/bench-etcd.sh [COUNT] [--from DIR]   (default 50 pods; DIR holds calico-cni and
+#                                                 calico-ipam, default: scripts/build-release.sh)
+# Root. Everything happens in namespaces this script creates and removes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib-netns.sh
+COUNT=50
+FROM=
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --from) FROM=$2; shift 2 ;;
+    *) COUNT=$1; shift ;;
+  esac
+done
+[ "$(id -u)" = 0 ] || { echo "bench-etcd.sh: run as root" >&2; exit 1; }
+export PATH="$HOME/.cargo/bin:$PATH:/usr/local/go/bin"
+scripts/install-deps.sh
+REL=${FROM:-$(scripts/build-release.sh)}
+
+WORK=$(mktemp -d /tmp/bench-etcd.XXXX)
+NODE=betcd-node-$$
+P=be$$p
+ETCD=$WORK/etcd
+mkdir "$WORK/bin"
+cp "$REL/calico-cni" "$WORK/bin/calico"
+cp "$REL/calico-ipam" "$WORK/bin/calico-ipam"
+cleanup() {
+  scripts/etcd-testenv down "$ETCD" >/dev/null 2>&1 || true
+  for i in $(seq 0 "$COUNT"); do drop_netns "$P$i"; done
+  drop_netns "$NODE"
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+make_node "$NODE"
+for i in $(seq 0 "$COUNT"); do make_pod "$P$i"; done
+# The cluster runs in the node's netns, so the plugins reach it on the node's loopback.
+ip netns exec "$NODE" scripts/etcd-testenv up "$ETCD" 2>"$WORK/up.log" \
+  || { cat "$WORK/up.log" >&2; exit 1; }
+# shellcheck disable=SC1091
+source "$ETCD/env"
+ip netns exec "$NODE" env DATASTORE_TYPE=etcdv3 ETCD_ENDPOINTS="$ETCD_ENDPOINTS" \
+  ETCD_CA_CERT_FILE="$ETCD_CA_CERT_FILE" ETCD_CERT_FILE="$ETCD_CERT_FILE" ETCD_KEY_FILE="$ETCD_KEY_FILE" \
+  "$WORK/bin/calico-ipam" pool apply -f testdata/pools/seed-pools.yaml >/dev/null
+
+jq -nc --arg ep "$ETCD_ENDPOINTS" --arg ca "$ETCD_CA_CERT_FILE" --arg cert "$ETCD_CERT_FILE" \
+  --arg key "$ETCD_KEY_FILE" --arg lock "$WORK/run/ipam.lock" '{
+  cniVersion: "1.0.0", name: "k8s-pod-network", type: "calico", nodename: "bench-node",
+  datastore_type: "etcdv3", etcd_endpoints: $ep, etcd_ca_cert_file: $ca, etcd_cert_file: $cert,
+  etcd_key_file: $key, ipam_lock_file: $lock, mtu: 1500,
+  ipam: {type: "calico-ipam", assign_ipv4: "true", assign_ipv6: "true"}}' > "$WORK/calico.json"
+
+R=$(python3 scripts/bench/etcd.py "$NODE" "$WORK/bin" "$WORK/calico.json" "$ETCD/env" "$P" "$COUNT")
+
+printf '\netcdv3 datastore (3 members, TLS)\n'
+printf '%-34s %9s %9s %9s   %-24s\n' "dual-stack pod, $COUNT pods" "median ms" "p10 ms" "p90 ms" "etcd requests min/med/max (mean)"
+for phase in first_add add del; do
+  label=$(case $phase in first_add) echo "first ADD on the node";; add) echo "ADD (steady state)";; del) echo "DEL";; esac)
+  jq -r --arg p "$phase" --arg l "$label" '.[$p] | [$l, .latency_ms.median, .latency_ms.p10, .latency_ms.p90,
+      "\(.requests.min)/\(.requests.median)/\(.requests.max) (\(.requests.mean))"] | @tsv' <<<"$R" |
+    awk -F'\t' '{printf "%-34s %9s %9s %9s   %s\n", $1, $2, $3, $4, $5}'
+done
+echo
+for phase in add:"a median steady-state ADD" del:"a median DEL" first_add:"the first ADD on the node"; do
+  echo "etcd requests of ${phase#*:}: $(jq -r --arg p "${phase%%:*}" '.[$p].median_op | group_by(.) | map("\(.[0]) x\(length)") | join(", ")' <<<"$R")"
+done
+echo "load average after the etcd run: $(cut -d' ' -f1-3 /proc/loadavg)"
+scripts/etcd-testenv down "$ETCD" >/dev/null 2>&1 || true
+
+printf '\nKubernetes datastore (kube-apiserver, same binaries), scripts/bench-kdd.sh %s:\n' "$COUNT"
+scripts/bench-kdd.sh "$COUNT" --from "$REL"
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
