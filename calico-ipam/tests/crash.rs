@@ -16,7 +16,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{BIN, Store, cni, seed_pools, text};
+use common::{BIN, Store, added_cidrs, cni, seed_pools, text};
 use libipam::Ipam;
 use libipam::datastore::local::LocalStore;
 use serde_json::Value;
@@ -47,23 +47,7 @@ fn handle(cid: &str) -> String {
 
 /// The addresses of a successful ADD's result.
 fn addresses(out: &Output) -> Vec<IpAddr> {
-    assert!(out.status.success(), "ADD failed: {}", text(out));
-    let result: Value = serde_json::from_slice(&out.stdout).expect("result");
-    result["ips"]
-        .as_array()
-        .expect("ips")
-        .iter()
-        .map(|ip| {
-            ip["address"]
-                .as_str()
-                .expect("address")
-                .split('/')
-                .next()
-                .expect("addr")
-                .parse()
-                .expect("ip")
-        })
-        .collect()
+    added_cidrs(out).iter().map(|c| c.addr()).collect()
 }
 
 fn assert_killed(out: &Output, what: &str) {

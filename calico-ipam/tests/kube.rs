@@ -17,7 +17,7 @@ use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use common::{BIN, cni, seed_pools, text};
+use common::{BIN, added_cidrs, cni, seed_pools, text};
 use ipnet::IpNet;
 use kube_env::{KubeEnv, PoolGuard, exclusive, node_yaml, pod_yaml, shared, unique};
 use serde_json::{Value, json};
@@ -98,24 +98,6 @@ fn del(conf: &Value, cid: &str, pod: &str) -> Output {
         &[("CNI_ARGS", &pod_args(pod))],
         conf.to_string().as_bytes(),
     )
-}
-
-/// The addresses of a successful ADD.
-fn addresses(out: &Output) -> Vec<IpNet> {
-    assert!(out.status.success(), "ADD failed: {}", text(out));
-    let v: Value = serde_json::from_slice(&out.stdout).expect("result");
-    v["ips"]
-        .as_array()
-        .expect("ips")
-        .iter()
-        .map(|i| {
-            i["address"]
-                .as_str()
-                .expect("address")
-                .parse()
-                .expect("cidr")
-        })
-        .collect()
 }
 
 fn error_of(out: &Output) -> Value {
@@ -376,7 +358,7 @@ fn seed_pools_then_200_dual_stack_pods_on_4_nodes() {
     let v6_pool: IpNet = "fd00:10:244::/48".parse().expect("v6");
     let mut used_blocks: HashSet<(IpNet, String)> = HashSet::new();
     for (i, out) in adds.iter().enumerate() {
-        let ips = addresses(out);
+        let ips = added_cidrs(out);
         assert_eq!(ips.len(), 2, "pod-{i}: {ips:?}");
         assert!(v4_pool.contains(&ips[0].addr()), "{ips:?}");
         assert!(v6_pool.contains(&ips[1].addr()), "{ips:?}");
@@ -500,7 +482,7 @@ fn seed_pools_then_200_dual_stack_pods_on_4_nodes() {
     // every one of their addresses is reported as leaked.
     let report = check_report(&kube);
     for out in &adds {
-        for ip in addresses(out) {
+        for ip in added_cidrs(out) {
             assert_eq!(reported_in_use(&report, ip.addr()), Some(false), "{ip}");
         }
     }
@@ -557,15 +539,15 @@ fn borrowing_strict_affinity_and_configured_block_limit() {
     let b = Node::new(&kube, "borrow-b", &[("calico-rs-test", &tag)]);
     // Config changes must show at once: no cached IPAMConfig.
     let (ca, cb) = (a.conf(&kube, false, Some(0)), b.conf(&kube, false, Some(0)));
-    let a0 = addresses(&add(&ca, "a0", "a0"))[0];
-    let b0 = addresses(&add(&cb, "b0", "b0"))[0];
+    let a0 = added_cidrs(&add(&ca, "a0", "a0"))[0];
+    let b0 = added_cidrs(&add(&cb, "b0", "b0"))[0];
     let (a_block, b_block) = (
         IpNet::new(a0.addr(), 29).expect("net").trunc(),
         IpNet::new(b0.addr(), 29).expect("net").trunc(),
     );
     assert_ne!(a_block, b_block, "each node claims its own block");
     for i in 1..8 {
-        let ip = addresses(&add(&ca, &format!("a{i}"), &format!("a{i}")))[0];
+        let ip = added_cidrs(&add(&ca, &format!("a{i}"), &format!("a{i}")))[0];
         assert!(a_block.contains(&ip.addr()), "{ip} not in {a_block}");
     }
 
@@ -585,7 +567,7 @@ fn borrowing_strict_affinity_and_configured_block_limit() {
     );
     // Not strict: A borrows from B's block.
     cli_ok(&kube, &["configure", "--strictaffinity", "false"]);
-    let borrowed = addresses(&add(&ca, "a8", "a8"))[0];
+    let borrowed = added_cidrs(&add(&ca, "a8", "a8"))[0];
     assert!(
         b_block.contains(&borrowed.addr()),
         "{borrowed} not borrowed from {b_block}"
@@ -621,7 +603,7 @@ fn borrowing_strict_affinity_and_configured_block_limit() {
         ],
     );
     for i in 0..4 {
-        addresses(&add(&cc, &format!("c{i}"), &format!("c{i}")));
+        added_cidrs(&add(&cc, &format!("c{i}"), &format!("c{i}")));
     }
     let e = error_of(&add(&cc, "c4", "c4"));
     assert!(
@@ -673,7 +655,7 @@ fn default_block_limit_is_20_per_host_and_family() {
     let n = Node::new(&kube, "blk20", &[("calico-rs-test", &tag)]);
     let conf = n.conf(&kube, false, None);
     for i in 0..80 {
-        addresses(&add(&conf, &format!("p{i}"), &format!("p{i}")));
+        added_cidrs(&add(&conf, &format!("p{i}"), &format!("p{i}")));
     }
     let e = error_of(&add(&conf, "p80", "p80"));
     assert_eq!(e["code"], 101, "{e}");
@@ -718,9 +700,9 @@ fn pool_node_selector_excludes_a_node() {
     let in_a = Node::new(&kube, "sel-a", &[(&key, "a")]);
     let in_b = Node::new(&kube, "sel-b", &[(&key, "b")]);
     let elsewhere = Node::new(&kube, "sel-c", &[(&key, "c")]);
-    let ip = addresses(&add(&in_a.conf(&kube, false, None), "sa", "sa"))[0];
+    let ip = added_cidrs(&add(&in_a.conf(&kube, false, None), "sa", "sa"))[0];
     assert!(ip.addr().to_string().starts_with("10.84."), "{ip}");
-    let ip = addresses(&add(&in_b.conf(&kube, false, None), "sb", "sb"))[0];
+    let ip = added_cidrs(&add(&in_b.conf(&kube, false, None), "sb", "sb"))[0];
     assert!(ip.addr().to_string().starts_with("10.85."), "{ip}");
     let e = error_of(&add(&elsewhere.conf(&kube, false, None), "sc", "sc"));
     assert!(
@@ -788,7 +770,7 @@ fn conflict_storm_on_one_small_pool_resolves() {
     let mut seen = HashSet::new();
     let mut per_family: HashMap<bool, usize> = HashMap::new();
     for out in &adds {
-        for ip in addresses(out) {
+        for ip in added_cidrs(out) {
             assert!(seen.insert(ip.addr()), "{} handed out twice", ip.addr());
             *per_family.entry(ip.addr().is_ipv4()).or_default() += 1;
         }
@@ -798,7 +780,7 @@ fn conflict_storm_on_one_small_pool_resolves() {
     // Every allocation is recorded exactly once, under its pod's handle.
     let all = blocks(&kube);
     for (i, out) in adds.iter().enumerate() {
-        for ip in addresses(out) {
+        for ip in added_cidrs(out) {
             let (c, b) = block_of(&all, ip.addr());
             assert_eq!(
                 attribute(b, c, ip.addr())["handle_id"],
@@ -869,7 +851,7 @@ fn dual_stack_add_fails_whole_right_after_a_pool_is_deleted() {
     let n = Node::new(&kube, "part", &[("calico-rs-test", &tag)]);
     let conf = n.conf(&kube, true, None);
     // Warm the node: its cache now holds the pools, affinities and blocks.
-    let warm = addresses(&add(&conf, "pw", "pw"));
+    let warm = added_cidrs(&add(&conf, "pw", "pw"));
     assert_eq!(warm.len(), 2);
     let held = |kube: &KubeEnv| -> usize {
         blocks(kube)
@@ -917,16 +899,16 @@ fn a_pool_created_just_now_can_be_requested_at_once() {
     apply_pools(&kube, &tagged_pool("t-new-a", old, 26, false, &tag));
     let n = Node::new(&kube, "new", &[("calico-rs-test", &tag)]);
     let mut conf = n.conf(&kube, false, None);
-    assert!(inside(&addresses(&add(&conf, "nw", "nw"))[0], old));
+    assert!(inside(&added_cidrs(&add(&conf, "nw", "nw"))[0], old));
     apply_pools(&kube, &tagged_pool("t-new-b", new, 26, false, &tag));
     conf["ipam"]["ipv4_pools"] = json!([new, old]);
-    let ip = addresses(&add(&conf, "nx", "nx"))[0];
+    let ip = added_cidrs(&add(&conf, "nx", "nx"))[0];
     assert!(
         inside(&ip, old),
         "the node's affine block comes first: {ip}"
     );
     conf["ipam"]["ipv4_pools"] = json!(["t-new-b"]);
-    let ip = addresses(&add(&conf, "ny", "ny"))[0];
+    let ip = added_cidrs(&add(&conf, "ny", "ny"))[0];
     assert!(inside(&ip, new), "by name: {ip}");
     for c in ["nw", "nx", "ny"] {
         assert!(del(&conf, c, c).status.success());
@@ -948,7 +930,7 @@ fn disabled_or_deleted_pool_is_never_used_by_the_next_add() {
     apply_pools(&kube, &tagged_pool("t-dis-a", a, 26, false, &tag));
     let n = Node::new(&kube, "dis", &[("calico-rs-test", &tag)]);
     let conf = n.conf(&kube, false, None);
-    let first = addresses(&add(&conf, "d0", "d0"))[0];
+    let first = added_cidrs(&add(&conf, "d0", "d0"))[0];
     assert!(inside(&first, a), "{first}");
 
     // Disable a, create b; the same container is ADDed again (Calico's spec reuses its ID).
@@ -960,7 +942,7 @@ fn disabled_or_deleted_pool_is_never_used_by_the_next_add() {
             tagged_pool("t-dis-b", b, 26, false, &tag)
         ),
     );
-    let again = addresses(&add(&conf, "d0", "d0"))[0];
+    let again = added_cidrs(&add(&conf, "d0", "d0"))[0];
     assert!(inside(&again, b), "{again} after {a} was disabled");
     let all = blocks(&kube);
     let (_, a_block) = block_of(&all, first.addr());
@@ -982,15 +964,15 @@ fn disabled_or_deleted_pool_is_never_used_by_the_next_add() {
         "the handle holds both addresses: {h}"
     );
     // A new container too.
-    let other = addresses(&add(&conf, "d1", "d1"))[0];
+    let other = added_cidrs(&add(&conf, "d1", "d1"))[0];
     assert!(inside(&other, b), "{other}");
 
     // Delete b (its block stays affine to the node), create c.
     delete_pool(&kube, "t-dis-b");
     apply_pools(&kube, &tagged_pool("t-dis-c", c, 26, false, &tag));
-    let third = addresses(&add(&conf, "d2", "d2"))[0];
+    let third = added_cidrs(&add(&conf, "d2", "d2"))[0];
     assert!(inside(&third, c), "{third} after {b} was deleted");
-    let repeat = addresses(&add(&conf, "d1", "d1"))[0];
+    let repeat = added_cidrs(&add(&conf, "d1", "d1"))[0];
     assert!(
         inside(&repeat, c),
         "{repeat}: d1's address is in the deleted pool"
@@ -1070,7 +1052,7 @@ fn block_affinities_are_upgraded_once_per_node_and_a_marker_file_records_it() {
     assert_eq!(affinity_labels(&kube, &first), Value::Null, "no labels yet");
     assert!(!marker.exists());
 
-    let ip = addresses(&add_ip(&conf, "u1", "10.104.0.5"));
+    let ip = added_cidrs(&add_ip(&conf, "u1", "10.104.0.5"));
     assert_eq!(ip.len(), 1);
     assert!(marker.is_file(), "{} was not created", marker.display());
     let labels = affinity_labels(&kube, &first);
@@ -1088,8 +1070,8 @@ fn block_affinities_are_upgraded_once_per_node_and_a_marker_file_records_it() {
 
     let second = unlabeled_affinity(&kube, &n.name, "10.11.0.64/26");
     cleanup.1.push(second.clone());
-    addresses(&add_ip(&conf, "u2", "10.104.0.6"));
-    addresses(&add(&conf, "u3", "u3"));
+    added_cidrs(&add_ip(&conf, "u2", "10.104.0.6"));
+    added_cidrs(&add(&conf, "u3", "u3"));
     assert_eq!(
         affinity_labels(&kube, &second),
         Value::Null,
@@ -1098,7 +1080,7 @@ fn block_affinities_are_upgraded_once_per_node_and_a_marker_file_records_it() {
 
     // Without the marker the automatic path upgrades too, and writes the marker again.
     std::fs::remove_file(&marker).expect("remove marker");
-    addresses(&add(&conf, "u4", "u4"));
+    added_cidrs(&add(&conf, "u4", "u4"));
     assert_eq!(
         affinity_labels(&kube, &second)["projectcalico.org/affinity-type"],
         "host"
@@ -1133,7 +1115,7 @@ fn steady_state_requests_per_add_and_del() {
     let n = Node::new(&kube, "count", &[("calico-rs-test", &tag)]);
     let conf = n.conf(&kube, true, None);
     let mark = kube.audit_mark();
-    addresses(&add(&conf, "warm", "warm"));
+    added_cidrs(&add(&conf, "warm", "warm"));
     let first = kube.requests_since(mark, "calico-ipam/");
     eprintln!(
         "first ADD on the node: {} requests\n  {}",
@@ -1156,7 +1138,7 @@ fn steady_state_requests_per_add_and_del() {
     );
     for i in 0..5 {
         let mark = kube.audit_mark();
-        addresses(&add(&conf, &format!("c{i}"), &format!("c{i}")));
+        added_cidrs(&add(&conf, &format!("c{i}"), &format!("c{i}")));
         let reqs = kube.requests_since(mark, "calico-ipam/");
         // LIST ippools (never cached), POST handle, PUT v4 block, PUT v6 block.
         assert!(
@@ -1213,7 +1195,7 @@ fn a_second_writer_on_the_nodes_blocks_costs_at_most_one_conflict_per_allocation
     );
     let n = Node::new(&kube, "mixed", &[("calico-rs-test", &tag)]);
     let conf = n.conf(&kube, true, None);
-    addresses(&add(&conf, "warm", "warm"));
+    added_cidrs(&add(&conf, "warm", "warm"));
     let mine: Vec<IpNet> = blocks(&kube)
         .into_iter()
         .filter(|(_, b)| b["spec"]["affinity"] == format!("host:{}", n.name).as_str())
@@ -1256,7 +1238,7 @@ fn a_second_writer_on_the_nodes_blocks_costs_at_most_one_conflict_per_allocation
     for i in 0..ADDS {
         foreign_write(i);
         let mark = kube.audit_mark();
-        addresses(&add(&conf, &format!("m{i}"), &format!("m{i}")));
+        added_cidrs(&add(&conf, &format!("m{i}"), &format!("m{i}")));
         conflicts.extend(
             kube.requests_since(mark, "calico-ipam/")
                 .into_iter()
@@ -1303,7 +1285,7 @@ fn soft_deleted_handle_is_treated_as_absent() {
          spec: {{handleID: '{}', block: {{'10.99.99.0/26': 1}}, deleted: true}}\n",
         handle_of(&cid)
     ));
-    let ip = addresses(&add(&conf, &cid, "soft"))[0];
+    let ip = added_cidrs(&add(&conf, &cid, "soft"))[0];
     let h = kube
         .get_json(&format!(
             "/apis/crd.projectcalico.org/v1/ipamhandles/{name}"
@@ -1418,7 +1400,7 @@ fn ip_reservations_and_namespace_selectors_are_honoured() {
     // 16 addresses, 9 reserved (10.94.0.0-7 and .9): exactly 7 for pods, none reserved.
     let mut got = Vec::new();
     for i in 0..7 {
-        let ip = addresses(&in_ns(&format!("{u}r{i}"), &other))[0].addr();
+        let ip = added_cidrs(&in_ns(&format!("{u}r{i}"), &other))[0].addr();
         assert!(ip.to_string().starts_with("10.94.0."), "{ip}");
         got.push(ip.to_string());
     }
@@ -1437,7 +1419,7 @@ fn ip_reservations_and_namespace_selectors_are_honoured() {
         "the pool is exhausted once the unreserved ones are used: {e}"
     );
     // The team namespace gets the pool its labels select.
-    let ip = addresses(&in_ns(&format!("{u}t0"), &team))[0];
+    let ip = added_cidrs(&in_ns(&format!("{u}t0"), &team))[0];
     assert!(ip.addr().to_string().starts_with("10.94.1."), "{ip}");
     for (cid, ns) in (0..7)
         .map(|i| (format!("{u}r{i}"), other.clone()))
@@ -1519,8 +1501,8 @@ fn check_names_the_address_of_a_pod_deleted_with_its_node_and_release_frees_exac
     let keep = Node::new(&kube, "leak-keep", &[("calico-rs-test", &tag)]);
     let gone = Node::new(&kube, "leak-gone", &[("calico-rs-test", &tag)]);
     let (keep_pod, gone_pod) = (format!("keep-{tag}"), format!("gone-{tag}"));
-    let keep_ips = addresses(&add(&keep.conf(&kube, true, Some(0)), "keep", &keep_pod));
-    let gone_ips = addresses(&add(&gone.conf(&kube, true, Some(0)), "gone", &gone_pod));
+    let keep_ips = added_cidrs(&add(&keep.conf(&kube, true, Some(0)), "keep", &keep_pod));
+    let gone_ips = added_cidrs(&add(&gone.conf(&kube, true, Some(0)), "gone", &gone_pod));
     // The pods as calico-cni leaves them: scheduled, with Calico's podIPs annotation.
     for (pod, node, ips) in [
         (&keep_pod, &keep.name, &keep_ips),
@@ -1771,7 +1753,7 @@ fn an_ippool_that_cannot_be_decoded_takes_nothing_down() {
     let conf = n.conf(&kube, false, None);
     let mut from_b = conf.clone();
     from_b["ipam"]["ipv4_pools"] = json!(["t-unr-b"]);
-    let held = addresses(&add(&from_b, "u-b", "u-b"))[0];
+    let held = added_cidrs(&add(&from_b, "u-b", "u-b"))[0];
     assert!(inside(&held, b), "{held}");
     let break_b = || {
         kube.apply(&format!(
@@ -1784,7 +1766,7 @@ fn an_ippool_that_cannot_be_decoded_takes_nothing_down() {
     // ADDs from the other pool work and log it; none lands in its CIDR.
     for i in 0..3 {
         let out = add(&conf, &format!("u{i}"), &format!("u{i}"));
-        let ip = addresses(&out)[0];
+        let ip = added_cidrs(&out)[0];
         assert!(inside(&ip, a), "{ip}");
         let log = String::from_utf8_lossy(&out.stderr);
         assert!(
@@ -1846,7 +1828,7 @@ fn an_ippool_that_cannot_be_decoded_takes_nothing_down() {
         "{}",
         text(&out)
     );
-    let again = addresses(&add(&from_b, "u-b3", "u-b3"))[0];
+    let again = added_cidrs(&add(&from_b, "u-b3", "u-b3"))[0];
     assert!(inside(&again, b), "{again}");
     assert!(del(&from_b, "u-b3", "u-b3").status.success());
 

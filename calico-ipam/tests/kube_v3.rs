@@ -13,7 +13,7 @@ mod kube_env;
 
 use std::process::{Command, Output};
 
-use common::{BIN, cni, text};
+use common::{BIN, added_cidrs, cni, text};
 use ipnet::IpNet;
 use kube_env::{KubeEnv, PoolGuard, exclusive, node_yaml, unique};
 use serde_json::{Value, json};
@@ -71,23 +71,6 @@ fn verb(command: &str, conf: &Value, cid: &str) -> Output {
         )],
         conf.to_string().as_bytes(),
     )
-}
-
-fn addresses(out: &Output) -> Vec<IpNet> {
-    assert!(out.status.success(), "ADD failed: {}", text(out));
-    let v: Value = serde_json::from_slice(&out.stdout).expect("result");
-    v["ips"]
-        .as_array()
-        .expect("ips")
-        .iter()
-        .map(|i| {
-            i["address"]
-                .as_str()
-                .expect("address")
-                .parse()
-                .expect("cidr")
-        })
-        .collect()
 }
 
 /// Deletes the paths when dropped, also when the test fails.
@@ -174,7 +157,7 @@ fn a_dual_stack_pod_in_the_v3_group_as_calico_v3_32_writes_it() {
     // The first ADD asks the API server once which group to use; the node cache keeps the
     // answer, so the next ADD does not ask again.
     let mark = kube.audit_mark();
-    let ips = addresses(&verb("ADD", &conf, &cid));
+    let ips = added_cidrs(&verb("ADD", &conf, &cid));
     assert_eq!(ips.len(), 2, "{ips:?}");
     let reqs = kube.requests_since(mark, "calico-ipam/");
     let discovery = |r: &[String]| r.iter().filter(|l| l.starts_with("get /apis ")).count();
@@ -194,7 +177,7 @@ fn a_dual_stack_pod_in_the_v3_group_as_calico_v3_32_writes_it() {
     );
     let mark = kube.audit_mark();
     let cid2 = format!("v3pod{u}b");
-    addresses(&verb("ADD", &conf, &cid2));
+    added_cidrs(&verb("ADD", &conf, &cid2));
     let reqs = kube.requests_since(mark, "calico-ipam/");
     assert_eq!(
         discovery(&reqs),
@@ -341,7 +324,7 @@ fn an_explicit_group_is_used_without_discovery_and_a_wrong_one_is_refused() {
     c["ipam"]["assign_ipv6"] = json!("false");
     let mark = kube.audit_mark();
     let cid = format!("v3e{u}");
-    assert_eq!(addresses(&verb("ADD", &c, &cid)).len(), 1);
+    assert_eq!(added_cidrs(&verb("ADD", &c, &cid)).len(), 1);
     let reqs = kube.requests_since(mark, "calico-ipam/");
     assert!(
         !reqs.iter().any(|l| l.starts_with("get /apis ")),
@@ -456,7 +439,7 @@ fn configuration_and_reservations_are_read_from_the_v3_group() {
     let mut c = conf(&kube, &node, dir.path(), None);
     c["ipam"]["assign_ipv6"] = json!("false");
     let cid = format!("v3c{u}");
-    let ips = addresses(&verb("ADD", &c, &cid));
+    let ips = added_cidrs(&verb("ADD", &c, &cid));
     let reserved: IpNet = "10.95.0.0/29".parse().expect("cidr");
     assert!(
         ips.iter().all(|ip| !reserved.contains(&ip.addr())),

@@ -159,6 +159,24 @@ pub fn text(out: &Output) -> String {
     )
 }
 
+/// The addresses of a successful ADD's result, with their prefixes as the result gives them.
+pub fn added_cidrs(out: &Output) -> Vec<ipnet::IpNet> {
+    assert!(out.status.success(), "ADD failed: {}", text(out));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("result");
+    v["ips"]
+        .as_array()
+        .expect("ips")
+        .iter()
+        .map(|i| {
+            i["address"]
+                .as_str()
+                .expect("address")
+                .parse()
+                .expect("cidr")
+        })
+        .collect()
+}
+
 /// A pool file of testdata/pools.
 pub fn pools(file: &str) -> String {
     let path = format!("{}/../testdata/pools/{file}", env!("CARGO_MANIFEST_DIR"));
