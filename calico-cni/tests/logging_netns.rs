@@ -261,7 +261,8 @@ fn stdin_and_tokens_never_reach_the_log() {
     conf["log_level"] = json!("debug");
     conf["policy"] = json!({"type": "k8s", "k8s_auth_token": TOKEN});
     conf["kubernetes"] = json!({"kubeconfig": "/etc/cni/net.d/calico-kubeconfig"});
-    conf["etcd_key_file"] = json!(TOKEN);
+    // Absolute, as the netconf requires of it (a relative one is refused before logging starts).
+    conf["etcd_key_file"] = json!(format!("/etc/calico/{TOKEN}"));
     let out = run_cni("c-secret", &conf);
     assert_eq!(code_of(&out), 7, "{}", text(&out));
     // A configuration that cannot be decoded names no log file: its error goes to stderr (as

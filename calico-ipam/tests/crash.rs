@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 use common::{BIN, Store, added_cidrs, cni, seed_pools, text};
 use libipam::Ipam;
 use libipam::datastore::local::LocalStore;
-use serde_json::Value;
 
 /// Every point a commit passes, in order (hooks.rs).
 const POINTS: [&str; 8] = [
