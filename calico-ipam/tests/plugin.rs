@@ -308,7 +308,7 @@ fn a_requested_address_in_a_pool_not_for_workloads_is_refused() {
     assert_eq!(e["code"], 102, "{e}");
     assert_eq!(
         e["msg"],
-        "IP address 10.70.0.5 is in IP pool \"tunnels\", which is not allowed for use Workload \
+        "IP address 10.70.0.5 is in IP pool \"tunnels\", which is not allowed for use \"Workload\" \
          (allowedUses: [Tunnel])"
     );
     assert_eq!(in_use(&store), 0);

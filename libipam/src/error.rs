@@ -162,7 +162,7 @@ pub enum IpamError {
     /// check in `AssignIP`, calico#13301): a pod's `ipAddrs` address in a Tunnel-only pool, or a
     /// tunnel address in a Workload-only one.
     #[error(
-        "IP address {ip} is in IP pool {pool:?}, which is not allowed for use {intended_use} (allowedUses: {allowed})"
+        "IP address {ip} is in IP pool {pool:?}, which is not allowed for use \"{intended_use}\" (allowedUses: {allowed})"
     )]
     UseNotAllowed {
         /// The address.

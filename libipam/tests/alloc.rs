@@ -307,7 +307,7 @@ fn allowed_uses_filter_pools() {
     .expect_err("use");
     assert_eq!(
         e.to_string(),
-        "IP address 10.0.0.200 is in IP pool \"tunnel\", which is not allowed for use Workload (allowedUses: [Tunnel])"
+        "IP address 10.0.0.200 is in IP pool \"tunnel\", which is not allowed for use \"Workload\" (allowedUses: [Tunnel])"
     );
     assert_eq!(e.kind(), ErrorKind::InvalidRequest);
 
@@ -327,7 +327,7 @@ fn allowed_uses_filter_pools() {
     let e = block_on(ipam.assign_ip(&specific("10.1.0.1", AllowedUse::Tunnel))).expect_err("use");
     assert_eq!(
         e.to_string(),
-        "IP address 10.1.0.1 is in IP pool \"pods\", which is not allowed for use Tunnel (allowedUses: [Workload])"
+        "IP address 10.1.0.1 is in IP pool \"pods\", which is not allowed for use \"Tunnel\" (allowedUses: [Workload])"
     );
     block_on(ipam.assign_ip(&specific("10.1.0.2", AllowedUse::Workload))).expect("workload");
     block_on(ipam.assign_ip(&specific("10.2.0.1", AllowedUse::Tunnel))).expect("tunnel");
