@@ -5,7 +5,7 @@ mod common;
 
 use std::process::Output;
 
-use common::{Store, cni, seed_pools, text, tiny_pools};
+use common::{Store, added_cidrs, cni, seed_pools, text, tiny_pools};
 use serde_json::Value;
 
 fn stdout(out: &Output) -> String {
@@ -471,19 +471,9 @@ fn add_in(store: &Store, cid: &str, pod: &str, netns: &str, extra_args: &str) ->
         &[("CNI_ARGS", &args), ("CNI_NETNS", netns)],
         conf.as_bytes(),
     );
-    assert!(out.status.success(), "ADD {cid}: {}", text(&out));
-    let v: Value = serde_json::from_slice(&out.stdout).expect("result");
-    v["ips"]
-        .as_array()
-        .expect("ips")
+    added_cidrs(&out)
         .iter()
-        .map(|i| {
-            i["address"]
-                .as_str()
-                .and_then(|a| a.split('/').next())
-                .expect("address")
-                .to_string()
-        })
+        .map(|c| c.addr().to_string())
         .collect()
 }
 
