@@ -48,7 +48,9 @@ pub fn run(stdin: &[u8]) -> Result<(), String> {
             rt.block_on(k8s::probe_datastore(&kubeconfig, group))?;
         }
         DatastoreType::Etcdv3 => {
-            let settings = conf.etcd();
+            let settings = conf
+                .etcd()
+                .map_err(|e| format!("failed to load netconf: {}", e.details))?;
             let config = EtcdConfig {
                 endpoints: settings
                     .endpoints

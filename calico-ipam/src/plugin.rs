@@ -349,7 +349,7 @@ fn store_config(req: &Request, node: Option<&str>) -> Result<StoreConfig, CniErr
         kind: req.conf.datastore_type,
         path: req.conf.datastore_path().to_path_buf(),
         kubeconfig: req.conf.kubeconfig(),
-        etcd: req.conf.etcd(),
+        etcd: req.conf.etcd()?,
         cache: node.map(|node| CacheConfig {
             path: req.conf.cache_dir().join(format!(
                 "calico-ipam.{}.json",

@@ -368,6 +368,17 @@ fn cases(store: &Store) -> Vec<Case> {
             "etcd_cert_file \"etcd-cert\" is not an absolute path",
         ),
         case(
+            "relative ETCD_KEY_FILE from the environment",
+            "ADD",
+            vec![("ETCD_KEY_FILE", "etcd-key")],
+            with(&base, |v| {
+                v["datastore_type"] = json!("etcdv3");
+                v["etcd_endpoints"] = json!("https://127.0.0.1:1");
+            }),
+            7,
+            "ETCD_KEY_FILE \"etcd-key\" is not an absolute path",
+        ),
+        case(
             "missing network name",
             "ADD",
             vec![],

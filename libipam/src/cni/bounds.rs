@@ -147,7 +147,7 @@ pub fn check_node_name(node: &str, field: &str) -> Result<(), CniError> {
     Ok(())
 }
 
-fn check_absolute(field: &str, path: &Path) -> Result<(), CniError> {
+pub(crate) fn check_absolute(field: &str, path: &Path) -> Result<(), CniError> {
     if path.as_os_str().is_empty() {
         return Err(CniError::invalid_config(format!(
             "{field} is empty: give an absolute path, or leave the field out for the default"

@@ -491,27 +491,31 @@ impl NetConf {
 
     /// The etcd settings of `datastore_type: etcdv3`, each from the netconf, else from the
     /// environment as Calico's plugin reads them (ETCD_ENDPOINTS, ETCD_CA_CERT_FILE,
-    /// ETCD_CERT_FILE, ETCD_KEY_FILE): endpoints, CA, certificate, key.
-    pub fn etcd(&self) -> EtcdSettings {
+    /// ETCD_CERT_FILE, ETCD_KEY_FILE): endpoints, CA, certificate, key. A file named by the
+    /// environment must be an absolute path, as the netconf's must ([`super::bounds::check_paths`]):
+    /// a relative one would be read from the container runtime's working directory (code 7).
+    pub fn etcd(&self) -> Result<EtcdSettings, CniError> {
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        EtcdSettings {
+        let file = |field: &Option<PathBuf>, var: &str| -> Result<Option<PathBuf>, CniError> {
+            match (field, env(var)) {
+                (Some(path), _) => Ok(Some(path.clone())),
+                (None, Some(v)) => {
+                    let path = PathBuf::from(v);
+                    super::bounds::check_absolute(var, &path)?;
+                    Ok(Some(path))
+                }
+                (None, None) => Ok(None),
+            }
+        };
+        Ok(EtcdSettings {
             endpoints: self
                 .etcd_endpoints
                 .clone()
                 .or_else(|| env("ETCD_ENDPOINTS")),
-            ca_cert_file: self
-                .etcd_ca_cert_file
-                .clone()
-                .or_else(|| env("ETCD_CA_CERT_FILE").map(PathBuf::from)),
-            cert_file: self
-                .etcd_cert_file
-                .clone()
-                .or_else(|| env("ETCD_CERT_FILE").map(PathBuf::from)),
-            key_file: self
-                .etcd_key_file
-                .clone()
-                .or_else(|| env("ETCD_KEY_FILE").map(PathBuf::from)),
-        }
+            ca_cert_file: file(&self.etcd_ca_cert_file, "ETCD_CA_CERT_FILE")?,
+            cert_file: file(&self.etcd_cert_file, "ETCD_CERT_FILE")?,
+            key_file: file(&self.etcd_key_file, "ETCD_KEY_FILE")?,
+        })
     }
 
     /// Where both plugins keep their node-local Kubernetes caches: next to the host-wide IPAM
@@ -649,7 +653,7 @@ mod tests {
             "etcd_key_file":"/etc/calico/etcd-key","ipam":{"type":"calico-ipam"}}"#;
         let c = NetConf::parse(raw).expect("etcdv3 config");
         assert_eq!(c.datastore_type, DatastoreType::Etcdv3);
-        let e = c.etcd();
+        let e = c.etcd().expect("absolute paths");
         assert_eq!(
             e.endpoints.as_deref(),
             Some("https://10.0.0.1:2379,https://10.0.0.2:2379")
