@@ -897,6 +897,44 @@ fn a_hosts_first_dual_stack_add_lists_blocks_once_and_reads_no_node_without_a_se
 }
 
 #[test]
+fn a_hosts_first_add_reads_no_handle_and_writes_it_once() {
+    let ipam = dual_stack();
+    let mut args = AutoAssignArgs::new("k8s-pod-network.first", "node-a", 1, 1);
+    args.reuse_existing = true;
+    let before = ipam.store().stats();
+    let first = assign(&ipam, &args).expect("assign");
+    let after = ipam.store().stats();
+    assert_eq!(
+        after.handle_reads, before.handle_reads,
+        "a new attachment's handle is not read"
+    );
+    // Per family: affinity pending, block create, affinity confirmed, the allocation; and
+    // one handle create announcing both families.
+    assert_eq!(after.writes - before.writes, 9, "{after:?}");
+    let handle = block_on(ipam.store().get_handle("k8s-pod-network.first"))
+        .expect("get")
+        .expect("handle");
+    assert_eq!(handle.value.blocks().len(), 2);
+    // A repeated ADD still returns what the handle holds, and claims nothing more.
+    let again = assign(&ipam, &args).expect("again");
+    assert_eq!(again, first);
+    assert_eq!(block_on(ipam.store().list_blocks()).expect("list").len(), 2);
+    // Another node's first ADD repeated (its handle exists, its node holds no block yet):
+    // the handle's addresses, not new ones.
+    let mut moved = args.clone();
+    moved.hostname = "node-b".into();
+    let on_b = assign(&ipam, &moved).expect("repeat on node-b");
+    assert_eq!(on_b, first);
+    assert_eq!(
+        block_on(ipam.ips_by_handle("k8s-pod-network.first"))
+            .expect("ips")
+            .len(),
+        2
+    );
+    assert_consistent(&ipam);
+}
+
+#[test]
 fn steady_state_dual_stack_add_and_del_write_three_objects() {
     let ipam = dual_stack();
     assign(&ipam, &AutoAssignArgs::new("warm", "node-a", 1, 1)).expect("claims both blocks");

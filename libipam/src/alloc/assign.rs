@@ -245,7 +245,8 @@ impl<D: Datastore> Ipam<D> {
         Ok(plans)
     }
 
-    /// The steady-state path: when each family's affine blocks have room, take the addresses
+    /// The steady-state path: when each family's affine blocks have room (or, on a host's
+    /// first allocation in the family's pools, a block just claimed for it), take the addresses
     /// from (possibly cached) copies of the blocks, announce them all in one handle write,
     /// then write the blocks. A block that changed meanwhile is re-read and the allocation
     /// redone in it; a family that cannot be served this way is left to the general path.
@@ -282,6 +283,10 @@ impl<D: Datastore> Ipam<D> {
                     break;
                 }
             }
+            let found = match found {
+                Some(b) => Some(b),
+                None => self.claim_ahead(req, plan).await?,
+            };
             match found {
                 Some(b) => planned.push((b, plan.num, plan.family)),
                 None => return Ok(Fast::Done(BTreeSet::new())),
@@ -359,6 +364,46 @@ impl<D: Datastore> Ipam<D> {
             }
         }
         Ok(Fast::Done(done))
+    }
+
+    /// A host's first allocation in a family's pools (it has no affinity in them at all):
+    /// claims the first free block of the walk now, before anything is allocated, so that the
+    /// fast path announces both families' addresses in one handle write and a new
+    /// attachment's handle is never read (a node's first ADD used to read the handle, create
+    /// it for one family and update it for the other). The claim writes no address, so
+    /// invariant 6 is the fast path's: handle first, then the blocks. `None` leaves the family
+    /// to the general path, which decides as before: a block limit of 0, auto-allocation off,
+    /// no free CIDR (reclaim and borrowing), a lost race (the listing is dropped), or a block
+    /// that cannot hold the request (it stays claimed, and the general path allocates from it).
+    async fn claim_ahead(
+        &self,
+        req: &mut Request<'_>,
+        plan: &FamilyRequest<'_>,
+    ) -> Result<Option<Versioned<IpamBlock>>> {
+        let in_pools = |c: &IpNet| plan.pools.iter().any(|p| p.cidr.contains(c));
+        if !req.config.auto_allocate_blocks
+            || plan.limit == 0
+            || req.affinities.keys().any(in_pools)
+        {
+            return Ok(None);
+        }
+        let claimed = match self.first_unclaimed(req, &plan.pools).await {
+            Ok(Some(cidr)) => self.claim_block(req, cidr, None).await.map(Some),
+            Ok(None) => Ok(None),
+            Err(e) => Err(e),
+        };
+        match claimed {
+            Ok(Some(b)) if b.value.is_affine_to(req.host) && self.fits(req, &b, plan.num) => {
+                Ok(Some(b))
+            }
+            Ok(_) => Ok(None),
+            Err(e) if e.is_conflict() => {
+                req.block_cidrs = None;
+                req.listed_blocks = None;
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Whether `n` addresses can be taken from this copy of a block (the copy is not changed).

@@ -303,6 +303,19 @@ impl<D: Datastore> Ipam<D> {
         req: &mut Request<'_>,
         pools: &[&Pool],
     ) -> Result<Option<Candidate>> {
+        if let Some(cidr) = self.first_unclaimed(req, pools).await? {
+            return Ok(Some(Candidate::Unclaimed(cidr)));
+        }
+        self.usable_existing_block(req, pools).await
+    }
+
+    /// The first CIDR of each pool's walk that no block holds yet (and none overlaps), from
+    /// one listing of the block names per request.
+    pub(super) async fn first_unclaimed(
+        &self,
+        req: &mut Request<'_>,
+        pools: &[&Pool],
+    ) -> Result<Option<IpNet>> {
         let listed = match &req.block_cidrs {
             Some(l) => l.clone(),
             None => {
@@ -332,14 +345,23 @@ impl<D: Datastore> Ipam<D> {
                     continue;
                 }
                 match existing.other_overlapping(&cidr) {
-                    None => return Ok(Some(Candidate::Unclaimed(cidr))),
+                    None => return Ok(Some(cidr)),
                     Some(other) if other.contains(&cidr) => walk.skip_reserved(&cidr, &other),
                     Some(_) => {}
                 }
             }
         }
+        Ok(None)
+    }
 
-        // Every block of every pool exists: look inside them.
+    /// Every block of every pool exists: a block of ours with space, else another host's
+    /// empty block, reclaimed (`Unclaimed` once released); `None` leaves the listing for
+    /// borrowing.
+    async fn usable_existing_block(
+        &self,
+        req: &mut Request<'_>,
+        pools: &[&Pool],
+    ) -> Result<Option<Candidate>> {
         let blocks = self.store.list_blocks().await.map_err(ds("list blocks"))?;
         let mut reclaimable = Vec::new();
         for pool in pools {

@@ -74,6 +74,8 @@ pub struct Stats {
     pub node_label_reads: u64,
     /// Single-block reads (`get_block`, `get_block_for_update`).
     pub block_reads: u64,
+    /// Handle reads (`get_handle`, `get_handle_for_update`).
+    pub handle_reads: u64,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -457,7 +459,10 @@ impl Datastore for MemoryStore {
     }
 
     async fn get_handle(&self, handle_id: &str) -> DsResult<Option<Versioned<IpamHandle>>> {
-        self.with(|s| Ok(s.handles.get(&names::handle_object_name(handle_id))))
+        self.with(|s| {
+            s.stats.handle_reads += 1;
+            Ok(s.handles.get(&names::handle_object_name(handle_id)))
+        })
     }
 
     async fn create_handle(&self, handle: &IpamHandle) -> DsResult<Revision> {
