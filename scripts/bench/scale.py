@@ -23,7 +23,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import time
 
 KUBE, IPAM = sys.argv[1], sys.argv[2]
@@ -31,7 +30,9 @@ NODES, PODS, CONC = int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 AUDIT = os.path.join(KUBE, "audit.log")
 PID = int(open(os.path.join(KUBE, "pid")).read().split()[0])
 KUBECONFIG = os.path.join(KUBE, "kubeconfig-cni")
-WORK = tempfile.mkdtemp(prefix="bench-scale.")
+# Under the testenv's directory, which `kube-testenv down` removes.
+WORK = os.path.join(KUBE, "bench-nodes")
+os.makedirs(WORK, exist_ok=True)
 RUN = f"s{os.getpid()}"
 V4, V6 = "10.128.0.0/10", "fd00:5ca1::/56"
 
