@@ -174,7 +174,8 @@ drop_torn_cni_cache() {
   local f
   for f in "$C/nodes/$1/cni-cache/results"/*; do
     [ -f "$f" ] || continue
-    jq -e . "$f" >/dev/null 2>&1 && continue
+    # (jq accepts an empty file: no value, exit 0)
+    [ -s "$f" ] && jq -e . "$f" >/dev/null 2>&1 && continue
     echo "    containerd left a torn libcni cache file, dropped as libcni >= 1.2 would: ${f##*/}"
     rm -f "$f"
   done
@@ -184,11 +185,17 @@ drop_torn_cni_cache() {
 # and wait until it serves again (a kubelet that starts while containerd is down exits, as on a
 # real node, where systemd would start it again).
 kill9() {
-  local pid
+  local pid f
   pid=$(cat "$C/nodes/$1/$2.pid")
   kill -KILL "$pid" 2>/dev/null || fail "$2 ($pid) was not running"
   while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
   echo "    kill -9 $2 ($pid)"
+  if [ "$2" = containerd ] && [ -n "${TEAR_ONE_CACHE:-}" ]; then
+    f=$(ls "$C/nodes/$1/cni-cache/results" | head -n 1)
+    [ -n "$f" ] || fail "no libcni result cache to tear"
+    : >"$C/nodes/$1/cni-cache/results/$f"
+    echo "    tore $f as a kill mid-write would"
+  fi
   [ "$2" != containerd ] || drop_torn_cni_cache "$1"
   sleep "${3:-0}"
   "$KC" restart "$C" "$1" "$2" || fail "kube-cluster restart $2 failed"
@@ -344,7 +351,9 @@ deployment "$C" live 10
 settle "$C" live 10 300
 before=$(pod_ips "$C" live)
 kill9 node-1 kubelet 2
-kill9 node-1 containerd 2
+# One pod's result cache torn as well: its DEL later runs without prevResult and must still
+# remove its veth, routes and addresses (checked when the live pods are gone).
+TEAR_ONE_CACHE=1 kill9 node-1 containerd 2
 sleep 5
 settle "$C" live 10 300
 after=$(pod_ips "$C" live)
