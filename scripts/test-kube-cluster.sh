@@ -191,7 +191,7 @@ kill9() {
   while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
   echo "    kill -9 $2 ($pid)"
   if [ "$2" = containerd ] && [ -n "${TEAR_ONE_CACHE:-}" ]; then
-    f=$(ls "$C/nodes/$1/cni-cache/results" | head -n 1)
+    f=$(ls "$C/nodes/$1/cni-cache/results" | grep -m 1 "^k8s-pod-network-" || true)
     [ -n "$f" ] || fail "no libcni result cache to tear"
     : >"$C/nodes/$1/cni-cache/results/$f"
     echo "    tore $f as a kill mid-write would"
