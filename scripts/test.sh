@@ -43,8 +43,10 @@ KUBE_TESTENV_DIR="$(mktemp -d /tmp/calico-rs-kube.XXXXXX)"
 ETCD_TESTENV_DIR="$(mktemp -d /tmp/calico-rs-etcd.XXXXXX)"
 # A second kube-apiserver with only Calico v3.32.1's tech-preview projectcalico.org/v3 CRDs
 # (the CRDs of its calico-v3-crds.yaml manifest), where the group is found by discovery:
-# calico-ipam/tests/kube_v3.rs (ADD/CHECK/DEL/CLI in the v3 group) finds it through
-# KUBE_TESTENV_V3_DIR and fails without it; the datastore contract runs on it afterwards.
+# calico-ipam/tests/kube_v3.rs (ADD/CHECK/DEL/CLI in the v3 group) and
+# calico-cni/tests/kube_v3_netns.rs (the whole plugin's ADD/CHECK/DEL in a throwaway node netns,
+# ~10 s) find it through KUBE_TESTENV_V3_DIR and fail without it; the datastore contract runs
+# on it afterwards.
 # CALICO_V332 overrides where Calico's v3.32.1 manifests are (default ../shared/calico/v3.32.1).
 KUBE_TESTENV_V3_DIR="$(mktemp -d /tmp/calico-rs-kube-v3.XXXXXX)"
 CALICO_V332="${CALICO_V332:-$(cd .. && pwd)/shared/calico/v3.32.1}"
