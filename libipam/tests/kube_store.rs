@@ -277,3 +277,69 @@ fn the_api_group_is_found_as_calico_finds_it() {
             .expect("delete");
     });
 }
+
+/// The `requestURI`s of the LISTs of IPAMBlocks that the user agent `agent` made, from the
+/// test apiserver's audit log (waiting a little for the log to catch up).
+fn block_lists_by(agent: &str, want: usize) -> Vec<String> {
+    let log = kubeconfig().with_file_name("audit.log");
+    let mut found = Vec::new();
+    for _ in 0..50 {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        found = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|e| {
+                e["stage"] == "ResponseComplete"
+                    && e["userAgent"] == agent
+                    && e["verb"] == "list"
+                    && e["requestURI"]
+                        .as_str()
+                        .is_some_and(|u| u.contains("/ipamblocks"))
+            })
+            .filter_map(|e| e["requestURI"].as_str().map(str::to_owned))
+            .collect();
+        if found.len() >= want {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    found
+}
+
+/// The block names a claim walks are listed from the API server's watch cache
+/// (`resourceVersion=0`: no etcd read, no wait for the cache), and consistently once a block
+/// create found its name taken (the cached listing had missed that block).
+#[test]
+fn block_names_come_from_the_watch_cache_until_a_create_finds_one_missing() {
+    let agent = format!("libipam-tests-blocklist-{}", unique());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let store = KubeStore::new(connect(&kubeconfig(), &agent).await.expect("connect"));
+        let cidr = cidr(95);
+        let block = IpamBlock::new(cidr, Some(host_affinity("n1")), 1).expect("block");
+        let rev = store.create_block(&block).await.expect("create");
+        store.list_block_cidrs().await.expect("cached list");
+        assert_eq!(
+            store.create_block(&block).await,
+            Err(DatastoreError::AlreadyExists)
+        );
+        let listed = store.list_block_cidrs().await.expect("consistent list");
+        assert!(listed.contains(&cidr), "{listed:?}");
+        store.list_block_cidrs().await.expect("cached again");
+        store
+            .delete_block(&Versioned {
+                value: block,
+                revision: rev,
+            })
+            .await
+            .expect("delete");
+    });
+    let lists = block_lists_by(&agent, 3);
+    assert_eq!(lists.len(), 3, "{lists:?}");
+    assert!(lists[0].contains("resourceVersion=0"), "{lists:?}");
+    assert!(!lists[1].contains("resourceVersion"), "{lists:?}");
+    assert!(lists[2].contains("resourceVersion=0"), "{lists:?}");
+}

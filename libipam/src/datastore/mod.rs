@@ -243,7 +243,10 @@ pub trait Datastore {
     async fn update_block(&self, block: &Versioned<IpamBlock>) -> DsResult<Revision>;
     /// Deletes a block if it is still at `block.revision`.
     async fn delete_block(&self, block: &Versioned<IpamBlock>) -> DsResult<()>;
-    /// The CIDRs of all blocks. Must be cheap (no block contents read where avoidable).
+    /// The CIDRs of all blocks. Must be cheap (no block contents read where avoidable). May
+    /// lag a moment behind the writes (the Kubernetes store lists from the API server's watch
+    /// cache): a block missing from it costs a claim a lost race (its create answers
+    /// `AlreadyExists`), and the listing after such a create must not lag.
     async fn list_block_cidrs(&self) -> DsResult<Vec<IpNet>>;
     /// All blocks with their contents.
     async fn list_blocks(&self) -> DsResult<Vec<Versioned<IpamBlock>>>;

@@ -364,18 +364,26 @@ pub async fn soft_deleted_objects_read_as_absent<D: Datastore>(store: &D, run: &
     soft_deleted_reads_as_absent::<Affinities, D>(store, run, reads).await;
 }
 
+/// Whether `cidr` is (`present`) or is not among the listed block CIDRs within a few seconds:
+/// the listing may come from a cache a moment behind the writes (the Kubernetes store lists
+/// from the API server's watch cache).
+async fn block_cidrs_settle<D: Datastore>(store: &D, cidr: &IpNet, present: bool) -> bool {
+    for _ in 0..50 {
+        let listed = store.list_block_cidrs().await.expect("cidrs");
+        if listed.contains(cidr) == present {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    false
+}
+
 /// Blocks are also listed by CIDR alone.
 pub async fn block_cidrs<D: Datastore>(store: &D, run: &Run) {
     let block = Blocks::sample(run, 3);
     clear::<Blocks, D>(store, &block).await;
     let rev = store.create_block(&block).await.expect("create");
-    assert!(
-        store
-            .list_block_cidrs()
-            .await
-            .expect("cidrs")
-            .contains(&block.cidr)
-    );
+    assert!(block_cidrs_settle(store, &block.cidr, true).await);
     store
         .delete_block(&Versioned {
             value: block.clone(),
@@ -383,13 +391,7 @@ pub async fn block_cidrs<D: Datastore>(store: &D, run: &Run) {
         })
         .await
         .expect("delete");
-    assert!(
-        !store
-            .list_block_cidrs()
-            .await
-            .expect("cidrs")
-            .contains(&block.cidr)
-    );
+    assert!(block_cidrs_settle(store, &block.cidr, false).await);
 }
 
 /// Affinities: one listing per host gives both families and no other host's (not even one

@@ -41,10 +41,18 @@ impl KubeStore {
         let selector = format!("!{}", names::LABEL_AFFINITY_TYPE);
         let group = self.api_group().await?;
         let mut upgraded = 0;
-        for _ in 0..ATTEMPTS {
-            let unlabeled: Vec<Crd<BlockAffinity>> = self
-                .list_obj(&BLOCK_AFFINITY, &ListParams::default().labels(&selector))
-                .await?;
+        for attempt in 0..ATTEMPTS {
+            // Calico's selector: only what lacks the label, so the answer does not grow with
+            // the cluster once it is upgraded (the unlabelled ones cannot be narrowed to this
+            // host: the host's labels are what is missing). The first listing comes from the
+            // API server's watch cache (`resourceVersion=0`, no etcd read): an affinity of this
+            // host written unlabelled moments ago could only come from an old Calico on this
+            // node, which no longer runs. A retry after a lost race lists consistently.
+            let mut lp = ListParams::default().labels(&selector);
+            if attempt == 0 {
+                lp = lp.at("0");
+            }
+            let unlabeled: Vec<Crd<BlockAffinity>> = self.list_obj(&BLOCK_AFFINITY, &lp).await?;
             let mut lost_race = false;
             for obj in unlabeled {
                 if obj.spec.node != host || obj.spec.deleted {

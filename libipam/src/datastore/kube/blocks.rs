@@ -1,6 +1,8 @@
 //! IPAMBlocks: reads (a copy for update may come from the node cache, DESIGN.md 3a), CAS
 //! writes that keep the cache in step, and the listings.
 
+use std::sync::atomic::Ordering;
+
 use ipnet::IpNet;
 use kube::api::{Api, ListParams};
 
@@ -49,7 +51,12 @@ pub(super) async fn create(store: &KubeStore, block: &IpamBlock) -> DsResult<Rev
         objects::ipam_meta(group, &names::cidr_to_name(&block.cidr), None, None),
         block.clone(),
     );
-    let created = store.create_obj(&IPAM_BLOCK, &obj).await.map(versioned)?;
+    let created = store.create_obj(&IPAM_BLOCK, &obj).await.map(versioned);
+    if let Err(DatastoreError::AlreadyExists) = created {
+        // The listing that chose this name did not have it: read the next one from etcd.
+        store.block_list_stale.store(true, Ordering::Relaxed);
+    }
+    let created = created?;
     store.remember_block(&block.cidr, Some(&created));
     Ok(created.revision)
 }
@@ -94,9 +101,24 @@ pub(super) async fn delete(store: &KubeStore, block: &Versioned<IpamBlock>) -> D
 }
 
 /// Only the names are listed (metadata only): a block's name is its CIDR.
+///
+/// From the API server's watch cache (`resourceVersion=0`, any version not older than the
+/// cache's), not a consistent read: the server neither asks etcd for its current revision nor
+/// waits for the cache to catch up with it. The list may miss blocks created in the last
+/// moments (the cache lags etcd by its watch latency). For a claim that costs at most a lost
+/// race: the walk picks a name that exists, its create answers `AlreadyExists`, and the retry
+/// lists again, then consistently. It keeps invariant 13 (DESIGN.md): the overlaps it
+/// protects against are old blocks, long in the cache; a block of another size created at the
+/// same moment needs two overlapping pools claiming at once, the misconfiguration `check`
+/// names.
 pub(super) async fn list_cidrs(store: &KubeStore) -> DsResult<Vec<IpNet>> {
     let api: Api<Crd<IpamBlock>> = store.api(&IPAM_BLOCK).await?;
-    let listed = match api.list_metadata(&ListParams::default()).await {
+    let lp = if store.block_list_stale.swap(false, Ordering::Relaxed) {
+        ListParams::default()
+    } else {
+        ListParams::default().at("0")
+    };
+    let listed = match api.list_metadata(&lp).await {
         Ok(l) => l,
         Err(e) => return Err(store.list_or_create_error(&IPAM_BLOCK, "list ipamblocks", e)),
     };

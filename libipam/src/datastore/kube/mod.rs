@@ -41,6 +41,7 @@ mod settings;
 mod typed;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Mutex, MutexGuard};
 
 use ipnet::IpNet;
@@ -61,6 +62,9 @@ pub use inventory::ClusterFacts;
 pub struct KubeStore {
     conn: Connection,
     cache: Option<Mutex<NodeCache>>,
+    /// A block create found its name taken: the next listing of block names is a consistent
+    /// read, not the watch cache's (`blocks::list_cidrs`).
+    block_list_stale: AtomicBool,
 }
 
 impl Drop for KubeStore {
@@ -77,7 +81,11 @@ impl Drop for KubeStore {
 impl KubeStore {
     /// A store without a cache: every read goes to the API server (the operator CLI).
     pub fn new(conn: Connection) -> KubeStore {
-        KubeStore { conn, cache: None }
+        KubeStore {
+            conn,
+            cache: None,
+            block_list_stale: AtomicBool::new(false),
+        }
     }
 
     /// A store with a node-local cache (the IPAM plugin, under the host-wide lock).
@@ -91,6 +99,7 @@ impl KubeStore {
         KubeStore {
             conn,
             cache: Some(Mutex::new(loaded)),
+            block_list_stale: AtomicBool::new(false),
         }
     }
 
