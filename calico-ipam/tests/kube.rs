@@ -1122,19 +1122,28 @@ fn steady_state_requests_per_add_and_del() {
         first.len(),
         first.join("\n  ")
     );
-    // One listing of the blocks serves both families' claims; the pools select nodes by
-    // label, so the Node is read (with `all()` it is not: libipam's alloc tests). The node
-    // cache does not know the API group yet: one discovery request (`GET /apis`). The new
-    // attachment's handle is not read, and written once for both families.
+    // One listing of the blocks serves both families' claims, from the API server's watch
+    // cache (`resourceVersion=0`); the pools select nodes by label, so the Node is read (with
+    // `all()` it is not: libipam's alloc tests). The node cache does not know the API group
+    // yet: the IPAMConfig read on crd.projectcalico.org/v1 finds it, with no discovery request
+    // (`GET /apis`). The new attachment's handle is not read, and written once for both
+    // families.
     let handle_reqs: Vec<&String> = first
         .iter()
         .filter(|r| r.contains("/ipamhandles"))
         .collect();
+    let block_lists: Vec<&String> = first
+        .iter()
+        .filter(|r| r.starts_with("list /apis/crd.projectcalico.org/v1/ipamblocks"))
+        .collect();
     assert!(
-        first.len() <= 17
+        first.len() <= 16
+            && block_lists.len() == 1
+            && block_lists[0].contains("resourceVersion=0")
+            && !first.iter().any(|r| r.starts_with("get /apis "))
             && first
                 .iter()
-                .filter(|r| r.starts_with("list /apis/crd.projectcalico.org/v1/ipamblocks"))
+                .filter(|r| r.contains("/ipamconfigs/default"))
                 .count()
                 == 1
             && handle_reqs.len() == 1

@@ -9,16 +9,32 @@
 //! (401, 403) or that there is no such path (404) chooses v1, as Calico does when discovery
 //! fails; an unreachable or failing server is reported (the requests that would follow go to
 //! the same server and would fail the same way).
+//!
+//! Before discovery, the question is folded into a request the plugin makes anyway: `GET
+//! crd.projectcalico.org/v1 ipamconfigs/default`. Its object, or a 404 `Status` naming the
+//! object (`details.name`), proves the v1 kind is served, and v1 is what Calico chooses
+//! whenever v1 is served (`UsingV3CRDs`: v3 only when v1 is absent and v3 present); the
+//! IPAMConfig it read is kept for the configuration read that follows (`take_probed_config`),
+//! so a node's first ADD on v1 sends no request for the group. A 404 for the path itself
+//! (`404 page not found`, or a `Status` naming no object: the kind is not served), or 401/403,
+//! leaves the choice to discovery as before.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
-use kube::Client;
+use kube::{Api, Client};
 use tokio::sync::OnceCell;
 
 use super::Connection;
+use super::objects::{Crd, IPAM_CONFIG, SINGLETON};
 use crate::datastore::api_group::ApiGroup;
 use crate::datastore::{DatastoreError, DsResult};
+use crate::model::IpamConfig;
+
+/// How long the IPAMConfig read by the probe stands in for a read of it (the node cache's
+/// default TTL: the allocator reads it moments after).
+const PROBED_CONFIG_FOR: Duration = Duration::from_secs(10);
 
 /// The group each API server of this process was found to use.
 fn process_cache() -> &'static Mutex<HashMap<String, ApiGroup>> {
@@ -49,11 +65,16 @@ pub fn forget(server: &str) {
         .remove(server);
 }
 
+/// The IPAMConfig the probe read (`None`: there is none), and when.
+type Probed = (Instant, Option<IpamConfig>);
+
 /// A connection's API group: set at once when it was given, else found on first use.
 #[derive(Debug, Clone, Default)]
 pub struct GroupCell {
     cell: Arc<OnceCell<ApiGroup>>,
     explicit: bool,
+    /// The IPAMConfig the probe read (`None` inside: there is none), and when.
+    probed: Arc<Mutex<Option<Probed>>>,
 }
 
 impl GroupCell {
@@ -62,7 +83,18 @@ impl GroupCell {
         GroupCell {
             cell: Arc::new(OnceCell::new_with(given)),
             explicit: given.is_some(),
+            probed: Arc::default(),
         }
+    }
+
+    /// The IPAMConfig that the request which found the group read (`Some(None)`: it does not
+    /// exist), once, and only while it is fresh: it answers the configuration read that
+    /// follows without a request of its own.
+    pub fn take_probed_config(&self) -> Option<Option<IpamConfig>> {
+        let taken = self.probed.lock().unwrap_or_else(|p| p.into_inner()).take();
+        taken
+            .filter(|(at, _)| at.elapsed() < PROBED_CONFIG_FOR)
+            .map(|(_, c)| c)
     }
 
     /// The group if known without a request.
@@ -78,6 +110,37 @@ impl GroupCell {
     /// Sets the group from a copy found earlier (calico-ipam's node cache), unless known.
     pub fn seed(&self, group: ApiGroup) {
         let _ = self.cell.set(group);
+    }
+}
+
+/// What the first request on `crd.projectcalico.org/v1` proved.
+enum Probe {
+    /// The v1 kind is served, and this is its IPAMConfig (`None`: there is none).
+    Read(Option<IpamConfig>),
+    /// The v1 kind is served, but its IPAMConfig does not decode (the config read says so).
+    Served,
+    /// Nothing: the kind is not served, or the client may not ask. Discovery decides.
+    Unknown,
+}
+
+async fn probe_v1(client: &Client, server: &str) -> DsResult<Probe> {
+    let api: Api<Crd<IpamConfig>> =
+        Api::all_with(client.clone(), &IPAM_CONFIG.resource(ApiGroup::V1));
+    match api.get(SINGLETON).await {
+        Ok(obj) => Ok(Probe::Read(Some(obj.spec))),
+        // A `Status` naming the object: the kind is served, the object is not there.
+        Err(kube::Error::Api(s))
+            if s.code == 404 && s.details.as_ref().is_some_and(|d| !d.name.is_empty()) =>
+        {
+            Ok(Probe::Read(None))
+        }
+        Err(kube::Error::Api(s)) if matches!(s.code, 401 | 403 | 404) => Ok(Probe::Unknown),
+        Err(kube::Error::SerdeError(_)) => Ok(Probe::Served),
+        Err(e) => Err(Connection::map_error(
+            server,
+            "read IPAMConfig default (crd.projectcalico.org/v1)",
+            e,
+        )),
     }
 }
 
@@ -111,7 +174,7 @@ pub async fn discover(client: &Client, server: &str) -> DsResult<ApiGroup> {
 
 impl Connection {
     /// The API group of Calico's objects on this server: the one given, else what this
-    /// process found earlier, else one discovery request.
+    /// process found earlier, else the v1 probe, else one discovery request.
     pub async fn api_group(&self) -> DsResult<ApiGroup> {
         self.group
             .cell
@@ -119,7 +182,22 @@ impl Connection {
                 if let Some(g) = remembered(&self.server) {
                     return Ok(g);
                 }
-                let g = discover(&self.client, &self.server).await?;
+                let probe = probe_v1(&self.client, &self.server).await?;
+                if let Probe::Read(config) = &probe {
+                    *self.group.probed.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some((Instant::now(), config.clone()));
+                }
+                let g = match probe {
+                    Probe::Read(_) | Probe::Served => {
+                        tracing::info!(
+                            "API server {}: Calico's objects are in {} (it serves its IPAMConfig)",
+                            self.server,
+                            ApiGroup::V1
+                        );
+                        ApiGroup::V1
+                    }
+                    Probe::Unknown => discover(&self.client, &self.server).await?,
+                };
                 remember(&self.server, g);
                 Ok(g)
             })

@@ -16,10 +16,16 @@ pub(super) async fn config(store: &KubeStore) -> DsResult<IpamConfig> {
     if let Some(cached) = store.cache().and_then(|c| c.config()) {
         return Ok(cached.unwrap_or_default());
     }
-    let found = store
-        .get_obj::<IpamConfig>(&IPAM_CONFIG, SINGLETON)
-        .await?
-        .map(|o| o.spec);
+    // The request that finds the API group may read it (`api_group.rs`): ask for the group
+    // first, then take what that read, if anything.
+    store.api_group().await?;
+    let found = match store.conn.group_cell().take_probed_config() {
+        Some(probed) => probed,
+        None => store
+            .get_obj::<IpamConfig>(&IPAM_CONFIG, SINGLETON)
+            .await?
+            .map(|o| o.spec),
+    };
     if let Some(mut c) = store.cache() {
         c.set_config(found.clone());
     }
