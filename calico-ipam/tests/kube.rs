@@ -1281,6 +1281,238 @@ fn a_second_writer_on_the_nodes_blocks_costs_at_most_one_conflict_per_allocation
     assert!(del(&conf, "warm", "warm").status.success());
 }
 
+/// The node's affinity list is kept with no expiry (DESIGN.md "Node cache"): an ADD after the
+/// TTL re-reads IPAMConfig, IPReservations and (with a selecting pool) the Node, but lists no
+/// BlockAffinity. Run with a 1 s TTL so that the TTL has expired without a long wait.
+#[test]
+fn an_add_after_the_ttl_does_not_list_the_nodes_affinities_again() {
+    let kube = KubeEnv::get();
+    let _x = exclusive();
+    let tag = format!("ttl{}", unique());
+    let _pools = guard(
+        &kube,
+        &["t-ttl-v4", "t-ttl-v6"],
+        &["10.72.0.0/24", "fd00:72::/112"],
+    );
+    apply_pools(
+        &kube,
+        &private_pools(
+            "t-ttl",
+            "10.72.0.0/24",
+            26,
+            Some(("fd00:72::/112", 122)),
+            &tag,
+        ),
+    );
+    let n = Node::new(&kube, "ttl", &[("calico-rs-test", &tag)]);
+    let conf = n.conf(&kube, true, Some(1));
+    added_cidrs(&add(&conf, "warm", "warm"));
+    for i in 0..2 {
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        let mark = kube.audit_mark();
+        added_cidrs(&add(&conf, &format!("t{i}"), &format!("t{i}")));
+        let reqs = kube.requests_since(mark, "calico-ipam/");
+        eprintln!(
+            "dual-stack ADD after the TTL: {} requests\n  {}",
+            reqs.len(),
+            reqs.join("\n  ")
+        );
+        assert!(
+            reqs.iter().any(|r| r.contains("/ipamconfigs/")),
+            "the TTL had expired, so the IPAMConfig is read again:\n  {}",
+            reqs.join("\n  ")
+        );
+        // LIST ippools, POST handle, PUT v4 block, PUT v6 block; IPAMConfig, IPReservations
+        // and the Node (these pools select nodes by label).
+        assert!(
+            reqs.len() <= 7 && !reqs.iter().any(|r| r.contains("/blockaffinities")),
+            "an ADD after the TTL listed the node's affinities or cost more than 7:\n  {}",
+            reqs.join("\n  ")
+        );
+    }
+    for cid in ["warm", "t0", "t1"] {
+        assert!(del(&conf, cid, cid).status.success());
+    }
+}
+
+/// A kept affinity list that names a block taken from the node between two ADDs (deleted; then
+/// taken over by another node, as Calico v3.32's reclaim of empty blocks does, calico#11149):
+/// the ADD notices (its write of the block is refused and the re-read shows it gone or
+/// another host's), still succeeds in a block of its own, never writes into the other node's
+/// block, and the next ADD is back to the steady-state cost (the list was corrected).
+#[test]
+fn a_block_taken_from_the_node_between_adds_is_noticed_and_the_add_succeeds() {
+    use libipam::datastore::Datastore;
+    use libipam::model::{AffinityState, BlockAffinity, IpamBlock, host_affinity};
+    let kube = KubeEnv::get();
+    let _x = exclusive();
+    let tag = format!("taken{}", unique());
+    let _pools = guard(&kube, &["t-taken-v4"], &["10.73.0.0/24"]);
+    apply_pools(
+        &kube,
+        &private_pools("t-taken", "10.73.0.0/24", 28, None, &tag),
+    );
+    let n = Node::new(&kube, "taken", &[("calico-rs-test", &tag)]);
+    let other = format!("taken-other-{}", unique());
+    let conf = n.conf(&kube, false, None);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let admin = rt.block_on(async {
+        libipam::datastore::kube::KubeStore::new(
+            libipam::datastore::kube::connect(&kube.admin, "foreign-writer")
+                .await
+                .expect("connect"),
+        )
+    });
+    // Takes the (empty) block away from the node as a reclaiming node does: the node's
+    // affinity and the block deleted; then, with `to`, claimed by that node.
+    let take = |block: IpNet, to: Option<&str>| {
+        rt.block_on(async {
+            let aff = admin
+                .get_affinity(&n.name, &block)
+                .await
+                .expect("read")
+                .expect("the node's affinity");
+            let b = admin.get_block(&block).await.expect("read").expect("block");
+            assert!(b.value.empty(), "{block} is empty");
+            admin.delete_block(&b).await.expect("delete block");
+            admin.delete_affinity(&aff).await.expect("delete affinity");
+            if let Some(host) = to {
+                admin
+                    .create_affinity(&BlockAffinity::host(host, block, AffinityState::Confirmed))
+                    .await
+                    .expect("other node's affinity");
+                let nb = IpamBlock::new(block, Some(host_affinity(host)), 1).expect("block");
+                admin.create_block(&nb).await.expect("other node's block");
+            }
+        })
+    };
+    let mine = format!("host:{}", n.name);
+    let theirs = format!("host:{other}");
+    let block_of_ip = |ip: IpNet| IpNet::new(ip.addr(), 28).expect("net").trunc();
+
+    // The ADD after each: the kept list is right again (corrected in the ADD that noticed),
+    // so it costs what a steady ADD costs, with no listing of affinities.
+    let steady = |cid: &str| -> IpNet {
+        let mark = kube.audit_mark();
+        let ip = added_cidrs(&add(&conf, cid, cid))[0];
+        let reqs = kube.requests_since(mark, "calico-ipam/");
+        assert!(
+            reqs.len() <= 3 && !reqs.iter().any(|r| r.contains("/blockaffinities")),
+            "{cid}, the ADD after the one that noticed: {} requests (LIST ippools, POST \
+             handle, PUT block expected):\n  {}",
+            reqs.len(),
+            reqs.join("\n  ")
+        );
+        ip
+    };
+
+    // 1. Taken over by another node.
+    let x = block_of_ip(added_cidrs(&add(&conf, "p0", "p0"))[0]);
+    assert!(del(&conf, "p0", "p0").status.success());
+    take(x, Some(&other));
+    let ip1 = added_cidrs(&add(&conf, "p1", "p1"))[0];
+    assert!(!x.contains(&ip1.addr()), "{ip1} is in the other node's {x}");
+    let all = blocks(&kube);
+    let (c1, b1) = block_of(&all, ip1.addr());
+    assert_eq!(b1["spec"]["affinity"], mine.as_str(), "{ip1} in {c1}");
+    assert_eq!(all[&x]["spec"]["affinity"], theirs.as_str());
+    assert_eq!(in_use(&all[&x]), 0, "nothing was written into {x}");
+    let ip1b = steady("p1b");
+
+    // 2. Deleted (it may be claimed again: it is free).
+    let y = block_of_ip(ip1);
+    assert!(del(&conf, "p1", "p1").status.success());
+    assert!(del(&conf, "p1b", "p1b").status.success());
+    assert!(y.contains(&ip1b.addr()), "{ip1b} beside {ip1}");
+    take(y, None);
+    let ip2 = added_cidrs(&add(&conf, "p2", "p2"))[0];
+    let all = blocks(&kube);
+    let (c2, b2) = block_of(&all, ip2.addr());
+    assert_eq!(b2["spec"]["affinity"], mine.as_str(), "{ip2} in {c2}");
+    assert!(!x.contains(&ip2.addr()), "{ip2} is in the other node's {x}");
+    let ip3 = steady("p3");
+    assert_ne!(ip2.addr(), ip3.addr());
+
+    // Each address is allocated exactly once, to its pod's handle.
+    let all = blocks(&kube);
+    for (cid, ip) in [("p2", ip2), ("p3", ip3)] {
+        let (c, b) = block_of(&all, ip.addr());
+        assert_eq!(
+            attribute(b, c, ip.addr())["handle_id"],
+            handle_of(cid).as_str()
+        );
+    }
+    let held: usize = all
+        .iter()
+        .filter(|(c, _)| c.addr().to_string().starts_with("10.73."))
+        .map(|(_, b)| in_use(b))
+        .sum();
+    assert_eq!(held, 2, "p2 and p3 hold one address each");
+    for cid in ["p2", "p3"] {
+        assert!(del(&conf, cid, cid).status.success());
+    }
+    kube.purge_ipam(&["10.73.0.0/24"]);
+}
+
+/// A block claimed for this node by another process (calico-node's tunnel address; here a
+/// calico-ipam with another lock directory, so another node cache) is missing from this
+/// process's kept affinity list. Once the blocks the list names are full, the allocator lists
+/// again before it claims, finds that block, and uses it: no third block is claimed.
+#[test]
+fn a_block_claimed_for_the_node_elsewhere_is_found_before_another_is_claimed() {
+    let kube = KubeEnv::get();
+    let _s = shared();
+    let tag = format!("elsewhere{}", unique());
+    // /30 blocks: 4 addresses each.
+    let _pools = guard(&kube, &["t-else-v4"], &["10.74.0.0/24"]);
+    apply_pools(
+        &kube,
+        &private_pools("t-else", "10.74.0.0/24", 30, None, &tag),
+    );
+    let n = Node::new(&kube, "elsewhere", &[("calico-rs-test", &tag)]);
+    let a = n.conf(&kube, false, None);
+    let other_dir = tempfile::tempdir().expect("tempdir");
+    let b = n.conf_with_lock(&kube, false, None, &other_dir.path().join("ipam.lock"));
+    let mine = format!("host:{}", n.name);
+    let affine = || -> Vec<IpNet> {
+        blocks(&kube)
+            .into_iter()
+            .filter(|(c, blk)| {
+                c.addr().to_string().starts_with("10.74.")
+                    && blk["spec"]["affinity"] == mine.as_str()
+            })
+            .map(|(c, _)| c)
+            .collect()
+    };
+    // A claims X and keeps [X]; B fills X and claims Y.
+    added_cidrs(&add(&a, "a0", "a0"));
+    for i in 1..5 {
+        added_cidrs(&add(&b, &format!("b{i}"), &format!("b{i}")));
+    }
+    let two = affine();
+    assert_eq!(
+        two.len(),
+        2,
+        "X full, Y claimed by the other process: {two:?}"
+    );
+    // A: X is full; Y is not in its list.
+    let ip = added_cidrs(&add(&a, "a1", "a1"))[0];
+    let after = affine();
+    assert_eq!(
+        after, two,
+        "{ip}: a block was claimed although one of the node's had room"
+    );
+    for cid in ["a0", "a1"] {
+        assert!(del(&a, cid, cid).status.success());
+    }
+    for i in 1..5 {
+        assert!(del(&b, &format!("b{i}"), &format!("b{i}")).status.success());
+    }
+}
+
 #[test]
 fn soft_deleted_handle_is_treated_as_absent() {
     let kube = KubeEnv::get();

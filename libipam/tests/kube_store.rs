@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use contract::Run;
 
 use ipnet::IpNet;
-use libipam::datastore::kube::{ApiGroup, KubeStore, connect};
+use libipam::datastore::kube::{ApiGroup, CacheConfig, KubeStore, connect};
 use libipam::datastore::{Datastore, DatastoreError, Versioned};
 use libipam::model::{AffinityState, BlockAffinity, IpamBlock, IpamHandle, host_affinity};
 use libipam::names;
@@ -342,4 +342,94 @@ fn block_names_come_from_the_watch_cache_until_a_create_finds_one_missing() {
     assert!(lists[0].contains("resourceVersion=0"), "{lists:?}");
     assert!(!lists[1].contains("resourceVersion"), "{lists:?}");
     assert!(lists[2].contains("resourceVersion=0"), "{lists:?}");
+}
+
+/// A store with the node cache of `node` in `path`.
+async fn cached_store(path: &std::path::Path, node: &str) -> KubeStore {
+    let conn = connect(&kubeconfig(), "libipam-tests")
+        .await
+        .expect("connect");
+    KubeStore::with_cache(
+        conn,
+        &CacheConfig {
+            path: path.to_path_buf(),
+            node: node.to_owned(),
+            // Zero: no timed entry is served; the affinity list is kept all the same.
+            ttl: std::time::Duration::ZERO,
+        },
+    )
+}
+
+/// The node cache keeps this host's affinity list with no expiry (also between processes, and
+/// with a zero TTL), and drops it on evidence that it is wrong: a block it names as confirmed
+/// read as another host's, or refused with 404 (gone). A fresh listing puts it back.
+#[test]
+fn the_kept_affinity_list_is_dropped_when_a_block_it_names_is_someone_elses_or_gone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("node.json");
+    let host = format!("keep{}", unique());
+    let cidr = cidr(95);
+    run(async |admin| {
+        if let Some(old) = admin.get_block(&cidr).await.expect("get") {
+            admin.delete_block(&old).await.expect("clean up");
+        }
+        let store = cached_store(&path, &host).await;
+        let aff = BlockAffinity::host(&host, cidr, AffinityState::Confirmed);
+        let aff_rev = store.create_affinity(&aff).await.expect("affinity");
+        let mine = IpamBlock::new(cidr, Some(host_affinity(&host)), 1).expect("block");
+        store.create_block(&mine).await.expect("block");
+        assert_eq!(
+            store.list_host_affinities(&host).await.expect("list").len(),
+            1
+        );
+        drop(store);
+
+        // Another process of the node: the list is served from the file.
+        let store = cached_store(&path, &host).await;
+        let kept = store
+            .cached_host_affinities(&host)
+            .expect("kept with no expiry");
+        assert_eq!(kept.len(), 1);
+        assert!(store.cached_host_affinities("another-node").is_none());
+        let stale = store
+            .get_block_for_update(&cidr)
+            .await
+            .expect("copy")
+            .expect("kept block");
+
+        // Taken over by another host (deleted and claimed again, as calico#11149 does).
+        let now = admin.get_block(&cidr).await.expect("get").expect("block");
+        admin.delete_block(&now).await.expect("delete");
+        let theirs = IpamBlock::new(cidr, Some(host_affinity("someone-else")), 1).expect("b");
+        admin.create_block(&theirs).await.expect("recreate");
+        let read = store.get_block(&cidr).await.expect("get").expect("block");
+        assert!(!read.value.is_affine_to(&host));
+        assert!(
+            store.cached_host_affinities(&host).is_none(),
+            "a listed block read as another host's drops the list"
+        );
+
+        // Listed again; then the block is deleted and a write from the old copy gets 404.
+        assert_eq!(
+            store.list_host_affinities(&host).await.expect("list").len(),
+            1
+        );
+        assert!(store.cached_host_affinities(&host).is_some());
+        admin.delete_block(&read).await.expect("delete");
+        assert_eq!(
+            store.update_block(&stale).await,
+            Err(DatastoreError::NotFound)
+        );
+        assert!(
+            store.cached_host_affinities(&host).is_none(),
+            "a 404 writing a listed block drops the list"
+        );
+        store
+            .delete_affinity(&Versioned {
+                value: aff,
+                revision: aff_rev,
+            })
+            .await
+            .expect("clean up");
+    });
 }

@@ -429,13 +429,21 @@ impl<D: Datastore> Ipam<D> {
         let _ = self.release_ips(&ips).await;
     }
 
-    /// One listing of this host's affinities, reused for both families.
+    /// One listing of this host's affinities, reused for both families: the node cache's
+    /// copy when the datastore keeps one (it only says which blocks to try first; see
+    /// [`Ipam::relist_host_affinities`]), else a read.
     async fn load_host_affinities(&self, req: &mut Request<'_>) -> Result<()> {
-        let listed = self
-            .store
-            .list_host_affinities(req.host)
-            .await
-            .map_err(ds(format!("list affinities of {}", req.host)))?;
+        let (listed, from_cache) = match self.store.cached_host_affinities(req.host) {
+            Some(cached) => (cached, true),
+            None => (
+                self.store
+                    .list_host_affinities(req.host)
+                    .await
+                    .map_err(ds(format!("list affinities of {}", req.host)))?,
+                false,
+            ),
+        };
+        req.affinities_from_cache = from_cache;
         for a in listed {
             if a.value.affinity_type == AffinityType::Host
                 && a.value.node == req.host
@@ -445,6 +453,34 @@ impl<D: Datastore> Ipam<D> {
             }
         }
         Ok(())
+    }
+
+    /// Lists this host's affinities from the datastore if the request's listing came from a
+    /// node cache, replacing it; `false` when it was already a read (nothing to do). Called
+    /// before any decision that the host has no block with room (claiming a block, borrowing,
+    /// "block limit reached", "strict affinity"): a cached list may lack a block claimed for
+    /// this host by another process (calico-node's tunnel address, a request with another
+    /// cache) or name one taken away, and neither may lead to a claim or a refusal.
+    async fn relist_host_affinities(&self, req: &mut Request<'_>) -> Result<bool> {
+        if !req.affinities_from_cache {
+            return Ok(false);
+        }
+        let listed = self
+            .store
+            .list_host_affinities(req.host)
+            .await
+            .map_err(ds(format!("list affinities of {}", req.host)))?;
+        req.affinities_from_cache = false;
+        req.affinities = listed
+            .into_iter()
+            .filter(|a| {
+                a.value.affinity_type == AffinityType::Host
+                    && a.value.node == req.host
+                    && !a.value.deleted
+            })
+            .map(|a| (a.value.cidr, Some(a)))
+            .collect();
+        Ok(true)
     }
 
     /// Addresses of `family` the request's handle already holds.
@@ -580,20 +616,45 @@ impl<D: Datastore> Ipam<D> {
         full: &mut BTreeSet<IpNet>,
         want: u32,
     ) -> Result<Step> {
-        for cidr in affine.clone() {
-            if full.contains(&cidr) {
-                continue;
+        loop {
+            for cidr in affine.clone() {
+                if full.contains(&cidr) {
+                    continue;
+                }
+                let Some(block) = self.prepare_affine_block(req, cidr).await? else {
+                    affine.retain(|c| *c != cidr);
+                    continue;
+                };
+                let ips = self.assign_from_block(req, block, want).await?;
+                if ips.is_empty() {
+                    full.insert(cidr);
+                    continue;
+                }
+                return Ok(Step::Got(ips));
             }
-            let Some(block) = self.prepare_affine_block(req, cidr).await? else {
-                affine.retain(|c| *c != cidr);
-                continue;
-            };
-            let ips = self.assign_from_block(req, block, want).await?;
-            if ips.is_empty() {
-                full.insert(cidr);
-                continue;
+            // "No affine block has room" must not rest on a cached listing: list, and try
+            // the blocks it adds. The blocks found full (each confirmed by a fresh read) still
+            // count towards the limit; the others are the listing's.
+            if !self.relist_host_affinities(req).await? {
+                break;
             }
-            return Ok(Step::Got(ips));
+            let listed: Vec<IpNet> = req
+                .affinities
+                .keys()
+                .filter(|c| fam.pools.iter().any(|p| p.cidr.contains(*c)))
+                .copied()
+                .collect();
+            affine.retain(|c| full.contains(c) || listed.contains(c));
+            let mut added = false;
+            for c in listed {
+                if !affine.contains(&c) {
+                    affine.push(c);
+                    added = true;
+                }
+            }
+            if !added {
+                break;
+            }
         }
 
         if affine.len() as u32 >= fam.limit {

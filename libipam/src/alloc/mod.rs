@@ -197,6 +197,10 @@ struct Request<'a> {
     handle: HandleCache,
     /// This host's affinities (both families); `None` = must be re-read before writing.
     affinities: BTreeMap<IpNet, Option<Versioned<BlockAffinity>>>,
+    /// `affinities` came from a node cache's copy of the listing (no expiry, possibly stale)
+    /// and has not been listed from the datastore in this request: before deciding that the
+    /// host has no block with room, list it (`Ipam::relist_host_affinities`).
+    affinities_from_cache: bool,
     /// The CIDRs of every block, listed once per request for the claim walks of both
     /// families (plus the blocks this request claimed); dropped after a lost race so the
     /// retry lists again.
@@ -279,6 +283,7 @@ impl<D: Datastore> Ipam<D> {
             reservations,
             handle: HandleCache::Unknown,
             affinities: BTreeMap::new(),
+            affinities_from_cache: false,
             block_cidrs: None,
             listed_blocks: None,
         })

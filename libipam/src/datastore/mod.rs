@@ -18,9 +18,13 @@
 //! [`Datastore::get_block_for_update`] and [`Datastore::get_handle_for_update`] from it —
 //! callers only use those copies as the base of a compare-and-swap write, which fails if the
 //! copy was stale — and may serve the configuration reads (`get_config`, `list_reservations`,
-//! `node_labels`, `namespace_labels`) and `list_host_affinities` from a copy no older than its
-//! documented bound. `list_pools` always reads the datastore: a pool deleted or disabled must
-//! never be allocated from by a request that starts after the change.
+//! `node_labels`, `namespace_labels`) from a copy no older than its documented bound. It may
+//! also offer [`Datastore::cached_host_affinities`], a copy of this host's affinity list with no
+//! expiry: callers use it only to pick the blocks to try (each block's own `affinity` decides)
+//! and list again with [`Datastore::list_host_affinities`], which always reads, before any
+//! decision that this host has no block with room. `list_pools` always reads the datastore: a
+//! pool deleted or disabled must never be allocated from by a request that starts after the
+//! change.
 
 pub mod api_group;
 #[cfg(feature = "etcd")]
@@ -251,8 +255,16 @@ pub trait Datastore {
     /// All blocks with their contents.
     async fn list_blocks(&self) -> DsResult<Vec<Versioned<IpamBlock>>>;
 
-    /// Every affinity of `host`, both families, every state.
+    /// Every affinity of `host`, both families, every state: a read of the datastore.
     async fn list_host_affinities(&self, host: &str) -> DsResult<Vec<Versioned<BlockAffinity>>>;
+    /// `host`'s affinities as a node cache last saw them, if the backend keeps such a copy
+    /// (the Kubernetes one does, with no expiry; DESIGN.md "Node cache"); `None` otherwise.
+    /// It may be stale both ways (a block taken away, a block claimed by another process), so
+    /// it only says which blocks to try first: the blocks' `affinity` fields decide, and a
+    /// caller about to conclude that the host has no block with room lists again.
+    fn cached_host_affinities(&self, _host: &str) -> Option<Vec<Versioned<BlockAffinity>>> {
+        None
+    }
     /// Every affinity of every host.
     async fn list_affinities(&self) -> DsResult<Vec<Versioned<BlockAffinity>>>;
     /// One affinity.

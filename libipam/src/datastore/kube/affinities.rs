@@ -1,5 +1,6 @@
-//! BlockAffinities: this host's label-selected listing (cached for the TTL), CAS writes that
-//! keep that listing in step, and Calico's `UpgradeHost` labelling of old affinities.
+//! BlockAffinities: this host's label-selected listing (kept in the node cache with no expiry,
+//! see `cache.rs`), CAS writes that keep that copy in step, and Calico's `UpgradeHost`
+//! labelling of old affinities.
 
 use ipnet::IpNet;
 use kube::api::ListParams;
@@ -84,16 +85,21 @@ impl KubeStore {
     }
 }
 
+/// The node cache's copy of `host`'s affinity list (no expiry), when the cache is `host`'s.
+pub(super) fn cached_host(store: &KubeStore, host: &str) -> Option<Vec<Versioned<BlockAffinity>>> {
+    store
+        .cache()
+        .filter(|c| c.node() == host)
+        .and_then(|c| c.affinities())
+}
+
 /// One label-selected LIST (`projectcalico.org/hostname-hash`, type `host`) for both
-/// families, as Calico v3.31+ selects them; cached for the TTL.
+/// families, as Calico v3.31+ selects them. Always a read; the node cache keeps the result.
 pub(super) async fn list_host(
     store: &KubeStore,
     host: &str,
 ) -> DsResult<Vec<Versioned<BlockAffinity>>> {
     let cache_is_for_host = store.cache().is_some_and(|c| c.node() == host);
-    if cache_is_for_host && let Some(cached) = store.cache().and_then(|c| c.affinities()) {
-        return Ok(cached);
-    }
     let selector = format!(
         "{}={},{}={}",
         names::LABEL_HOSTNAME_HASH,

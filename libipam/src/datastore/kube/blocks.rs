@@ -14,6 +14,16 @@ use crate::model::IpamBlock;
 use crate::names;
 
 impl KubeStore {
+    /// A read of the block (`b`: what the server holds): kept when it is this node's, and
+    /// checked against the cached affinity list (`NodeCache::block_seen`).
+    fn saw_block(&self, cidr: &IpNet, b: Option<&Versioned<IpamBlock>>) {
+        if let Some(mut c) = self.cache() {
+            let owned = b.is_some_and(|b| b.value.is_affine_to(c.node()));
+            c.block_seen(&cidr.to_string(), owned);
+        }
+        self.remember_block(cidr, b);
+    }
+
     pub(super) fn remember_block(&self, cidr: &IpNet, b: Option<&Versioned<IpamBlock>>) {
         if let Some(mut c) = self.cache() {
             let node = c.node().to_owned();
@@ -29,7 +39,7 @@ pub(super) async fn get(store: &KubeStore, cidr: &IpNet) -> DsResult<Option<Vers
     let found = store
         .get_live::<IpamBlock>(&IPAM_BLOCK, &names::cidr_to_name(cidr))
         .await?;
-    store.remember_block(cidr, found.as_ref());
+    store.saw_block(cidr, found.as_ref());
     Ok(found)
 }
 
@@ -84,6 +94,8 @@ pub(super) async fn update(store: &KubeStore, block: &Versioned<IpamBlock>) -> D
                 c.mark_contended(&cidr.to_string());
             }
         }
+        // Gone: a block the affinity list names as ours no longer is.
+        Err(DatastoreError::NotFound) => store.saw_block(&cidr, None),
         Err(_) => store.remember_block(&cidr, None),
         Ok(_) => {}
     }

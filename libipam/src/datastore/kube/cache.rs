@@ -1,18 +1,25 @@
 //! The node-local cache of the Kubernetes datastore: what one node's IPAM requests read over
 //! and over, kept in a file between the short-lived plugin processes.
 //!
-//! Two kinds of entries, with different correctness arguments:
+//! Three kinds of entries, with different correctness arguments:
 //!
 //! - **Versioned copies** (this node's blocks, its handles): each is exactly what the API
 //!   server returned for one `resourceVersion`. They are only ever used as the base of a
 //!   compare-and-swap write, which the server refuses (409, or 404 if the object is gone) when
 //!   the copy is stale; the copy is then dropped and re-read. So they need no expiry and can
 //!   never make an address be handed out twice.
-//! - **Timed copies** (IPAMConfig, IPReservations, the Node's and namespaces' labels, this
-//!   node's BlockAffinity list): served for at most the TTL after they were read, then read
-//!   again. This is the staleness bound: a changed nodeSelector label, strictAffinity, block
-//!   limit or reservation takes effect on this node at most TTL later. The affinity list only
-//!   says which blocks to try; the block itself decides.
+//! - **This node's BlockAffinity list**, kept with no expiry and updated by this node's own
+//!   affinity writes. It only says which blocks to try first: the block's `affinity` field
+//!   decides (DESIGN.md invariant 8), and the allocator lists again before it concludes that
+//!   the node has no block with room (so a stale list never makes it claim, borrow or refuse).
+//!   It is dropped on evidence that it is wrong: a block it names as confirmed read as gone or
+//!   another host's, a 404 writing such a block, an affinity write that failed, a change of
+//!   API group or server.
+//! - **Timed copies** (IPAMConfig, IPReservations, the Node's and namespaces' labels): served
+//!   for at most the TTL after they were read, then read again. This is the staleness bound: a
+//!   changed nodeSelector label, strictAffinity, block limit or reservation takes effect on
+//!   this node at most TTL later. Nothing a request writes or reads shows that these changed,
+//!   so they cannot be kept on evidence the way the list is.
 //!
 //! IPPools are not kept at all: every allocation lists them, so a pool deleted, disabled or
 //! created is seen by the very next request (as in Calico). See `libipam/DESIGN.md`, "Node
@@ -34,7 +41,7 @@ use serde::{Deserialize, Serialize};
 use crate::datastore::api_group::ApiGroup;
 use crate::datastore::{Revision, Versioned};
 use crate::model::{
-    BlockAffinity, IpReservation, IpamBlock, IpamConfig, IpamHandle, host_affinity,
+    AffinityState, BlockAffinity, IpReservation, IpamBlock, IpamConfig, IpamHandle, host_affinity,
 };
 
 /// Bumped when the layout changes; other versions are ignored.
@@ -104,6 +111,7 @@ struct File {
     node_labels: Option<Timed<BTreeMap<String, String>>>,
     #[serde(default)]
     namespaces: BTreeMap<String, Timed<Option<BTreeMap<String, String>>>>,
+    /// This node's affinities; `at` is when they were listed, not an expiry.
     #[serde(default)]
     affinities: Option<Timed<Vec<Entry<BlockAffinity>>>>,
     #[serde(default)]
@@ -270,18 +278,45 @@ impl NodeCache {
         }
     }
 
-    /// This node's affinities, if listed within the TTL.
+    /// This node's affinities as last listed and written here, however long ago (no
+    /// expiry, also with a zero TTL: see the module comment).
     pub fn affinities(&self) -> Option<Vec<Versioned<BlockAffinity>>> {
-        self.fresh(&self.file.affinities)
-            .map(|v| v.iter().map(Entry::versioned).collect())
+        self.file
+            .affinities
+            .as_ref()
+            .map(|t| t.value.iter().map(Entry::versioned).collect())
     }
     pub fn set_affinities(&mut self, v: &[Versioned<BlockAffinity>]) {
-        self.file.affinities = self.timed(v.iter().map(Entry::of).collect());
+        self.file.affinities = Some(Timed {
+            at: now_ms(),
+            value: v.iter().map(Entry::of).collect(),
+        });
+        self.dirty = true;
     }
-    /// Drops the cached list (a write failed: what the server holds is unknown).
+    /// Drops the cached list (a write failed, or a read contradicted it): the next request
+    /// lists again.
     pub fn forget_affinities(&mut self) {
         if self.file.affinities.take().is_some() {
             self.dirty = true;
+        }
+    }
+
+    /// Evidence about a block that was just read or refused: `owned` is whether it exists
+    /// and is affine to this node. A block the list names as this node's confirmed affinity
+    /// that is gone or someone else's (taken over by another node, calico#11149; deleted)
+    /// makes the list wrong, so it is dropped. Pending affinities name claims in progress,
+    /// which the allocator settles itself.
+    pub fn block_seen(&mut self, cidr: &str, owned: bool) {
+        if owned {
+            return;
+        }
+        let named = self.file.affinities.as_ref().is_some_and(|l| {
+            l.value.iter().any(|e| {
+                e.value.cidr.to_string() == cidr && e.value.state == AffinityState::Confirmed
+            })
+        });
+        if named {
+            self.forget_affinities();
         }
     }
 
@@ -424,7 +459,6 @@ fn sweep_dead_temporaries(dir: &Path, prefix: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::AffinityState;
 
     fn cfg(dir: &Path, ttl: u64) -> CacheConfig {
         CacheConfig {
@@ -605,5 +639,38 @@ mod tests {
             expired.block("10.0.0.0/26").is_some(),
             "versioned entries do not expire"
         );
+        assert_eq!(
+            expired.affinities().map(|a| a.len()),
+            Some(1),
+            "nor does the affinity list"
+        );
+    }
+
+    #[test]
+    fn the_affinity_list_is_dropped_on_evidence_about_a_confirmed_block_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut c = NodeCache::load(&cfg(dir.path(), 60), "https://a:6443");
+        let aff = |cidr: &str, state| Versioned {
+            value: BlockAffinity::host("node-a", cidr.parse().expect("cidr"), state),
+            revision: Revision("3".into()),
+        };
+        let list = [
+            aff("10.0.0.0/26", AffinityState::Confirmed),
+            aff("10.0.0.64/26", AffinityState::Pending),
+        ];
+        c.set_affinities(&list);
+        c.block_seen("10.0.0.0/26", true);
+        c.block_seen("10.0.0.128/26", false);
+        c.block_seen("10.0.0.64/26", false);
+        assert_eq!(
+            c.affinities().map(|a| a.len()),
+            Some(2),
+            "ours as listed, not listed, or a claim in progress: kept"
+        );
+        c.block_seen("10.0.0.0/26", false);
+        assert!(c.affinities().is_none(), "a listed block that is not ours");
+        c.set_affinities(&list);
+        c.forget_affinities();
+        assert!(c.affinities().is_none());
     }
 }

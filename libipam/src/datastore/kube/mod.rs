@@ -194,6 +194,10 @@ impl Datastore for KubeStore {
         affinities::list_host(self, host).await
     }
 
+    fn cached_host_affinities(&self, host: &str) -> Option<Vec<Versioned<BlockAffinity>>> {
+        affinities::cached_host(self, host)
+    }
+
     async fn list_affinities(&self) -> DsResult<Vec<Versioned<BlockAffinity>>> {
         affinities::list(self).await
     }
