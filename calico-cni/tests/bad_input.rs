@@ -2,9 +2,12 @@
 //! touched: each case gets its CNI code and a message naming the problem, and nothing is
 //! created (the working directory and the datastore stay empty). These need no root.
 
-use std::io::Write;
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
+
+use common::run::run_with_stdin;
 
 use serde_json::{Value, json};
 
@@ -53,14 +56,8 @@ impl Scratch {
             .env("CNI_NETNS", "/var/run/netns/does-not-matter")
             .env("CNI_IFNAME", "eth0")
             .env("CNI_PATH", self.bin())
-            .envs(env.iter().copied())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn calico-cni");
-        // A plugin that refuses early may close stdin before reading all of it.
-        let _ = child.stdin.take().expect("stdin").write_all(stdin);
-        child.wait_with_output().expect("wait")
+            .envs(env.iter().copied());
+        run_with_stdin(&mut cmd, stdin)
     }
 
     /// Nothing in the working directory, no datastore, no lock file.

@@ -14,7 +14,7 @@ mod kube_env;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::thread::JoinHandle;
@@ -305,25 +305,17 @@ fn host_local_gets_ignore_unknown_and_networks_the_pod() {
     let args = calico_args(&ns, "test-pod-1", None);
 
     // The control: host-local alone refuses these arguments.
-    let mut direct = Command::new("/usr/lib/cni/host-local")
-        .env_clear()
-        .env("CNI_COMMAND", "ADD")
-        .env("CNI_CONTAINERID", "direct")
-        .env("CNI_NETNS", "/proc/self/ns/net")
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", "/usr/lib/cni")
-        .env("CNI_ARGS", &args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("host-local");
-    std::io::Write::write_all(
-        &mut direct.stdin.take().expect("stdin"),
+    let direct = common::run::run_with_stdin(
+        Command::new("/usr/lib/cni/host-local")
+            .env_clear()
+            .env("CNI_COMMAND", "ADD")
+            .env("CNI_CONTAINERID", "direct")
+            .env("CNI_NETNS", "/proc/self/ns/net")
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", "/usr/lib/cni")
+            .env("CNI_ARGS", &args),
         conf.to_string().as_bytes(),
-    )
-    .expect("stdin");
-    let direct = direct.wait_with_output().expect("host-local");
+    );
     assert!(
         String::from_utf8_lossy(&direct.stdout).contains("unknown args"),
         "host-local must refuse pod arguments without IgnoreUnknown: {}",

@@ -13,11 +13,11 @@
 mod common;
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::run::spawn_with_stdin;
 use common::{CNI, Netns, Node, tiny_pools, unique};
 
 /// How long a condition may take before the test gives up (a hang guard, not a speed check).
@@ -88,8 +88,8 @@ fn spawn_add(node: &Node, container: &str, pod: &Netns, lock: &Path, in_process:
     let mut conf = node.netconf("1.0.0");
     conf["ipam_lock_file"] = serde_json::json!(lock);
     conf["ipam_in_process"] = serde_json::json!(in_process);
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &node.ns.name, CNI])
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &node.ns.name, CNI])
         .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .env("CNI_COMMAND", "ADD")
@@ -97,18 +97,9 @@ fn spawn_add(node: &Node, container: &str, pod: &Netns, lock: &Path, in_process:
         .env("CNI_NETNS", pod.path())
         .env("CNI_IFNAME", "eth0")
         .env("CNI_PATH", node.dir.path().join("bin"))
-        .stdin(Stdio::piped())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn calico-cni");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(conf.to_string().as_bytes())
-        .expect("stdin");
-    child
+        .stderr(Stdio::null());
+    spawn_with_stdin(&mut cmd, conf.to_string().as_bytes())
 }
 
 #[test]

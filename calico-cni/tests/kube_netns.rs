@@ -441,23 +441,13 @@ fn datastore_not_ready_refuses_add_and_del() {
 
 /// `calico -t CONF-ON-STDIN`, run on the host as Calico's installer runs it.
 fn calico_t(stdin: &str) -> Output {
-    use std::io::Write;
-    let mut child = std::process::Command::new(common::CNI)
-        .arg("-t")
-        .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn calico-cni -t");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin.as_bytes())
-        .expect("stdin");
-    child.wait_with_output().expect("wait")
+    common::run::run_with_stdin(
+        std::process::Command::new(common::CNI)
+            .arg("-t")
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+        stdin.as_bytes(),
+    )
 }
 
 /// The failure `calico -t` prints: Calico's CNI error, code 100.

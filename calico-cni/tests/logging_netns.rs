@@ -6,9 +6,10 @@ mod common;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, SystemTime};
 
+use common::run::run_with_stdin;
 use common::{CNI, Netns, Node, text};
 use serde_json::{Value, json};
 
@@ -146,26 +147,15 @@ fn failed_adds_leave_an_error_line_naming_the_pod_and_code() {
 /// Run calico-cni outside any netns with `conf` on stdin (for verbs that fail before the
 /// dataplane).
 fn run_cni(container: &str, conf: &Value) -> Output {
-    let mut child = Command::new(CNI)
-        .env_clear()
+    let mut cmd = Command::new(CNI);
+    cmd.env_clear()
         .env("CNI_COMMAND", "ADD")
         .env("CNI_CONTAINERID", container)
         .env("CNI_NETNS", "/var/run/netns/unused")
         .env("CNI_IFNAME", "eth0")
         .env("CNI_PATH", "/nonexistent")
-        .env("CNI_ARGS", "K8S_POD_NAMESPACE=logs;K8S_POD_NAME=rot")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn calico-cni");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(conf.to_string().as_bytes())
-        .expect("stdin");
-    child.wait_with_output().expect("wait")
+        .env("CNI_ARGS", "K8S_POD_NAMESPACE=logs;K8S_POD_NAME=rot");
+    run_with_stdin(&mut cmd, conf.to_string().as_bytes())
 }
 
 /// A netconf whose ADD fails at once (unknown IPAM type), logging to `log`.

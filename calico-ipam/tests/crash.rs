@@ -8,7 +8,6 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::net::IpAddr;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -16,6 +15,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::run::{spawn_with_stdin, wait_within};
 use common::{BIN, Store, added_cidrs, cni, seed_pools, text};
 use libipam::Ipam;
 use libipam::datastore::local::LocalStore;
@@ -440,17 +440,9 @@ fn spawn_plugin(store: &Store, command: &str, cid: &str, env: &[(&str, &str)]) -
         .env("CNI_IFNAME", "eth0")
         .env("CNI_PATH", "/opt/cni/bin")
         .envs(env.iter().copied())
-        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn calico-ipam");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(conf.as_bytes())
-        .expect("stdin");
-    child
+    spawn_with_stdin(&mut cmd, conf.as_bytes())
 }
 
 /// Waits until the process is stopped (SIGSTOP at its hook).
@@ -510,7 +502,7 @@ fn a_live_writers_temporary_is_never_swept_and_a_dead_ones_is() {
     assert!(tmps[0].exists(), "check removed a live writer's temporary");
     // Another writer waits for the lock instead of touching it.
     signal(&child, "-CONT");
-    let b = addresses(&child.wait_with_output().expect("wait"));
+    let b = addresses(&wait_within(child));
     assert!(temporaries(&store.path()).is_empty());
     assert_eq!(held(&store.path(), "b"), b.iter().copied().collect());
 
@@ -525,10 +517,7 @@ fn a_live_writers_temporary_is_never_swept_and_a_dead_ones_is() {
     let stale = temporaries(&store.path());
     assert_eq!(stale.len(), 1);
     signal(&child, "-KILL");
-    assert_eq!(
-        child.wait_with_output().expect("wait").status.signal(),
-        Some(9)
-    );
+    assert_eq!(wait_within(child).status.signal(), Some(9));
     assert!(stale[0].exists());
     let out = assert_check_clean(&store);
     assert!(

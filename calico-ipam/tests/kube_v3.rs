@@ -13,6 +13,7 @@ mod kube_env;
 
 use std::process::{Command, Output};
 
+use common::run::run_with_stdin;
 use common::{BIN, added_cidrs, cni, text};
 use ipnet::IpNet;
 use kube_env::{KubeEnv, PoolGuard, exclusive, node_yaml, unique};
@@ -475,23 +476,13 @@ fn calico_cni_reads_cluster_information_in_the_v3_group() {
     })
     .to_string();
     let probe = || {
-        use std::io::Write;
-        let mut child = Command::new(&calico)
-            .arg("-t")
-            .env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn calico-cni -t");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(conf.as_bytes())
-            .expect("stdin");
-        child.wait_with_output().expect("wait")
+        run_with_stdin(
+            Command::new(&calico)
+                .arg("-t")
+                .env_clear()
+                .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+            conf.as_bytes(),
+        )
     };
     let out = probe();
     assert!(out.status.success(), "{}", text(&out));

@@ -8,8 +8,9 @@
 #![allow(dead_code)]
 
 pub mod kube;
+#[path = "../../../calico-ipam/tests/common/run.rs"]
+pub mod run;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -289,8 +290,8 @@ impl Node {
         args: &str,
         conf: &Value,
     ) -> Output {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.ns.name])
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns.name])
             .args(wrapper)
             .arg(CNI)
             .env_clear()
@@ -301,18 +302,9 @@ impl Node {
             .env("CNI_IFNAME", "eth0")
             .env("CNI_PATH", self.dir.path().join("bin"))
             .env("CNI_ARGS", args)
-            .stdin(Stdio::piped())
             .stdout(stdout)
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn calico-cni");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(conf.to_string().as_bytes())
-            .expect("stdin");
-        child.wait_with_output().expect("wait")
+            .stderr(Stdio::piped());
+        run::wait_within(run::spawn_with_stdin(&mut cmd, conf.to_string().as_bytes()))
     }
 
     /// ADD that must succeed; returns the result.

@@ -2,10 +2,11 @@
 
 #![allow(dead_code)]
 
+pub mod run;
+
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use serde_json::{Value, json};
 
@@ -123,10 +124,7 @@ pub fn cni_in(
         .env("CNI_CONTAINERID", container_id)
         .env("CNI_NETNS", live_netns())
         .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", "/opt/cni/bin")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .env("CNI_PATH", "/opt/cni/bin");
     for (k, v) in env {
         if v.is_empty() {
             cmd.env_remove(k);
@@ -134,13 +132,7 @@ pub fn cni_in(
             cmd.env(k, v);
         }
     }
-    let mut child = cmd.spawn().expect("spawn calico-ipam");
-    // A plugin may refuse an oversized stdin without reading all of it.
-    match child.stdin.take().expect("stdin").write_all(stdin) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => panic!("write stdin: {e}"),
-        _ => {}
-    }
-    child.wait_with_output().expect("wait")
+    run::run_with_stdin(&mut cmd, stdin)
 }
 
 /// A network namespace path that exists while the test runs (the test's own): calico-ipam
