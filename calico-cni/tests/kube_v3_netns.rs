@@ -76,6 +76,31 @@ fn named(list: &[Value], name: &str) -> Option<Value> {
     list.iter().find(|o| o["metadata"]["name"] == name).cloned()
 }
 
+/// When a test fails midway, deletes the IPAM state it may have left (its handles, the blocks
+/// and affinities in its pools): calico-ipam's kube_v3 runs `ipam check` on the same apiserver
+/// afterwards and would fail for it too.
+struct LeftoversOnFailure<'a> {
+    kube: &'a KubeEnv,
+    handles: Vec<String>,
+    cidrs: Vec<String>,
+}
+
+impl Drop for LeftoversOnFailure<'_> {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        // A second panic while unwinding would abort the test binary: contain it.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            for h in &self.handles {
+                self.kube.delete(&format!("{V3}/ipamhandles/{h}"));
+            }
+            let cidrs: Vec<&str> = self.cidrs.iter().map(String::as_str).collect();
+            self.kube.purge_ipam(&cidrs);
+        }));
+    }
+}
+
 /// Whether a request is the one by which a process that finds the group itself first tries
 /// v1: a GET of its IPAMConfig, answered 404 for the path (v1 is not served here), after which
 /// it asks which groups exist (`GET /apis`).
@@ -130,6 +155,18 @@ fn pods_in_the_v3_group(group: Option<&str>, ipam_in_process: bool, net: u8) {
         format!("10.{net}.1.0/24"),
     );
     kube.purge_ipam(&[&v4, &v6, &alt]);
+    let (cid_web, cid_chosen, cid_fixed) = (
+        format!("v3web{u}"),
+        format!("v3chosen{u}"),
+        format!("v3fixed{u}"),
+    );
+    let _leftovers = LeftoversOnFailure {
+        kube: &kube,
+        handles: [&cid_web, &cid_chosen, &cid_fixed]
+            .map(|c| format!("k8s-pod-network.{c}"))
+            .to_vec(),
+        cidrs: vec![v4.clone(), v6.clone(), alt.clone()],
+    };
     let (p4, p6, palt) = (
         format!("t-cniv3-{u}-v4"),
         format!("t-cniv3-{u}-v6"),
@@ -178,7 +215,6 @@ fn pods_in_the_v3_group(group: Option<&str>, ipam_in_process: bool, net: u8) {
 
     // A plain pod: both addresses, published on the pod, reachable from the node.
     let web = Netns::new("kv3web");
-    let cid_web = format!("v3web{u}");
     let r = node.add(&cid_web, &web, Some((&ns, "web")), &conf);
     let (a4, a6) = (addr_of(&r, 0), addr_of(&r, 1));
     assert!(
@@ -200,7 +236,6 @@ fn pods_in_the_v3_group(group: Option<&str>, ipam_in_process: bool, net: u8) {
 
     // A pool annotation by name: the v3 pool of that name, though it selects no node.
     let chosen = Netns::new("kv3ch");
-    let cid_chosen = format!("v3chosen{u}");
     let r_web = r;
     let r = node.add(&cid_chosen, &chosen, Some((&ns, "chosen")), &conf);
     assert!(addr_of(&r, 0).starts_with(&format!("10.{net}.1.")), "{r}");
@@ -208,7 +243,6 @@ fn pods_in_the_v3_group(group: Option<&str>, ipam_in_process: bool, net: u8) {
 
     // ipAddrs: exactly these addresses, from the v3 pools that hold them.
     let fixed = Netns::new("kv3fx");
-    let cid_fixed = format!("v3fixed{u}");
     let r = node.add(&cid_fixed, &fixed, Some((&ns, "fixed")), &conf);
     assert_eq!(addr_of(&r, 0), format!("10.{net}.0.77/32"), "{r}");
     assert_eq!(addr_of(&r, 1), format!("fd00:{net}::77/128"), "{r}");
