@@ -122,7 +122,26 @@ fn dual_stack_pods_in_the_kubernetes_datastore() {
     // A plain pod: addresses from the pools selecting the node, published on the pod.
     let web = Netns::new("kweb");
     let cid_web = format!("web{u}");
+    let mark = kube.audit_mark();
     let r = node.add(&cid_web, &web, Some((&plain, "web")), &conf);
+    let reqs = kube.requests_since(mark, "calico-");
+    eprintln!(
+        "first dual-stack ADD on the node through calico-cni: {} requests\n  {}",
+        reqs.len(),
+        reqs.join("\n  ")
+    );
+    // The API group is found by the one read of IPAMConfig (v1 serves it), which the IPAM's
+    // own connection in the same process then uses: no discovery, no second read.
+    assert!(
+        !reqs.iter().any(|r| r.starts_with("get /apis "))
+            && reqs
+                .iter()
+                .filter(|r| r.contains("/ipamconfigs/default"))
+                .count()
+                == 1,
+        "{}",
+        reqs.join("\n  ")
+    );
     let (v4, v6) = (addr_of(&r, 0), addr_of(&r, 1));
     assert!(v4.starts_with("10.91.0.") && v4.ends_with("/32"), "{r}");
     assert!(v6.starts_with("fd00:91::") && v6.ends_with("/128"), "{r}");

@@ -14,10 +14,10 @@
 //! crd.projectcalico.org/v1 ipamconfigs/default`. Its object, or a 404 `Status` naming the
 //! object (`details.name`), proves the v1 kind is served, and v1 is what Calico chooses
 //! whenever v1 is served (`UsingV3CRDs`: v3 only when v1 is absent and v3 present); the
-//! IPAMConfig it read is kept for the configuration read that follows (`take_probed_config`),
-//! so a node's first ADD on v1 sends no request for the group. A 404 for the path itself
-//! (`404 page not found`, or a `Status` naming no object: the kind is not served), or 401/403,
-//! leaves the choice to discovery as before.
+//! IPAMConfig it read is kept for the process's configuration read that follows
+//! (`take_probed_config`), so a node's first ADD on v1 sends no request for the group. A 404
+//! for the path itself (`404 page not found`, or a `Status` naming no object: the kind is not
+//! served), or 401/403, leaves the choice to discovery as before.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -68,13 +68,31 @@ pub fn forget(server: &str) {
 /// The IPAMConfig the probe read (`None`: there is none), and when.
 type Probed = (Instant, Option<IpamConfig>);
 
+/// What the probe read, per API server, for the first configuration read of the process: in
+/// calico-cni the IPAM has a connection of its own, which finds the group remembered.
+fn probed_configs() -> &'static Mutex<HashMap<String, Probed>> {
+    static PROBED: OnceLock<Mutex<HashMap<String, Probed>>> = OnceLock::new();
+    PROBED.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// The IPAMConfig that the request which found the group on `server` read (`Some(None)`: it
+/// does not exist), once, and only while it is fresh: it answers the configuration read that
+/// follows without a request of its own.
+pub fn take_probed_config(server: &str) -> Option<Option<IpamConfig>> {
+    let taken = probed_configs()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(server);
+    taken
+        .filter(|(at, _)| at.elapsed() < PROBED_CONFIG_FOR)
+        .map(|(_, c)| c)
+}
+
 /// A connection's API group: set at once when it was given, else found on first use.
 #[derive(Debug, Clone, Default)]
 pub struct GroupCell {
     cell: Arc<OnceCell<ApiGroup>>,
     explicit: bool,
-    /// The IPAMConfig the probe read (`None` inside: there is none), and when.
-    probed: Arc<Mutex<Option<Probed>>>,
 }
 
 impl GroupCell {
@@ -83,18 +101,7 @@ impl GroupCell {
         GroupCell {
             cell: Arc::new(OnceCell::new_with(given)),
             explicit: given.is_some(),
-            probed: Arc::default(),
         }
-    }
-
-    /// The IPAMConfig that the request which found the group read (`Some(None)`: it does not
-    /// exist), once, and only while it is fresh: it answers the configuration read that
-    /// follows without a request of its own.
-    pub fn take_probed_config(&self) -> Option<Option<IpamConfig>> {
-        let taken = self.probed.lock().unwrap_or_else(|p| p.into_inner()).take();
-        taken
-            .filter(|(at, _)| at.elapsed() < PROBED_CONFIG_FOR)
-            .map(|(_, c)| c)
     }
 
     /// The group if known without a request.
@@ -184,8 +191,10 @@ impl Connection {
                 }
                 let probe = probe_v1(&self.client, &self.server).await?;
                 if let Probe::Read(config) = &probe {
-                    *self.group.probed.lock().unwrap_or_else(|p| p.into_inner()) =
-                        Some((Instant::now(), config.clone()));
+                    probed_configs()
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(self.server.clone(), (Instant::now(), config.clone()));
                 }
                 let g = match probe {
                     Probe::Read(_) | Probe::Served => {

@@ -19,7 +19,7 @@ pub(super) async fn config(store: &KubeStore) -> DsResult<IpamConfig> {
     // The request that finds the API group may read it (`api_group.rs`): ask for the group
     // first, then take what that read, if anything.
     store.api_group().await?;
-    let found = match store.conn.group_cell().take_probed_config() {
+    let found = match super::api_group::take_probed_config(&store.conn.server) {
         Some(probed) => probed,
         None => store
             .get_obj::<IpamConfig>(&IPAM_CONFIG, SINGLETON)
