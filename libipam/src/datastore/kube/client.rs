@@ -479,8 +479,10 @@ mod tests {
         );
     }
 
-    /// The group is found with one `GET /apis` and then kept; a server that will not say
-    /// (401/403/404) means v1, as in Calico; a failing one is reported.
+    /// The group is found by the v1 IPAMConfig read (its object, or a 404 naming it, proves
+    /// v1 is served: Calico's rule chooses v1 whenever it is), else by one `GET /apis`, and
+    /// then kept; a server that will not say (401/403/404) means v1, as in Calico; a failing
+    /// one is reported.
     #[test]
     fn the_api_group_is_discovered_once_with_calicos_rule() {
         let groups = |names: &[&str]| {
@@ -495,6 +497,20 @@ mod tests {
                     r#"{{"kind":"APIGroupList","apiVersion":"v1","groups":[{}]}}"#,
                     list.join(",")
                 ),
+            )
+        };
+        // What the API server answers for a kind it does not serve: plain text, no Status.
+        let no_such_path = || {
+            "HTTP/1.1 404 Not Found\r\ncontent-type: text/plain\r\ncontent-length: 19\r\n\r\n404 page not found"
+                .to_owned()
+                + "\n"
+        };
+        // What it answers for a served kind without the object: a Status naming it.
+        let no_such_object = || {
+            http_answer(
+                404,
+                &[],
+                r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"ipamconfigs.crd.projectcalico.org \"default\" not found","reason":"NotFound","details":{"name":"default","group":"crd.projectcalico.org","kind":"ipamconfigs"},"code":404}"#,
             )
         };
         let discover = |answers: Vec<String>| {
@@ -520,30 +536,50 @@ mod tests {
             (got, server.seen())
         };
         use crate::datastore::api_group::ApiGroup;
-        let (g, seen) = discover(vec![groups(&["apps", "projectcalico.org"])]);
+        let probe = format!("GET {CONFIG_URI}");
+
+        let (g, seen) = discover(vec![ipam_config()]);
+        assert_eq!(g, Ok(ApiGroup::V1), "v1 serves its IPAMConfig");
+        assert_eq!(seen, vec![probe.clone()], "one request, no discovery");
+        let (g, seen) = discover(vec![no_such_object()]);
+        assert_eq!(g, Ok(ApiGroup::V1), "v1 served, no IPAMConfig object");
+        assert_eq!(seen, vec![probe.clone()]);
+
+        let (g, seen) = discover(vec![no_such_path(), groups(&["apps", "projectcalico.org"])]);
         assert_eq!(g, Ok(ApiGroup::V3));
-        assert_eq!(seen, vec!["GET /apis".to_owned()], "one request");
-        let (g, _) = discover(vec![groups(&[
-            "projectcalico.org",
-            "crd.projectcalico.org",
-        ])]);
+        assert_eq!(seen, vec![probe.clone(), "GET /apis".to_owned()]);
+        let (g, _) = discover(vec![
+            no_such_path(),
+            groups(&["projectcalico.org", "crd.projectcalico.org"]),
+        ]);
         assert_eq!(
             g,
             Ok(ApiGroup::V1),
             "aggregated API server over the v1 CRDs"
         );
-        let (g, _) = discover(vec![status(403, "Forbidden", None)]);
+        let (g, seen) = discover(vec![
+            status(403, "Forbidden", None),
+            status(403, "Forbidden", None),
+        ]);
         assert_eq!(g, Ok(ApiGroup::V1));
+        assert_eq!(seen, vec![probe.clone(), "GET /apis".to_owned()]);
+
         let (g, seen) = discover(vec![status(500, "InternalError", None)]);
         assert!(
             matches!(&g, Err(DatastoreError::Unavailable(m)) if m.contains("500")),
             "{g:?}"
         );
         assert_eq!(
-            seen.len(),
-            1,
-            "a write-free GET answered 500 is not retried here"
+            seen,
+            vec![probe.clone()],
+            "a failing probe is not retried here"
         );
+        let (g, seen) = discover(vec![no_such_path(), status(500, "InternalError", None)]);
+        assert!(
+            matches!(&g, Err(DatastoreError::Unavailable(m)) if m.contains("500")),
+            "{g:?}"
+        );
+        assert_eq!(seen, vec![probe, "GET /apis".to_owned()]);
     }
 
     fn answer(status: u16, retry_after: Option<&str>) -> Response<()> {
