@@ -908,9 +908,9 @@ fn a_hosts_first_add_reads_no_handle_and_writes_it_once() {
         after.handle_reads, before.handle_reads,
         "a new attachment's handle is not read"
     );
-    // Per family: affinity pending, block create, affinity confirmed, the allocation; and
-    // one handle create announcing both families.
-    assert_eq!(after.writes - before.writes, 9, "{after:?}");
+    // Per family: affinity pending, the block created holding the allocation, affinity
+    // confirmed; and one handle create announcing both families, before the blocks.
+    assert_eq!(after.writes - before.writes, 7, "{after:?}");
     let handle = block_on(ipam.store().get_handle("k8s-pod-network.first"))
         .expect("get")
         .expect("handle");

@@ -10,10 +10,12 @@ use super::pools::{self, Pool, PoolSet, Selection};
 use super::{
     AssignIpArgs, AutoAssignArgs, AutoAssignResult, HandleCache, Ipam, Recheck, Request, ds,
 };
-use crate::datastore::{Datastore, DatastoreError, Versioned};
+use crate::datastore::{Datastore, DatastoreError, Revision, Versioned};
 use crate::error::{IpamError, Result};
 use crate::model::block::AssignError;
-use crate::model::{AffinityState, AffinityType, IpFamily, IpamBlock};
+use crate::model::{
+    AffinityState, AffinityType, BlockAffinity, IpFamily, IpamBlock, host_affinity, time,
+};
 use crate::retry::{DATASTORE_RETRIES, retry_on_conflict};
 use crate::selector::Selector;
 
@@ -54,6 +56,15 @@ struct FamilyRequest<'a> {
     num: u32,
     pools: Vec<&'a Pool>,
     limit: u32,
+}
+
+/// A family's part of a fast-path allocation: the block to take `num` addresses from, and
+/// for a block still to be created, this host's pending affinity for it (`claim_ahead`).
+struct Planned {
+    block: Versioned<IpamBlock>,
+    num: u32,
+    family: IpFamily,
+    claim: Option<Versioned<BlockAffinity>>,
 }
 
 impl<D: Datastore> Ipam<D> {
@@ -256,7 +267,7 @@ impl<D: Datastore> Ipam<D> {
         plans: &[FamilyRequest<'_>],
         fresh: &mut Vec<IpNet>,
     ) -> Result<Fast> {
-        let mut planned: Vec<(Versioned<IpamBlock>, u32, IpFamily)> = Vec::new();
+        let mut planned: Vec<Planned> = Vec::new();
         for plan in plans {
             let candidates: Vec<IpNet> = req
                 .affinities
@@ -284,17 +295,27 @@ impl<D: Datastore> Ipam<D> {
                 }
             }
             let found = match found {
-                Some(b) => Some(b),
-                None => self.claim_ahead(req, plan).await?,
+                Some(b) => Some((b, None)),
+                None => self
+                    .claim_ahead(req, plan)
+                    .await?
+                    .map(|(b, aff)| (b, Some(aff))),
             };
             match found {
-                Some(b) => planned.push((b, plan.num, plan.family)),
+                Some((block, claim)) => planned.push(Planned {
+                    block,
+                    num: plan.num,
+                    family: plan.family,
+                    claim,
+                }),
                 None => return Ok(Fast::Done(BTreeSet::new())),
             }
         }
 
-        let counts: Vec<(IpNet, u32)> =
-            planned.iter().map(|(b, n, _)| (b.value.cidr, *n)).collect();
+        let counts: Vec<(IpNet, u32)> = planned
+            .iter()
+            .map(|p| (p.block.value.cidr, p.num))
+            .collect();
         let assumed = matches!(req.handle, HandleCache::Assumed);
         match self
             .write_handle(req, |h| {
@@ -314,8 +335,30 @@ impl<D: Datastore> Ipam<D> {
         }
 
         let mut done = BTreeSet::new();
-        for (i, (block, n, family)) in planned.into_iter().enumerate() {
+        for (i, p) in planned.into_iter().enumerate() {
+            let Planned {
+                block,
+                num: n,
+                family,
+                claim,
+            } = p;
             let cidr = block.value.cidr;
+            if let Some(aff) = claim {
+                match self.create_claimed_block(req, block.value, n, aff).await {
+                    Ok(Some(ips)) => {
+                        fresh.extend(ips);
+                        done.insert(family);
+                    }
+                    Ok(None) => self.undo_handle_increment(req, &cidr, n).await,
+                    Err(e) => {
+                        for (cidr, n) in &counts[i..] {
+                            self.undo_handle_increment(req, cidr, *n).await;
+                        }
+                        return Err(e);
+                    }
+                }
+                continue;
+            }
             let op = format!("assign {family} addresses in block {cidr}");
             let mut current = Some(block);
             let written = retry_on_conflict(DATASTORE_RETRIES, &op, async || {
@@ -367,19 +410,20 @@ impl<D: Datastore> Ipam<D> {
     }
 
     /// A host's first allocation in a family's pools (it has no affinity in them at all):
-    /// claims the first free block of the walk now, before anything is allocated, so that the
-    /// fast path announces both families' addresses in one handle write and a new
-    /// attachment's handle is never read (a node's first ADD used to read the handle, create
-    /// it for one family and update it for the other). The claim writes no address, so
-    /// invariant 6 is the fast path's: handle first, then the blocks. `None` leaves the family
-    /// to the general path, which decides as before: a block limit of 0, auto-allocation off,
-    /// no free CIDR (reclaim and borrowing), a lost race (the listing is dropped), or a block
-    /// that cannot hold the request (it stays claimed, and the general path allocates from it).
+    /// starts the claim of the first free block of the walk (its affinity `pending`, the claim
+    /// protocol's first step) and plans the block, so that the fast path announces both
+    /// families' addresses in one handle write and then creates each new block already
+    /// holding its allocation (`create_claimed_block`). A new attachment's handle is thus never
+    /// read, and a node's first ADD writes neither a second handle version nor a block twice.
+    /// Invariant 6 is the fast path's: the handle is written before any block holding its
+    /// addresses. `None` leaves the family to the general path, which decides as before: a
+    /// block limit of 0, auto-allocation off, no free CIDR (reclaim and borrowing), a lost race
+    /// (the listing is dropped), or a block that cannot hold the request.
     async fn claim_ahead(
         &self,
         req: &mut Request<'_>,
         plan: &FamilyRequest<'_>,
-    ) -> Result<Option<Versioned<IpamBlock>>> {
+    ) -> Result<Option<(Versioned<IpamBlock>, Versioned<BlockAffinity>)>> {
         let in_pools = |c: &IpNet| plan.pools.iter().any(|p| p.cidr.contains(c));
         if !req.config.auto_allocate_blocks
             || plan.limit == 0
@@ -387,23 +431,85 @@ impl<D: Datastore> Ipam<D> {
         {
             return Ok(None);
         }
-        let claimed = match self.first_unclaimed(req, &plan.pools).await {
-            Ok(Some(cidr)) => self.claim_block(req, cidr, None).await.map(Some),
-            Ok(None) => Ok(None),
-            Err(e) => Err(e),
-        };
-        match claimed {
-            Ok(Some(b)) if b.value.is_affine_to(req.host) && self.fits(req, &b, plan.num) => {
-                Ok(Some(b))
-            }
-            Ok(_) => Ok(None),
+        let cidr = match self.first_unclaimed(req, &plan.pools).await {
+            Ok(Some(cidr)) => cidr,
+            Ok(None) => return Ok(None),
             Err(e) if e.is_conflict() => {
                 req.block_cidrs = None;
                 req.listed_blocks = None;
-                Ok(None)
+                return Ok(None);
             }
-            Err(e) => Err(e),
+            Err(e) => return Err(e),
+        };
+        let block = Versioned {
+            value: IpamBlock::new(cidr, Some(host_affinity(req.host)), time::now_nanos())
+                .map_err(IpamError::Corrupt)?,
+            revision: Revision(String::new()),
+        };
+        if !self.fits(req, &block, plan.num) {
+            return Ok(None);
         }
+        let value = BlockAffinity::host(req.host, cidr, AffinityState::Pending);
+        let aff = match self.store.create_affinity(&value).await {
+            Ok(revision) => Versioned { value, revision },
+            // Ours already, though the listing did not say so: the general path reads it.
+            Err(DatastoreError::AlreadyExists) => {
+                req.block_cidrs = None;
+                return Ok(None);
+            }
+            Err(e) => {
+                return Err(IpamError::store(format!(
+                    "create affinity of {} for {cidr}",
+                    req.host
+                ))(e));
+            }
+        };
+        req.affinities.insert(cidr, Some(aff.clone()));
+        if let Some(l) = req.block_cidrs.as_mut()
+            && !l.contains(&cidr)
+        {
+            // Taken from now on, whoever wins it.
+            l.push(cidr);
+        }
+        Ok(Some((block, aff)))
+    }
+
+    /// The rest of a claim started by `claim_ahead`, after the handle announced the addresses:
+    /// creates the block already holding `n` of them for the request (its sequence number as
+    /// if it had been created and then written once, invariant 4), then confirms the
+    /// affinity. `None` when the block exists already (another host won the CIDR, or a
+    /// block the listing missed): nothing was allocated, and the pending affinity is left to
+    /// the general path, which drops it when the block is not this host's. A confirmation that
+    /// fails leaves the claim pending with the block ours (invariant 8: the block decides), for
+    /// the next request to finish; the addresses stand.
+    async fn create_claimed_block(
+        &self,
+        req: &mut Request<'_>,
+        mut block: IpamBlock,
+        n: u32,
+        mut aff: Versioned<BlockAffinity>,
+    ) -> Result<Option<Vec<IpNet>>> {
+        let cidr = block.cidr;
+        let reservations = &req.reservations;
+        let ips = block.auto_assign(n, Some(req.handle_id), req.attrs, |ip| {
+            reservations.iter().any(|r| r.contains(&ip))
+        });
+        if ips.len() as u32 != n {
+            return Ok(None);
+        }
+        block.sequence_number = block.sequence_number.wrapping_add(1);
+        match self.store.create_block(&block).await {
+            Ok(_) => {}
+            Err(DatastoreError::AlreadyExists) => {
+                req.block_cidrs = None;
+                return Ok(None);
+            }
+            Err(e) => return Err(IpamError::store(format!("create block {cidr}"))(e)),
+        }
+        let _ = self
+            .put_affinity(req, &mut aff, AffinityState::Confirmed)
+            .await;
+        Ok(Some(ips.into_iter().map(|ip| block.masked(ip)).collect()))
     }
 
     /// Whether `n` addresses can be taken from this copy of a block (the copy is not changed).

@@ -4,7 +4,10 @@
 //! Claim protocol: affinity `pending` → create the block with `affinity: host:<node>` →
 //! affinity `confirmed`. The block's `affinity` field decides ownership; an affinity whose
 //! block says otherwise is stale and is deleted. Losing a race surfaces as a conflict, so the
-//! step is retried from fresh reads and picks another block.
+//! step is retried from fresh reads and picks another block. A node's first allocation in a
+//! family's pools runs the same protocol from the fast path (`assign::claim_ahead`,
+//! `create_claimed_block`), the block created already holding the allocation that the
+//! handle announced just before.
 
 use ipnet::IpNet;
 
@@ -79,7 +82,7 @@ impl<D: Datastore> Ipam<D> {
 
     /// Writes an affinity of this host, keeping the request's copy current. A conflict marks
     /// the copy stale; `NotFound` drops it and is a conflict too.
-    async fn put_affinity(
+    pub(super) async fn put_affinity(
         &self,
         req: &mut Request<'_>,
         aff: &mut Versioned<BlockAffinity>,
