@@ -13,7 +13,7 @@ use std::process::Output;
 
 use common::kube::{Forwarder, namespace_yaml, pod_yaml, server_port};
 use common::{Netns, Node, text};
-use kube_env::{KubeEnv, PoolGuard, exclusive, node_yaml, unique};
+use kube_env::{IpamLeftoversOnFailure, KubeEnv, PoolGuard, exclusive, node_yaml, unique};
 use serde_json::{Value, json};
 
 /// A Kubernetes-datastore netconf for `node` (Kubernetes Node `name`).
@@ -76,6 +76,20 @@ fn dual_stack_pods_in_the_kubernetes_datastore() {
         names: ["t-cni-v4", "t-cni-v6", "t-cni-alt-v4", "t-cni-alt-v6"]
             .map(String::from)
             .to_vec(),
+    };
+    let _leftovers = IpamLeftoversOnFailure {
+        kube: &kube,
+        handles: ["web", "second", "chosen", "fixed"]
+            .map(|c| format!("k8s-pod-network.{c}{u}"))
+            .to_vec(),
+        cidrs: [
+            "10.91.0.0/24",
+            "10.92.0.0/24",
+            "fd00:91::/112",
+            "fd00:92::/112",
+        ]
+        .map(String::from)
+        .to_vec(),
     };
     let sel = format!("calico-rs-test == '{tag}'");
     kube.apply(&format!(
@@ -261,6 +275,13 @@ fn a_pool_annotation_of_the_wrong_family_names_the_annotation() {
         kube: &kube,
         names: vec!["t-cniwf-v4".into(), "t-cniwf-v6".into()],
     };
+    let _leftovers = IpamLeftoversOnFailure {
+        kube: &kube,
+        handles: ["cidr", "named", "fromns"]
+            .map(|p| format!("k8s-pod-network.wf{p}{u}"))
+            .to_vec(),
+        cidrs: vec!["10.94.0.0/24".into(), "fd00:94::/112".into()],
+    };
     let (pods_ns, annotated_ns) = (format!("wf-{u}"), format!("wf6-{u}"));
     let sel = format!("calico-rs-test == '{tag}'");
     kube.apply(&format!(
@@ -385,6 +406,11 @@ fn failed_annotation_write_rolls_everything_back() {
     let _pools = PoolGuard {
         kube: &kube,
         names: vec!["t-cnirb-v4".into(), "t-cnirb-v6".into()],
+    };
+    let _leftovers = IpamLeftoversOnFailure {
+        kube: &kube,
+        handles: vec![format!("k8s-pod-network.rb{u}")],
+        cidrs: vec!["10.93.0.0/24".into(), "fd00:93::/112".into()],
     };
     let sel = format!("calico-rs-test == '{tag}'");
     kube.apply(&format!(

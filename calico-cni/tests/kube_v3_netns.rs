@@ -16,7 +16,7 @@ mod kube_env;
 
 use common::kube::{Forwarder, namespace_yaml, pod_yaml, server_port};
 use common::{Netns, Node, text};
-use kube_env::{KubeEnv, PoolGuard, exclusive, node_yaml, unique};
+use kube_env::{IpamLeftoversOnFailure, KubeEnv, PoolGuard, exclusive, node_yaml, unique};
 use serde_json::{Value, json};
 
 const V3: &str = "/apis/projectcalico.org/v3";
@@ -74,31 +74,6 @@ fn pod_links(pod: &Netns) -> Vec<String> {
 /// The object of `list` named `name`.
 fn named(list: &[Value], name: &str) -> Option<Value> {
     list.iter().find(|o| o["metadata"]["name"] == name).cloned()
-}
-
-/// When a test fails midway, deletes the IPAM state it may have left (its handles, the blocks
-/// and affinities in its pools): calico-ipam's kube_v3 runs `ipam check` on the same apiserver
-/// afterwards and would fail for it too.
-struct LeftoversOnFailure<'a> {
-    kube: &'a KubeEnv,
-    handles: Vec<String>,
-    cidrs: Vec<String>,
-}
-
-impl Drop for LeftoversOnFailure<'_> {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            return;
-        }
-        // A second panic while unwinding would abort the test binary: contain it.
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            for h in &self.handles {
-                self.kube.delete(&format!("{V3}/ipamhandles/{h}"));
-            }
-            let cidrs: Vec<&str> = self.cidrs.iter().map(String::as_str).collect();
-            self.kube.purge_ipam(&cidrs);
-        }));
-    }
 }
 
 /// Whether a request is the one by which a process that finds the group itself first tries
@@ -160,7 +135,7 @@ fn pods_in_the_v3_group(group: Option<&str>, ipam_in_process: bool, net: u8) {
         format!("v3chosen{u}"),
         format!("v3fixed{u}"),
     );
-    let _leftovers = LeftoversOnFailure {
+    let _leftovers = IpamLeftoversOnFailure {
         kube: &kube,
         handles: [&cid_web, &cid_chosen, &cid_fixed]
             .map(|c| format!("k8s-pod-network.{c}"))

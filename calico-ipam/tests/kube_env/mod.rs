@@ -245,6 +245,33 @@ impl Drop for PoolGuard<'_> {
     }
 }
 
+/// When a test fails midway, deletes the IPAM state it may have left (its handles, the blocks
+/// and affinities inside its pools): tests that run `ipam check` on the same apiserver
+/// afterwards would otherwise fail for it too. A passing test frees everything itself, and
+/// asserts that it did.
+pub struct IpamLeftoversOnFailure<'a> {
+    pub kube: &'a KubeEnv,
+    pub handles: Vec<String>,
+    pub cidrs: Vec<String>,
+}
+
+impl Drop for IpamLeftoversOnFailure<'_> {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        // A second panic while unwinding would abort the test binary: contain it.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            for h in &self.handles {
+                self.kube
+                    .delete(&format!("{}/ipamhandles/{h}", self.kube.api));
+            }
+            let cidrs: Vec<&str> = self.cidrs.iter().map(String::as_str).collect();
+            self.kube.purge_ipam(&cidrs);
+        }));
+    }
+}
+
 /// Node objects with labels (no kubelet runs; they only carry labels for nodeSelectors).
 pub fn node_yaml(name: &str, labels: &[(&str, &str)]) -> String {
     let labels: String = labels
