@@ -18,7 +18,7 @@ use ipnet::IpNet;
 use libipam::datastore::etcd::{EtcdConfig, EtcdStore, connect, keys, put_resource};
 use libipam::datastore::{Datastore, DatastoreError};
 use libipam::model::{IpPool, IpamConfig};
-use libipam::{AutoAssignArgs, Ipam};
+use libipam::{AutoAssignArgs, Ipam, IpamError};
 use serde_json::json;
 
 fn turn() -> etcd_env::Turn {
@@ -482,6 +482,135 @@ fn nodes_racing_never_share_an_address() {
                 .all(|b| b.value.allocations.iter().all(Option::is_none)),
             "every address free"
         );
+    });
+    wipe();
+}
+
+/// A steady-state dual-stack ADD costs 5 etcd round trips (it cost 9: 6 reads and 3 writes):
+/// one transaction reads the config, pools, reservations and the host's affinities, one the
+/// two affine blocks, then the handle and the two blocks are written. Nothing read ahead
+/// outlives its request: what another writer changes between two requests (a reservation, a
+/// pool disabled) is seen by the next one.
+#[test]
+fn a_steady_state_add_reads_in_two_round_trips() {
+    let _t = turn();
+    wipe();
+    let host = "prefetch-node";
+    run(async |store| {
+        store
+            .apply_pool(&IpPool::new("prefetch-v4", "10.245.0.0/24"))
+            .await
+            .expect("pool");
+        store
+            .apply_pool(&IpPool::new("prefetch-v6", "fd00:10:245::/120"))
+            .await
+            .expect("pool");
+    });
+    run(async |store| {
+        let ipam = Ipam::new(store);
+        let other = EtcdStore::new(connect(&config()).await.expect("connect"));
+        let add = async |id: &str| {
+            let before = ipam.store().requests();
+            let got = ipam.auto_assign(&AutoAssignArgs::new(id, host, 1, 1)).await;
+            (got, ipam.store().requests() - before)
+        };
+        // The first ADD claims a block per family.
+        let (first, _) = add("prefetch-0").await;
+        let first = first.expect("first ADD");
+        let (got, requests) = add("prefetch-1").await;
+        let got = got.expect("steady-state ADD");
+        assert_eq!(requests, 5, "etcd round trips of a steady-state ADD");
+        assert_eq!(
+            got.ipv4,
+            vec!["10.245.0.1/26".parse::<IpNet>().expect("net")]
+        );
+        assert_eq!(got.ipv6.len(), 1);
+        assert_ne!(got.ipv6, first.ipv6);
+
+        // Another writer reserves the next IPv4 address: the next ADD passes over it.
+        put_resource(
+            &other,
+            keys::IP_RESERVATION,
+            "prefetch-reserved",
+            serde_json::Map::new(),
+            serde_json::from_value(json!({"reservedCIDRs": ["10.245.0.2/32"]})).expect("spec"),
+        )
+        .await
+        .expect("reservation");
+        let (got, requests) = add("prefetch-2").await;
+        assert_eq!(
+            got.expect("ADD after the reservation").ipv4,
+            vec!["10.245.0.3/26".parse::<IpNet>().expect("net")]
+        );
+        assert_eq!(requests, 5);
+
+        // Another writer disables the IPv6 pool: the next dual-stack ADD finds no IPv6 pool.
+        let mut v6 = IpPool::new("prefetch-v6", "fd00:10:245::/120");
+        v6.spec.disabled = true;
+        other.apply_pool(&v6).await.expect("disable");
+        for id in ["prefetch-3", "prefetch-4"] {
+            let (got, _) = add(id).await;
+            assert!(
+                matches!(&got, Err(IpamError::NoQualifiedPool { reason }) if reason.contains("IPv6")),
+                "{got:?}"
+            );
+        }
+    });
+    wipe();
+}
+
+/// What `prefetch_request` read is taken once, by the first call of each kind; a write of the
+/// store's own drops the copies it may change, and `end_request` drops the rest.
+#[test]
+fn what_is_read_ahead_is_taken_once_and_dropped_by_writes() {
+    let _t = turn();
+    wipe();
+    run(async |store| {
+        store
+            .prefetch_request("ahead-node")
+            .await
+            .expect("prefetch");
+        let n = store.requests();
+        store.get_config().await.expect("config");
+        store.list_reservations().await.expect("reservations");
+        store.list_pools().await.expect("pools");
+        store
+            .list_host_affinities("ahead-node")
+            .await
+            .expect("affinities");
+        assert_eq!(store.requests() - n, 0, "four answers from one transaction");
+        store.list_pools().await.expect("pools again");
+        assert_eq!(store.requests() - n, 1, "a second listing reads");
+
+        // Another host's affinities are not this request's.
+        store
+            .prefetch_request("ahead-node")
+            .await
+            .expect("prefetch");
+        let n = store.requests();
+        store
+            .list_host_affinities("other-node")
+            .await
+            .expect("list");
+        assert_eq!(store.requests() - n, 1);
+
+        // The store's own write drops the copy it changes (and only that one).
+        store
+            .apply_pool(&IpPool::new("ahead-v4", "10.246.0.0/24"))
+            .await
+            .expect("pool");
+        let n = store.requests();
+        let pools = store.list_pools().await.expect("pools");
+        assert_eq!(store.requests() - n, 1, "the pools are read again");
+        assert!(pools.pools.iter().any(|p| p.name == "ahead-v4"));
+        store.get_config().await.expect("config");
+        assert_eq!(store.requests() - n, 1, "the config copy stands");
+
+        // The end of the request drops the rest.
+        store.end_request();
+        let n = store.requests();
+        store.list_reservations().await.expect("reservations");
+        assert_eq!(store.requests() - n, 1);
     });
     wipe();
 }

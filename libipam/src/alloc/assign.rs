@@ -78,7 +78,8 @@ impl<D: Datastore> Ipam<D> {
     /// path creates it, and only if it turns out to exist (a repeated ADD) is it read and the
     /// request planned again around what it already holds.
     pub async fn auto_assign(&self, args: &AutoAssignArgs) -> Result<AutoAssignResult> {
-        self.grouped(self.auto_assign_in_group(args)).await
+        self.grouped(self.prefetched(&args.hostname, self.auto_assign_in_group(args)))
+            .await
     }
 
     async fn auto_assign_in_group(&self, args: &AutoAssignArgs) -> Result<AutoAssignResult> {
@@ -267,18 +268,28 @@ impl<D: Datastore> Ipam<D> {
         plans: &[FamilyRequest<'_>],
         fresh: &mut Vec<IpNet>,
     ) -> Result<Fast> {
+        // Each family's blocks to try: its pools' confirmed affinities (a claim made below
+        // for one family is pending, and in the other family's pools never).
+        let candidates: Vec<Vec<IpNet>> = plans
+            .iter()
+            .map(|plan| {
+                req.affinities
+                    .iter()
+                    .filter(|(c, a)| {
+                        plan.pools.iter().any(|p| p.cidr.contains(*c))
+                            && a.as_ref()
+                                .is_some_and(|a| a.value.state == AffinityState::Confirmed)
+                    })
+                    .map(|(c, _)| *c)
+                    .collect()
+            })
+            .collect();
+        self.store
+            .prefetch_blocks(&candidates.concat())
+            .await
+            .map_err(ds(format!("read blocks of {}", req.host)))?;
         let mut planned: Vec<Planned> = Vec::new();
-        for plan in plans {
-            let candidates: Vec<IpNet> = req
-                .affinities
-                .iter()
-                .filter(|(c, a)| {
-                    plan.pools.iter().any(|p| p.cidr.contains(*c))
-                        && a.as_ref()
-                            .is_some_and(|a| a.value.state == AffinityState::Confirmed)
-                })
-                .map(|(c, _)| *c)
-                .collect();
+        for (plan, candidates) in plans.iter().zip(candidates) {
             let mut found = None;
             for cidr in candidates {
                 let Some(block) = self
@@ -874,7 +885,8 @@ impl<D: Datastore> Ipam<D> {
     /// a missing block is claimed for `hostname` (ignoring nodeSelector and the block limit,
     /// as Calico does). Returns the address with its block's mask.
     pub async fn assign_ip(&self, args: &AssignIpArgs) -> Result<IpNet> {
-        self.grouped(self.assign_ip_in_group(args)).await
+        self.grouped(self.prefetched(&args.hostname, self.assign_ip_in_group(args)))
+            .await
     }
 
     async fn assign_ip_in_group(&self, args: &AssignIpArgs) -> Result<IpNet> {

@@ -250,6 +250,20 @@ impl<D: Datastore> Ipam<D> {
         Ok(value)
     }
 
+    /// Runs one allocation for `host` between [`Datastore::prefetch_request`] and
+    /// [`Datastore::end_request`], so that a backend may serve the request's first reads from
+    /// one round trip, and nothing it prefetched outlives the request, used or not.
+    async fn prefetched<T>(&self, host: &str, op: impl Future<Output = Result<T>>) -> Result<T> {
+        let out = match self.store.prefetch_request(host).await {
+            Ok(()) => op.await,
+            Err(e) => Err(ds(format!(
+                "read IPAM config, IP pools, IP reservations and affinities of {host}"
+            ))(e)),
+        };
+        self.store.end_request();
+        out
+    }
+
     async fn new_request<'a>(
         &self,
         host: &'a str,

@@ -24,7 +24,8 @@
 //! and list again with [`Datastore::list_host_affinities`], which always reads, before any
 //! decision that this host has no block with room. `list_pools` always reads the datastore: a
 //! pool deleted or disabled must never be allocated from by a request that starts after the
-//! change.
+//! change. A backend may answer the first reads of a request from one read made when the
+//! request started ([`Datastore::prefetch_request`]): that is a read of the datastore too.
 
 pub mod api_group;
 #[cfg(feature = "etcd")]
@@ -205,6 +206,29 @@ pub trait Datastore {
         Ok(())
     }
 
+    /// An allocation for `host` starts (the allocator calls this once, before its first read,
+    /// and [`Datastore::end_request`] when it is done). A backend whose reads are round trips
+    /// may read here, in one, what the request reads first — [`Datastore::get_config`],
+    /// [`Datastore::list_reservations`], [`Datastore::list_pools`] and
+    /// [`Datastore::list_host_affinities`] of `host` — and answer the next call of each from
+    /// that read, once. Such a copy is never older than the request, and the backend drops it
+    /// on any write of its own to that kind of object, so the reads keep their freshness rules.
+    /// An error is the one the first of those reads would have returned.
+    async fn prefetch_request(&self, _host: &str) -> DsResult<()> {
+        Ok(())
+    }
+    /// The blocks `cidrs` are about to be read, each at most once, with
+    /// [`Datastore::get_block_for_update`] (the fast path's affine blocks): a backend may read
+    /// them together now, and answer those calls from that read (only those: the copies are
+    /// compare-and-swap bases). Dropped on any block write of its own and by
+    /// [`Datastore::end_request`].
+    async fn prefetch_blocks(&self, _cidrs: &[IpNet]) -> DsResult<()> {
+        Ok(())
+    }
+    /// The request [`Datastore::prefetch_request`] started is over: whatever it read that was
+    /// not used is dropped, so no later call is answered from it.
+    fn end_request(&self) {}
+
     /// The `default` IPAMConfig; Calico's defaults when absent (not persisted).
     async fn get_config(&self) -> DsResult<IpamConfig>;
     /// Creates or replaces the `default` IPAMConfig.
@@ -212,7 +236,7 @@ pub trait Datastore {
 
     /// All pools (enabled or not), ordered by name, as stored (no defaults applied), and the
     /// pool objects that do not decode: one of those never fails the listing. Never served
-    /// from a cache.
+    /// from a cache (at most from the current request's [`Datastore::prefetch_request`]).
     async fn list_pools(&self) -> DsResult<PoolList>;
     /// Creates or replaces a pool (validation is the caller's job), also one whose stored
     /// object does not decode.

@@ -26,6 +26,7 @@ pub mod keys;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -51,6 +52,9 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest answer read (a listing of every block of a large cluster): Calico's client
 /// has no limit either.
 const MAX_ANSWER_BYTES: usize = 1 << 30;
+/// The most blocks [`Datastore::prefetch_blocks`] reads in its transaction (the first ones
+/// asked for; etcd refuses a transaction of more than 128 operations by default).
+const MAX_PREFETCHED_BLOCKS: usize = 16;
 
 /// Where the cluster is and how to prove who we are: Calico's `etcd_endpoints`,
 /// `etcd_ca_cert_file`, `etcd_cert_file`, `etcd_key_file` (or `ETCD_ENDPOINTS`, ...).
@@ -218,6 +222,26 @@ struct Counters {
     requests: AtomicU64,
 }
 
+/// An answer read ahead ([`Datastore::prefetch_request`], [`Datastore::prefetch_blocks`]),
+/// for the next call that reads `key` (with `prefix`: every key under it) to take.
+#[derive(Debug)]
+struct Slot {
+    key: String,
+    prefix: bool,
+    kvs: Vec<KeyValue>,
+}
+
+impl Slot {
+    /// Whether writing `key` may change the answer.
+    fn covers(&self, key: &str) -> bool {
+        if self.prefix {
+            key.starts_with(&self.key)
+        } else {
+            key == self.key
+        }
+    }
+}
+
 /// Calico's IPAM objects in etcd. See the module documentation.
 #[derive(Debug)]
 pub struct EtcdStore {
@@ -225,6 +249,12 @@ pub struct EtcdStore {
     /// The member asked first: the last one that answered.
     preferred: AtomicUsize,
     counters: Counters,
+    /// Answers read ahead for the current request, each taken at most once. Invariants: every
+    /// slot was read after the request started (`end_request` empties this), and none is
+    /// older than a write of this store to a key it covers (each write drops those first).
+    /// A store serves one request at a time (each plugin process makes one): a caller running
+    /// beside a request on the same store could take what that request read ahead.
+    prefetched: Mutex<Vec<Slot>>,
 }
 
 fn revision(kv: &KeyValue) -> Revision {
@@ -280,6 +310,7 @@ impl EtcdStore {
             conn,
             preferred: AtomicUsize::new(first),
             counters: Counters::default(),
+            prefetched: Mutex::default(),
         }
     }
 
@@ -369,7 +400,96 @@ impl EtcdStore {
         Ok(resp.take_kvs())
     }
 
+    /// Reads `ranges` (a key, or with `true` every key under it) in one transaction of range
+    /// reads: one etcd revision, one round trip. Answers in the order asked.
+    async fn read_together(&self, what: &str, ranges: Vec<(String, bool)>) -> DsResult<Vec<Slot>> {
+        let ops: Vec<TxnOp> = ranges
+            .iter()
+            .map(|(key, prefix)| {
+                TxnOp::get(
+                    key.as_str(),
+                    prefix.then(|| GetOptions::new().with_prefix()),
+                )
+            })
+            .collect();
+        let txn = Txn::new().and_then(ops);
+        // A transaction of reads only changes nothing: it may be sent again.
+        let resp = self
+            .call(what, true, |mut kv| {
+                let txn = txn.clone();
+                async move { kv.txn(txn).await }
+            })
+            .await?;
+        let answers = resp.op_responses();
+        if answers.len() != ranges.len() {
+            return Err(DatastoreError::Other(format!(
+                "{}: {what}: {} answers to {} reads",
+                self.conn.server,
+                answers.len(),
+                ranges.len()
+            )));
+        }
+        ranges
+            .into_iter()
+            .zip(answers)
+            .map(|((key, prefix), answer)| match answer {
+                TxnOpResponse::Get(mut got) => Ok(Slot {
+                    key,
+                    prefix,
+                    kvs: got.take_kvs(),
+                }),
+                _ => Err(DatastoreError::Other(format!(
+                    "{}: {what}: the read of {key} was answered by something else",
+                    self.conn.server
+                ))),
+            })
+            .collect()
+    }
+
+    /// Keeps answers read ahead, replacing older ones for the same reads.
+    fn keep_prefetched(&self, new: Vec<Slot>) {
+        if let Ok(mut slots) = self.prefetched.lock() {
+            slots.retain(|s| !new.iter().any(|n| n.key == s.key && n.prefix == s.prefix));
+            slots.extend(new);
+        }
+    }
+
+    /// Takes the answer read ahead for `key` (`prefix`), if there is one. (A poisoned lock
+    /// serves nothing: the caller reads.)
+    fn take_prefetched(&self, key: &str, prefix: bool) -> Option<Vec<KeyValue>> {
+        let mut slots = self.prefetched.lock().ok()?;
+        let i = slots
+            .iter()
+            .position(|s| s.key == key && s.prefix == prefix)?;
+        Some(slots.swap_remove(i).kvs)
+    }
+
+    /// Drops every answer read ahead that a write of `key` may change. Called before the
+    /// write is sent: whether or not it is applied, the copy may no longer be current.
+    fn forget_prefetched(&self, key: &str) {
+        if let Ok(mut slots) = self.prefetched.lock() {
+            slots.retain(|s| !s.covers(key));
+        }
+    }
+
+    /// `key`, from the answer read ahead for it if there is one, else read.
+    async fn get_once(&self, key: &str) -> DsResult<Option<KeyValue>> {
+        match self.take_prefetched(key, false) {
+            Some(kvs) => Ok(kvs.into_iter().next()),
+            None => self.get(key).await,
+        }
+    }
+
+    /// Everything under `prefix`, from the answer read ahead for it if there is one, else read.
+    async fn list_once(&self, prefix: &str) -> DsResult<Vec<KeyValue>> {
+        match self.take_prefetched(prefix, true) {
+            Some(kvs) => Ok(kvs),
+            None => self.list(prefix, false).await,
+        }
+    }
+
     async fn put(&self, key: &str, value: Vec<u8>) -> DsResult<()> {
+        self.forget_prefetched(key);
         self.call(&format!("put {key}"), false, |mut kv| {
             let (key, value) = (key.to_owned(), value.clone());
             async move { kv.put(key, value, None).await }
@@ -397,6 +517,7 @@ impl EtcdStore {
 
     /// Writes `value` at `key` if the key does not exist.
     async fn create(&self, key: &str, value: Vec<u8>) -> DsResult<Revision> {
+        self.forget_prefetched(key);
         let txn = Txn::new()
             .when([Compare::version(key, CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key, value, None)]);
@@ -423,6 +544,7 @@ impl EtcdStore {
 
     /// Writes `value` at `key` if the key is still at `rev`.
     async fn update(&self, key: &str, rev: &Revision, value: Vec<u8>) -> DsResult<Revision> {
+        self.forget_prefetched(key);
         let rev = parse_revision(rev)?;
         let txn = Txn::new()
             .when([Compare::mod_revision(key, CompareOp::Equal, rev)])
@@ -438,6 +560,7 @@ impl EtcdStore {
 
     /// Deletes `key` if it is still at `rev`.
     async fn delete(&self, key: &str, rev: &Revision) -> DsResult<()> {
+        self.forget_prefetched(key);
         let rev = parse_revision(rev)?;
         let txn = Txn::new()
             .when([Compare::mod_revision(key, CompareOp::Equal, rev)])
@@ -476,6 +599,19 @@ impl EtcdStore {
         })
     }
 
+    /// The block read, unless absent or soft-deleted (then deleted).
+    async fn live_block(&self, kv: Option<KeyValue>) -> DsResult<Option<Versioned<IpamBlock>>> {
+        let Some(kv) = kv else {
+            return Ok(None);
+        };
+        let block = self.block_of(&kv)?;
+        if block.value.deleted {
+            self.finish_delete(&kv).await;
+            return Ok(None);
+        }
+        Ok(Some(block))
+    }
+
     fn affinity_of(&self, kv: &KeyValue) -> DsResult<Option<Versioned<BlockAffinity>>> {
         let key = key_str(kv);
         let Some((t, node, cidr)) = keys::parse_affinity_key(&key) else {
@@ -503,8 +639,13 @@ impl EtcdStore {
 
     /// The live affinities under `prefix`; soft-deleted ones are deleted.
     async fn affinities_under(&self, prefix: &str) -> DsResult<Vec<Versioned<BlockAffinity>>> {
+        self.live_affinities(self.list(prefix, false).await?).await
+    }
+
+    /// The live affinities of a listing; soft-deleted ones are deleted.
+    async fn live_affinities(&self, kvs: Vec<KeyValue>) -> DsResult<Vec<Versioned<BlockAffinity>>> {
         let mut out = Vec::new();
-        for kv in self.list(prefix, false).await? {
+        for kv in kvs {
             if let Some(a) = self.affinity_of(&kv)? {
                 if a.value.deleted {
                     self.finish_delete(&kv).await;
@@ -541,8 +682,60 @@ impl EtcdStore {
 }
 
 impl Datastore for EtcdStore {
+    /// Reads the request's first objects in one transaction (see the trait). An error is
+    /// returned, not ignored: it is what the first of the reads it replaces would have
+    /// returned (the same failover and mapping, `Unavailable` when no member answers: CNI code
+    /// 11), and asking a failing cluster again read by read would only make the ADD fail later,
+    /// each read waiting for every member in turn. What it reads is decoded by the call that
+    /// takes it, so an object that does not decode fails that call, as before.
+    async fn prefetch_request(&self, host: &str) -> DsResult<()> {
+        let mut ranges = vec![
+            (keys::CONFIG_KEY.to_owned(), false),
+            (keys::resource_prefix(keys::IP_POOL), true),
+            (keys::resource_prefix(keys::IP_RESERVATION), true),
+        ];
+        // A host name that is no key segment is left to list_host_affinities to refuse.
+        if keys::check_segment("node name", host).is_ok() {
+            ranges.push((keys::host_affinity_prefix(host), true));
+        }
+        let slots = self
+            .read_together(
+                &format!("read config, pools, reservations and affinities of {host}"),
+                ranges,
+            )
+            .await?;
+        self.keep_prefetched(slots);
+        Ok(())
+    }
+
+    /// Reads the blocks in one transaction, unless there is only one (a read costs the same).
+    async fn prefetch_blocks(&self, cidrs: &[IpNet]) -> DsResult<()> {
+        let mut ranges: Vec<(String, bool)> = Vec::new();
+        for cidr in cidrs {
+            let key = keys::block_key(cidr);
+            if !ranges.iter().any(|(k, _)| *k == key) {
+                ranges.push((key, false));
+            }
+        }
+        ranges.truncate(MAX_PREFETCHED_BLOCKS);
+        if ranges.len() < 2 {
+            return Ok(());
+        }
+        let slots = self
+            .read_together(&format!("read {} blocks", ranges.len()), ranges)
+            .await?;
+        self.keep_prefetched(slots);
+        Ok(())
+    }
+
+    fn end_request(&self) {
+        if let Ok(mut slots) = self.prefetched.lock() {
+            slots.clear();
+        }
+    }
+
     async fn get_config(&self) -> DsResult<IpamConfig> {
-        match self.get(keys::CONFIG_KEY).await? {
+        match self.get_once(keys::CONFIG_KEY).await? {
             None => Ok(IpamConfig::default()),
             Some(kv) => {
                 keys::decode_config(kv.value()).map_err(|e| self.undecodable(keys::CONFIG_KEY, e))
@@ -558,7 +751,7 @@ impl Datastore for EtcdStore {
     async fn list_pools(&self) -> DsResult<PoolList> {
         let prefix = keys::resource_prefix(keys::IP_POOL);
         let mut out = PoolList::default();
-        for kv in self.list(&prefix, false).await? {
+        for kv in self.list_once(&prefix).await? {
             let key = key_str(&kv);
             let Some(name) = key.strip_prefix(&prefix).filter(|n| !n.contains('/')) else {
                 continue;
@@ -607,6 +800,7 @@ impl Datastore for EtcdStore {
     async fn delete_pool(&self, name: &str) -> DsResult<bool> {
         segment("IPPool name", name)?;
         let key = keys::resource_key(keys::IP_POOL, name);
+        self.forget_prefetched(&key);
         let resp = self
             .call(&format!("delete {key}"), false, |mut kv| {
                 let key = key.clone();
@@ -630,7 +824,7 @@ impl Datastore for EtcdStore {
     async fn list_reservations(&self) -> DsResult<Vec<IpReservation>> {
         let prefix = keys::resource_prefix(keys::IP_RESERVATION);
         let mut out = Vec::new();
-        for kv in self.list(&prefix, false).await? {
+        for kv in self.list_once(&prefix).await? {
             let key = key_str(&kv);
             let Some(name) = key.strip_prefix(&prefix).filter(|n| !n.contains('/')) else {
                 continue;
@@ -644,15 +838,15 @@ impl Datastore for EtcdStore {
     }
 
     async fn get_block(&self, cidr: &IpNet) -> DsResult<Option<Versioned<IpamBlock>>> {
-        let Some(kv) = self.get(&keys::block_key(cidr)).await? else {
-            return Ok(None);
-        };
-        let block = self.block_of(&kv)?;
-        if block.value.deleted {
-            self.finish_delete(&kv).await;
-            return Ok(None);
-        }
-        Ok(Some(block))
+        let kv = self.get(&keys::block_key(cidr)).await?;
+        self.live_block(kv).await
+    }
+
+    /// The copy read ahead by `prefetch_blocks` if there is one (a compare-and-swap base,
+    /// read during this request and not older than this store's last write of it).
+    async fn get_block_for_update(&self, cidr: &IpNet) -> DsResult<Option<Versioned<IpamBlock>>> {
+        let kv = self.get_once(&keys::block_key(cidr)).await?;
+        self.live_block(kv).await
     }
 
     async fn create_block(&self, block: &IpamBlock) -> DsResult<Revision> {
@@ -701,8 +895,8 @@ impl Datastore for EtcdStore {
 
     async fn list_host_affinities(&self, host: &str) -> DsResult<Vec<Versioned<BlockAffinity>>> {
         segment("node name", host)?;
-        self.affinities_under(&keys::host_affinity_prefix(host))
-            .await
+        let listed = self.list_once(&keys::host_affinity_prefix(host)).await?;
+        self.live_affinities(listed).await
     }
 
     async fn list_affinities(&self) -> DsResult<Vec<Versioned<BlockAffinity>>> {
