@@ -19,6 +19,11 @@
 //!   answer was lost is not sent again (it may have been applied): it is `Unavailable`, as is
 //!   a request no member took (a cluster that lost its majority): CNI code 11. Conflicts are
 //!   only ever retried by the allocator's one loop.
+//! - **Read ahead**: an allocation's first reads (config, pools, reservations, the host's
+//!   affinities) are one transaction of range reads, and the fast path's affine blocks another
+//!   ([`Datastore::prefetch_request`], [`Datastore::prefetch_blocks`]). Each answer is taken
+//!   once, dropped first by any write of this store to a key it covers, and dropped at the end
+//!   of the request ([`Datastore::end_request`]).
 //!
 //! This module is the only part of libipam that knows about the etcd client.
 
