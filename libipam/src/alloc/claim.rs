@@ -5,7 +5,7 @@
 //! affinity `confirmed`. The block's `affinity` field decides ownership; an affinity whose
 //! block says otherwise is stale and is deleted. Losing a race surfaces as a conflict, so the
 //! step is retried from fresh reads and picks another block. A node's first allocation in a
-//! family's pools runs the same protocol from the fast path (`assign::claim_ahead`,
+//! family's pools runs the same protocol from the fast path (`fast::claim_ahead`,
 //! `create_claimed_block`), the block created already holding the allocation that the
 //! handle announced just before.
 

@@ -11,10 +11,12 @@
 mod assign;
 pub mod audit;
 mod claim;
+mod fast;
 mod occupied;
 mod pools;
 mod release;
 mod report;
+mod requested;
 mod walk;
 
 use std::collections::BTreeMap;
