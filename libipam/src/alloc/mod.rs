@@ -256,11 +256,21 @@ impl<D: Datastore> Ipam<D> {
     /// [`Datastore::end_request`], so that a backend may serve the request's first reads from
     /// one round trip, and nothing it prefetched outlives the request, used or not.
     async fn prefetched<T>(&self, host: &str, op: impl Future<Output = Result<T>>) -> Result<T> {
-        let out = match self.store.prefetch_request(host).await {
+        let what = format!("read IPAM config, IP pools, IP reservations and affinities of {host}");
+        self.read_ahead(self.store.prefetch_request(host), what, op)
+            .await
+    }
+
+    /// Runs `op` after the read-ahead `first`, and then [`Datastore::end_request`].
+    async fn read_ahead<T>(
+        &self,
+        first: impl Future<Output = crate::datastore::DsResult<()>>,
+        what: String,
+        op: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let out = match first.await {
             Ok(()) => op.await,
-            Err(e) => Err(ds(format!(
-                "read IPAM config, IP pools, IP reservations and affinities of {host}"
-            ))(e)),
+            Err(e) => Err(ds(what)(e)),
         };
         self.store.end_request();
         out

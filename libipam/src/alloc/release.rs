@@ -57,7 +57,9 @@ impl<D: Datastore> Ipam<D> {
     /// handle changed (or the copy it started from was stale), the blocks the current handle
     /// lists are released too before trying again, so nothing the handle holds is left behind.
     pub async fn release_by_handle(&self, handle_id: &str) -> Result<Vec<IpAddr>> {
-        self.grouped(self.release_by_handle_in_group(handle_id))
+        let first = self.store.prefetch_release(handle_id);
+        let what = format!("read handle {handle_id} and IPAM config");
+        self.grouped(self.read_ahead(first, what, self.release_by_handle_in_group(handle_id)))
             .await
     }
 
@@ -65,6 +67,10 @@ impl<D: Datastore> Ipam<D> {
         let Some(handle) = self.handle_for_update(handle_id).await? else {
             return Ok(Vec::new());
         };
+        self.store
+            .prefetch_blocks(&handle.value.blocks())
+            .await
+            .map_err(ds(format!("read the blocks of handle {handle_id}")))?;
         let cooldown = self.release_cooldown().await?;
         let mut released = Vec::new();
         let mut done: BTreeSet<String> = BTreeSet::new();

@@ -225,7 +225,15 @@ pub trait Datastore {
     async fn prefetch_blocks(&self, _cidrs: &[IpNet]) -> DsResult<()> {
         Ok(())
     }
-    /// The request [`Datastore::prefetch_request`] started is over: whatever it read that was
+    /// A release by handle starts (the allocator calls this once, before its first read, and
+    /// [`Datastore::end_request`] when it is done): a backend may read the handle
+    /// ([`Datastore::get_handle_for_update`]) and [`Datastore::get_config`] (the cooldown) in
+    /// one, with the same rules as [`Datastore::prefetch_request`].
+    async fn prefetch_release(&self, _handle_id: &str) -> DsResult<()> {
+        Ok(())
+    }
+    /// The request [`Datastore::prefetch_request`] or [`Datastore::prefetch_release`] started
+    /// is over: whatever it read that was
     /// not used is dropped, so no later call is answered from it.
     fn end_request(&self) {}
 

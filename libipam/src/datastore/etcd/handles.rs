@@ -10,7 +10,7 @@ pub(super) async fn get(
     handle_id: &str,
 ) -> DsResult<Option<Versioned<IpamHandle>>> {
     segment("handle ID", handle_id)?;
-    let Some(kv) = store.get(&keys::handle_key(handle_id)).await? else {
+    let Some(kv) = store.get_once(&keys::handle_key(handle_id)).await? else {
         return Ok(None);
     };
     match store.handle_of(&kv)? {

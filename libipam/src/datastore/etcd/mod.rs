@@ -119,6 +119,11 @@ impl Datastore for EtcdStore {
         prefetch::request(self, host).await
     }
 
+    /// Reads the handle and the config in one transaction (errors as `prefetch_request`).
+    async fn prefetch_release(&self, handle_id: &str) -> DsResult<()> {
+        prefetch::release(self, handle_id).await
+    }
+
     /// Reads the blocks in one transaction, unless there is only one (a read costs the same).
     async fn prefetch_blocks(&self, cidrs: &[IpNet]) -> DsResult<()> {
         prefetch::blocks(self, cidrs).await

@@ -1,6 +1,7 @@
 //! The request read-ahead: an allocation's first reads (config, pools, reservations, the
 //! host's affinities; [`request`]) are one transaction of range reads, and the fast path's
-//! affine blocks another ([`blocks`]). Each answer is kept in a one-shot [`Slot`] for the next
+//! affine blocks another ([`blocks`]); a release by handle reads the handle and the config
+//! in one ([`release`]) and then the handle's blocks ([`blocks`]). Each answer is kept in a one-shot [`Slot`] for the next
 //! call that reads the same key or prefix (`get_once`, `list_once`) to take.
 //!
 //! Invariants: every slot was read after the request started ([`end`] empties them all), and
@@ -147,6 +148,24 @@ pub(super) async fn request(store: &EtcdStore, host: &str) -> DsResult<()> {
         .read_together(
             &format!("read config, pools, reservations and affinities of {host}"),
             ranges,
+        )
+        .await?;
+    store.keep_prefetched(slots);
+    Ok(())
+}
+
+pub(super) async fn release(store: &EtcdStore, handle_id: &str) -> DsResult<()> {
+    // A handle ID that is no key segment is left to the handle read to refuse.
+    if keys::check_segment("handle ID", handle_id).is_err() {
+        return Ok(());
+    }
+    let slots = store
+        .read_together(
+            &format!("read config and handle {handle_id}"),
+            vec![
+                (keys::CONFIG_KEY.to_owned(), false),
+                (keys::handle_key(handle_id), false),
+            ],
         )
         .await?;
     store.keep_prefetched(slots);
