@@ -237,12 +237,7 @@ impl<D: Datastore> Ipam<D> {
         req.affinities.insert(cidr, Some(aff.clone()));
 
         // 2. The block itself.
-        if let Some(l) = req.block_cidrs.as_mut()
-            && !l.contains(&cidr)
-        {
-            // Taken from now on, whoever wins it.
-            l.push(cidr);
-        }
+        req.mark_claimed(cidr);
         let new_block = IpamBlock::new(cidr, Some(host_affinity(req.host)), time::now_nanos())
             .map_err(IpamError::Corrupt)?;
         let block = match self.store.create_block(&new_block).await {

@@ -129,55 +129,10 @@ impl<D: Datastore> Ipam<D> {
                 claim,
             } = p;
             let cidr = block.value.cidr;
-            if let Some(aff) = claim {
-                match self.create_claimed_block(req, block.value, n, aff).await {
-                    Ok(Some(ips)) => {
-                        fresh.extend(ips);
-                        done.insert(family);
-                    }
-                    Ok(None) => self.undo_handle_increment(req, &cidr, n).await,
-                    Err(e) => {
-                        for (cidr, n) in &counts[i..] {
-                            self.undo_handle_increment(req, cidr, *n).await;
-                        }
-                        return Err(e);
-                    }
-                }
-                continue;
-            }
-            let op = format!("assign {family} addresses in block {cidr}");
-            let mut current = Some(block);
-            let written = retry_on_conflict(DATASTORE_RETRIES, &op, async || {
-                let mut block = match current.take() {
-                    Some(b) => b,
-                    None => match self
-                        .store
-                        .get_block(&cidr)
-                        .await
-                        .map_err(ds(format!("read block {cidr}")))?
-                    {
-                        Some(b) if b.value.is_affine_to(req.host) => b,
-                        _ => return Ok(None),
-                    },
-                };
-                block.value.garbage_collect(req.cooldown());
-                let reservations = &req.reservations;
-                let ips = block
-                    .value
-                    .auto_assign(n, Some(req.handle_id), req.attrs, |ip| {
-                        reservations.iter().any(|r| r.contains(&ip))
-                    });
-                if ips.len() as u32 != n {
-                    return Ok(None);
-                }
-                self.write_block(&mut block).await?;
-                Ok(Some(
-                    ips.into_iter()
-                        .map(|ip| block.value.masked(ip))
-                        .collect::<Vec<_>>(),
-                ))
-            })
-            .await;
+            let written = match claim {
+                Some(aff) => self.create_claimed_block(req, block.value, n, aff).await,
+                None => self.take_in_affine_block(req, block, n, family).await,
+            };
             match written {
                 Ok(Some(ips)) => {
                     fresh.extend(ips);
@@ -193,6 +148,44 @@ impl<D: Datastore> Ipam<D> {
             }
         }
         Ok(Fast::Done(done))
+    }
+
+    /// Takes `n` addresses from one of the host's blocks and writes it, redoing the allocation
+    /// in a fresh copy after a conflict. `None` when the block no longer has room or is no
+    /// longer this host's: nothing was allocated.
+    async fn take_in_affine_block(
+        &self,
+        req: &Request<'_>,
+        block: Versioned<IpamBlock>,
+        n: u32,
+        family: IpFamily,
+    ) -> Result<Option<Vec<IpNet>>> {
+        let cidr = block.value.cidr;
+        let op = format!("assign {family} addresses in block {cidr}");
+        let mut current = Some(block);
+        retry_on_conflict(DATASTORE_RETRIES, &op, async || {
+            let mut block = match current.take() {
+                Some(b) => b,
+                None => match self
+                    .store
+                    .get_block(&cidr)
+                    .await
+                    .map_err(ds(format!("read block {cidr}")))?
+                {
+                    Some(b) if b.value.is_affine_to(req.host) => b,
+                    _ => return Ok(None),
+                },
+            };
+            let ips = req.take_from(&mut block.value, n);
+            if ips.len() as u32 != n {
+                return Ok(None);
+            }
+            self.write_block(&mut block).await?;
+            Ok(Some(
+                ips.into_iter().map(|ip| block.value.masked(ip)).collect(),
+            ))
+        })
+        .await
     }
 
     /// A host's first allocation in a family's pools (it has no affinity in them at all):
@@ -251,12 +244,7 @@ impl<D: Datastore> Ipam<D> {
             }
         };
         req.affinities.insert(cidr, Some(aff.clone()));
-        if let Some(l) = req.block_cidrs.as_mut()
-            && !l.contains(&cidr)
-        {
-            // Taken from now on, whoever wins it.
-            l.push(cidr);
-        }
+        req.mark_claimed(cidr);
         Ok(Some((block, aff)))
     }
 
@@ -276,10 +264,7 @@ impl<D: Datastore> Ipam<D> {
         mut aff: Versioned<BlockAffinity>,
     ) -> Result<Option<Vec<IpNet>>> {
         let cidr = block.cidr;
-        let reservations = &req.reservations;
-        let ips = block.auto_assign(n, Some(req.handle_id), req.attrs, |ip| {
-            reservations.iter().any(|r| r.contains(&ip))
-        });
+        let ips = req.take_from(&mut block, n);
         if ips.len() as u32 != n {
             return Ok(None);
         }
@@ -300,14 +285,6 @@ impl<D: Datastore> Ipam<D> {
 
     /// Whether `n` addresses can be taken from this copy of a block (the copy is not changed).
     pub(super) fn fits(&self, req: &Request<'_>, block: &Versioned<IpamBlock>, n: u32) -> bool {
-        let mut trial = block.value.clone();
-        trial.garbage_collect(req.cooldown());
-        let reservations = &req.reservations;
-        trial
-            .auto_assign(n, Some(req.handle_id), req.attrs, |ip| {
-                reservations.iter().any(|r| r.contains(&ip))
-            })
-            .len() as u32
-            == n
+        req.take_from(&mut block.value.clone(), n).len() as u32 == n
     }
 }

@@ -226,6 +226,23 @@ impl Request<'_> {
         self.reservations.iter().any(|r| r.contains(&ip))
     }
 
+    /// Takes up to `n` addresses for this request from `block` (Calico's order), after
+    /// freeing what has cooled down, passing over reserved ones.
+    fn take_from(&self, block: &mut IpamBlock, n: u32) -> Vec<IpAddr> {
+        block.garbage_collect(self.cooldown());
+        block.auto_assign(n, Some(self.handle_id), self.attrs, |ip| self.reserved(ip))
+    }
+
+    /// `cidr` is being claimed by this request: the claim walks of this request pass over it
+    /// from now on, whoever wins it.
+    fn mark_claimed(&mut self, cidr: IpNet) {
+        if let Some(l) = self.block_cidrs.as_mut()
+            && !l.contains(&cidr)
+        {
+            l.push(cidr);
+        }
+    }
+
     /// A reservation covering all of `block`, if any.
     fn reservation_covering(&self, block: &IpNet) -> Option<IpNet> {
         self.reservations
@@ -455,15 +472,7 @@ impl<D: Datastore> Ipam<D> {
         mut block: Versioned<IpamBlock>,
         want: u32,
     ) -> Result<Vec<IpNet>> {
-        let reservations = req.reservations.clone();
-        let take = |block: &mut Versioned<IpamBlock>| {
-            block.value.garbage_collect(req.cooldown());
-            block
-                .value
-                .auto_assign(want, Some(req.handle_id), req.attrs, |ip| {
-                    reservations.iter().any(|r| r.contains(&ip))
-                })
-        };
+        let take = |block: &mut Versioned<IpamBlock>| req.take_from(&mut block.value, want);
         let mut ips = take(&mut block);
         if ips.is_empty() {
             // "Full" is a decision: it must not rest on a stale cached copy.
