@@ -16,21 +16,8 @@ mod kube_env;
 
 use common::kube::{Forwarder, namespace_yaml, pod_yaml, server_port};
 use common::{Netns, Node, text};
-use kube_env::{IpamLeftoversOnFailure, KubeEnv, PoolGuard, exclusive, node_yaml, unique};
+use kube_env::{IpamLeftoversOnFailure, KubeEnv, PoolGuard, V3, exclusive, node_yaml, unique};
 use serde_json::{Value, json};
-
-const V3: &str = "/apis/projectcalico.org/v3";
-
-/// The apiserver with only Calico's v3 CRDs, named by `KUBE_TESTENV_V3_DIR`.
-fn v3_env() -> KubeEnv {
-    let kube = KubeEnv::named_by("KUBE_TESTENV_V3_DIR");
-    assert_eq!(
-        kube.api, V3,
-        "KUBE_TESTENV_V3_DIR must name an apiserver with Calico's projectcalico.org/v3 CRDs only \
-         (KUBE_TESTENV_CRDS=../shared/calico/v3.32.1/calico-v3-crds.yaml scripts/kube-testenv up DIR)"
-    );
-    kube
-}
 
 /// A Kubernetes-datastore netconf for `node` (Kubernetes Node `name`), with `group` as its
 /// `calico_api_group` (`None`: discovery).
@@ -117,7 +104,7 @@ fn dual_stack_pods_in_the_v3_group_named_by_calico_api_group() {
 /// `net` makes the pools' CIDRs (10.NET.0.0/24, fd00:NET::/112 and the alternative
 /// 10.NET.1.0/24) distinct per case.
 fn pods_in_the_v3_group(group: Option<&str>, ipam_in_process: bool, net: u8) {
-    let kube = v3_env();
+    let kube = KubeEnv::v3();
     let _x = exclusive();
     let u = unique();
     let tag = format!("cniv3{u}");
@@ -330,7 +317,7 @@ fn pods_in_the_v3_group(group: Option<&str>, ipam_in_process: bool, net: u8) {
 /// (and DEL) with Calico's error before anything is made.
 #[test]
 fn a_v3_cluster_information_that_is_not_ready_refuses_add_and_del() {
-    let kube = v3_env();
+    let kube = KubeEnv::v3();
     let _x = exclusive();
     let u = unique();
     let node = Node::new();

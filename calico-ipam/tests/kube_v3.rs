@@ -16,22 +16,8 @@ use std::process::{Command, Output};
 use common::run::run_with_stdin;
 use common::{BIN, added_cidrs, cni, text};
 use ipnet::IpNet;
-use kube_env::{KubeEnv, PoolGuard, exclusive, node_yaml, unique};
+use kube_env::{KubeEnv, PoolGuard, V3, exclusive, node_yaml, unique};
 use serde_json::{Value, json};
-
-const V3: &str = "/apis/projectcalico.org/v3";
-
-/// The apiserver with only Calico's v3 CRDs, named by `KUBE_TESTENV_V3_DIR` (scripts/test.sh
-/// starts it beside the one of `KUBE_TESTENV_DIR`).
-fn v3_env() -> KubeEnv {
-    let kube = KubeEnv::named_by("KUBE_TESTENV_V3_DIR");
-    assert_eq!(
-        kube.api, V3,
-        "KUBE_TESTENV_V3_DIR must name an apiserver with Calico's projectcalico.org/v3 CRDs only \
-         (KUBE_TESTENV_CRDS=../shared/calico/v3.32.1/calico-v3-crds.yaml scripts/kube-testenv up DIR)"
-    );
-    kube
-}
 
 fn cli(kube: &KubeEnv, args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(BIN)
@@ -109,7 +95,7 @@ fn assert_calico_v3_metadata(obj: &Value, labels: Option<&Value>) {
 
 #[test]
 fn a_dual_stack_pod_in_the_v3_group_as_calico_v3_32_writes_it() {
-    let kube = v3_env();
+    let kube = KubeEnv::v3();
     let _x = exclusive();
     let u = unique();
     let tag = format!("v3{u}");
@@ -308,7 +294,7 @@ fn a_dual_stack_pod_in_the_v3_group_as_calico_v3_32_writes_it() {
 
 #[test]
 fn an_explicit_group_is_used_without_discovery_and_a_wrong_one_is_refused() {
-    let kube = v3_env();
+    let kube = KubeEnv::v3();
     let _x = exclusive();
     let u = unique();
     let tag = format!("v3e{u}");
@@ -391,7 +377,7 @@ fn an_explicit_group_is_used_without_discovery_and_a_wrong_one_is_refused() {
 /// an `IPReservation` of `projectcalico.org/v3` keeps its addresses from the next ADD.
 #[test]
 fn configuration_and_reservations_are_read_from_the_v3_group() {
-    let kube = v3_env();
+    let kube = KubeEnv::v3();
     let _x = exclusive();
     let u = unique();
     let tag = format!("v3c{u}");
@@ -457,7 +443,7 @@ fn configuration_and_reservations_are_read_from_the_v3_group() {
 /// `datastoreReady` is true there and fails with Calico's message once it is false.
 #[test]
 fn calico_cni_reads_cluster_information_in_the_v3_group() {
-    let kube = v3_env();
+    let kube = KubeEnv::v3();
     let _x = exclusive();
     let calico = std::path::Path::new(BIN).with_file_name("calico-cni");
     assert!(

@@ -15,6 +15,9 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use serde_json::Value;
 
+/// Where Calico v3.32's `projectcalico.org/v3` objects are served.
+pub const V3: &str = "/apis/projectcalico.org/v3";
+
 /// A running test apiserver.
 pub struct KubeEnv {
     pub dir: PathBuf,
@@ -47,6 +50,19 @@ impl KubeEnv {
     /// The apiserver named by `KUBE_TESTENV_DIR`. Panics (fails the test) without one.
     pub fn get() -> KubeEnv {
         KubeEnv::named_by("KUBE_TESTENV_DIR")
+    }
+
+    /// The apiserver with only Calico's v3 CRDs, named by `KUBE_TESTENV_V3_DIR` (scripts/test.sh
+    /// starts it beside the one of `KUBE_TESTENV_DIR`).
+    pub fn v3() -> KubeEnv {
+        let kube = KubeEnv::named_by("KUBE_TESTENV_V3_DIR");
+        assert_eq!(
+            kube.api, V3,
+            "KUBE_TESTENV_V3_DIR must name an apiserver with Calico's projectcalico.org/v3 CRDs \
+             only (KUBE_TESTENV_CRDS=../shared/calico/v3.32.1/calico-v3-crds.yaml \
+             scripts/kube-testenv up DIR)"
+        );
+        kube
     }
 
     /// The apiserver whose directory the environment variable `var` names.
