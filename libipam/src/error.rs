@@ -265,6 +265,21 @@ impl IpamError {
     }
 
     /// True for the write conflicts that [`crate::retry::retry_on_conflict`] retries.
+    /// Whether this is a write's answer that says it was not applied (a stale revision, an
+    /// object already there or gone). Any other failure, a timeout or an unreachable server,
+    /// may hide a write that happened.
+    pub fn write_not_applied(&self) -> bool {
+        matches!(
+            self,
+            IpamError::Datastore {
+                source: DatastoreError::Conflict
+                    | DatastoreError::AlreadyExists
+                    | DatastoreError::NotFound,
+                ..
+            }
+        )
+    }
+
     pub fn is_conflict(&self) -> bool {
         matches!(
             self,

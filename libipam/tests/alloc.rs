@@ -805,6 +805,32 @@ fn conflicts_are_retried_and_bounded() {
     assert_consistent(&ipam);
 }
 
+/// A block write that happened but whose answer was lost fails the ADD, and the handle still
+/// names the block (it is not decremented on an answer that does not say "not applied"), so
+/// the DEL that follows frees the address: nothing leaks. On the first ADD (a block created
+/// holding its address) and on a steady-state one (a block update).
+#[test]
+fn a_lost_block_write_answer_leaves_the_address_to_del() {
+    let ipam = ipam_with(&[pool("p", "10.0.0.0/24", 28)]);
+    for id in ["first", "steady"] {
+        if id == "steady" {
+            // The first ADD's claim is still pending: this one finishes it, so the next one
+            // allocates on the fast path from a confirmed block.
+            assign(&ipam, &AutoAssignArgs::new("ok", "node-a", 1, 0)).expect("ADD");
+        }
+        ipam.store().lose_next_block_write_answer();
+        let e = assign(&ipam, &AutoAssignArgs::new(id, "node-a", 1, 0)).expect_err("lost");
+        assert_eq!(e.kind(), ErrorKind::Unavailable, "{id}: {e}");
+        let released = block_on(ipam.release_by_handle(id)).expect("del");
+        assert_eq!(
+            released.len(),
+            1,
+            "{id}: the DEL frees the address the block holds"
+        );
+        assert_consistent(&ipam);
+    }
+}
+
 #[test]
 fn datastore_outage_is_unavailable() {
     let ipam = dual_stack();

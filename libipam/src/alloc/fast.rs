@@ -140,7 +140,10 @@ impl<D: Datastore> Ipam<D> {
                 }
                 Ok(None) => self.undo_handle_increment(req, &cidr, n).await,
                 Err(e) => {
-                    for (cidr, n) in &counts[i..] {
+                    // This block's write may have happened unless its answer says otherwise;
+                    // the blocks after it were not written.
+                    let from = if e.write_not_applied() { i } else { i + 1 };
+                    for (cidr, n) in &counts[from..] {
                         self.undo_handle_increment(req, cidr, *n).await;
                     }
                     return Err(e);

@@ -421,8 +421,10 @@ impl<D: Datastore> Ipam<D> {
         }
     }
 
-    /// Takes back a handle increment after the block write it announced failed. Best effort:
-    /// a handle that over-counts is tolerated by every reader.
+    /// Takes back a handle increment after the block write it announced is known not to have
+    /// happened (never after a failure that may hide an applied write: the handle must keep
+    /// naming the block so that DEL finds the addresses). Best effort: a handle that
+    /// over-counts is tolerated by every reader.
     async fn undo_handle_increment(&self, req: &mut Request<'_>, block: &IpNet, n: u32) {
         let _ = retry_on_conflict(DATASTORE_RETRIES, "undo handle increment", async || {
             self.write_handle(req, |h| h.decrement(block, n)).await
@@ -497,7 +499,9 @@ impl<D: Datastore> Ipam<D> {
         let n = ips.len() as u32;
         self.write_handle(req, |h| h.increment(&cidr, n)).await?;
         if let Err(e) = self.write_block(&mut block).await {
-            self.undo_handle_increment(req, &cidr, n).await;
+            if e.write_not_applied() {
+                self.undo_handle_increment(req, &cidr, n).await;
+            }
             return Err(e);
         }
         Ok(ips.into_iter().map(|ip| block.value.masked(ip)).collect())

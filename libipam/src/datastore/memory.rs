@@ -11,6 +11,8 @@
 //!   a given probability, from a seeded generator (reproducible);
 //! - [`MemoryStore::fail_next_writes`]: the next `n` writes of any kind fail with a given error;
 //! - [`MemoryStore::set_unavailable`]: every call fails with `Unavailable`;
+//! - [`MemoryStore::lose_next_block_write_answer`]: the next block create or update is applied
+//!   but answered `Unavailable`, as when a server's answer is lost;
 //! - [`MemoryStore::race_next_block_delete`]: the next block delete loses to a write of the
 //!   block by somebody else (which, unlike the faults above, changes the store).
 
@@ -55,6 +57,7 @@ struct Faults {
     fail_with: Option<DatastoreError>,
     unavailable: bool,
     race_block_delete: bool,
+    lose_block_write_answer: bool,
 }
 
 /// Counters of what the store was asked to do.
@@ -85,6 +88,14 @@ enum Write {
 }
 
 impl Inner {
+    /// The answer to a block write that was applied: lost once when asked to.
+    fn answer_block_write(&mut self, rev: Revision) -> DsResult<Revision> {
+        if std::mem::take(&mut self.faults.lose_block_write_answer) {
+            return Err(DatastoreError::Unavailable("the answer was lost".into()));
+        }
+        Ok(rev)
+    }
+
     /// Applies injected faults to a write; `Err` means the write must not happen.
     fn gate(&mut self, kind: Write) -> DsResult<()> {
         self.stats.writes += 1;
@@ -258,6 +269,13 @@ impl MemoryStore {
         }
     }
 
+    /// The next block create or update is applied, then answered `Unavailable`.
+    pub fn lose_next_block_write_answer(&self) {
+        if let Ok(mut g) = self.inner.lock() {
+            g.faults.lose_block_write_answer = true;
+        }
+    }
+
     /// The next `n` writes of any kind fail with `error`.
     pub fn fail_next_writes(&self, n: u32, error: DatastoreError) {
         if let Ok(mut g) = self.inner.lock() {
@@ -371,14 +389,16 @@ impl Datastore for MemoryStore {
     async fn create_block(&self, block: &IpamBlock) -> DsResult<Revision> {
         self.with(|s| {
             s.gate(Write::Create)?;
-            s.blocks.create(block.cidr, block, &mut s.last_rev)
+            let rev = s.blocks.create(block.cidr, block, &mut s.last_rev)?;
+            s.answer_block_write(rev)
         })
     }
 
     async fn update_block(&self, block: &Versioned<IpamBlock>) -> DsResult<Revision> {
         self.with(|s| {
             s.gate(Write::Cas)?;
-            s.blocks.update(block.value.cidr, block, &mut s.last_rev)
+            let rev = s.blocks.update(block.value.cidr, block, &mut s.last_rev)?;
+            s.answer_block_write(rev)
         })
     }
 
