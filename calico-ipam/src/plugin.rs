@@ -10,12 +10,14 @@ use libipam::cni::netconf::DatastoreType;
 use libipam::cni::skel::{self, Outcome, Plugin, Request};
 use libipam::cni::{CniError, CniResult, IpConfig, NetConf, Route, code, log};
 use libipam::datastore::Datastore;
-use libipam::datastore::kube::{CacheConfig, ClientOptions};
+use libipam::datastore::PoolList;
+use libipam::datastore::kube::{CacheConfig, ClientOptions, Connection as KubeConnection};
+use libipam::error::IpamError;
 use libipam::model::AllowedUse;
 use libipam::model::time;
 
 use crate::errors::cni_error;
-use crate::store::{Store, StoreConfig};
+use crate::store::{OpenError, Store, StoreConfig};
 use crate::{lock, upgrade, with_ipam};
 
 /// How long one verb may take once it holds the host lock (Calico: 90 s).
@@ -73,13 +75,25 @@ impl Plugin for CalicoIpam {
         let namespace = req.env.args.pod().map(|(ns, _)| ns.to_string());
         let cfg = store_config(req, Some(&node))?;
         let marker = upgrade::marker_path(req.conf.ipam_lock_file());
+        let rt = runtime()?;
+        let ahead = within_verb_time(&rt, read_ahead(&cfg))??;
         let _lock = lock::acquire(req.conf.ipam_lock_file())?;
         // The lock may have taken long; the plugin that ran us may have been killed meanwhile.
         if self.watch_parent {
             check_parent_alive()?;
         }
-        let assigned: Result<Vec<IpNet>, CniError> = run(async {
-            let store = open(&cfg).await?;
+        let assigned: Result<Vec<IpNet>, CniError> = within_verb_time(&rt, async {
+            let store = match ahead {
+                Some((conn, pools)) => {
+                    // The verb's time starts now that it holds the lock.
+                    conn.deadline.set(retry_deadline());
+                    match Store::kube(conn, &cfg) {
+                        Store::Kube(k) => Store::Kube(Box::new(k.with_pools_read_ahead(pools))),
+                        other => other,
+                    }
+                }
+                None => open(&cfg).await?,
+            };
             if let Store::Kube(kube) = &store {
                 upgrade::maybe_upgrade(kube, &node, &marker).await?;
             }
@@ -369,30 +383,70 @@ fn client_options(conf: &libipam::cni::NetConf) -> Result<ClientOptions, CniErro
     Ok(ClientOptions {
         qps,
         burst,
-        deadline: Some(tokio::time::Instant::now() + VERB_TIMEOUT - Duration::from_secs(1)),
+        deadline: Some(retry_deadline()),
         api_group: conf.api_group()?,
         ..ClientOptions::default()
     })
 }
 
 async fn open(cfg: &StoreConfig) -> Result<Store, CniError> {
-    Store::open(cfg).await.map_err(|e| {
-        if e.is_transient() {
-            CniError::try_again(e.to_string())
-        } else {
-            CniError::invalid_config(e.to_string())
-        }
-    })
+    Store::open(cfg).await.map_err(open_error)
+}
+
+fn open_error(e: OpenError) -> CniError {
+    if e.is_transient() {
+        CniError::try_again(e.to_string())
+    } else {
+        CniError::invalid_config(e.to_string())
+    }
 }
 
 /// Drive `f` on a current_thread runtime with the verb timeout.
 fn run<F: std::future::Future>(f: F) -> Result<F::Output, CniError> {
-    let rt = tokio::runtime::Builder::new_current_thread()
+    within_verb_time(&runtime()?, f)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CniError> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| CniError::internal(format!("cannot start the async runtime: {e}")))?;
+        .map_err(|e| CniError::internal(format!("cannot start the async runtime: {e}")))
+}
+
+/// Drive `f` on `rt` with the verb timeout. The runtime may be driven again later: what it
+/// keeps between (the API server connection) waits meanwhile.
+fn within_verb_time<F: std::future::Future>(
+    rt: &tokio::runtime::Runtime,
+    f: F,
+) -> Result<F::Output, CniError> {
     rt.block_on(async { tokio::time::timeout(VERB_TIMEOUT, f).await })
         .map_err(|_| CniError::try_again(format!("IPAM did not finish within {VERB_TIMEOUT:?}")))
+}
+
+/// What an ADD reads before it takes the host-wide lock: with the Kubernetes datastore and a
+/// node cache (the plugin), the connection and the IPPools (`read_pools_ahead`: a wait of the
+/// API server's that then overlaps the wait for the lock, and the TLS handshake out of it);
+/// nothing for the other datastores, whose reads wait on nothing. A failed read fails the
+/// ADD as the same read under the lock would.
+async fn read_ahead(cfg: &StoreConfig) -> Result<Option<(KubeConnection, PoolList)>, CniError> {
+    let (DatastoreType::Kubernetes, Some(cache)) = (cfg.kind, &cfg.cache) else {
+        return Ok(None);
+    };
+    let conn = Store::connect_kube(cfg).await.map_err(open_error)?;
+    let pools = libipam::datastore::kube::read_pools_ahead(&conn, cache)
+        .await
+        .map_err(|source| {
+            cni_error(&IpamError::Datastore {
+                op: "list IP pools".to_string(),
+                source,
+            })
+        })?;
+    Ok(Some((conn, pools)))
+}
+
+/// No 429/503 retry wait may end after this: a second before the verb's time is up.
+fn retry_deadline() -> tokio::time::Instant {
+    tokio::time::Instant::now() + VERB_TIMEOUT - Duration::from_secs(1)
 }
 
 /// Go's `time.Now().UTC().String()` form, which Calico stores in the `timestamp` attribute:

@@ -76,16 +76,7 @@ impl Store {
                         reason: e.to_string(),
                     })
             }
-            DatastoreType::Kubernetes => {
-                let kubeconfig = cfg.kubeconfig.as_deref().ok_or(OpenError::NoKubeconfig)?;
-                let conn = kube::connect_with(kubeconfig, USER_AGENT, &cfg.client)
-                    .await
-                    .map_err(OpenError::Kubernetes)?;
-                Ok(Store::Kube(Box::new(match &cfg.cache {
-                    Some(cache) => KubeStore::with_cache(conn, cache),
-                    None => KubeStore::new(conn),
-                })))
-            }
+            DatastoreType::Kubernetes => Ok(Store::kube(Store::connect_kube(cfg).await?, cfg)),
             DatastoreType::Etcdv3 => {
                 let endpoints = cfg
                     .etcd
@@ -105,6 +96,25 @@ impl Store {
                 Ok(Store::Etcd(Box::new(EtcdStore::new(conn))))
             }
         }
+    }
+}
+
+impl Store {
+    /// The Kubernetes client of `cfg` (reads the kubeconfig, sends nothing).
+    pub async fn connect_kube(cfg: &StoreConfig) -> Result<kube::Connection, OpenError> {
+        let kubeconfig = cfg.kubeconfig.as_deref().ok_or(OpenError::NoKubeconfig)?;
+        kube::connect_with(kubeconfig, USER_AGENT, &cfg.client)
+            .await
+            .map_err(OpenError::Kubernetes)
+    }
+
+    /// The Kubernetes datastore on `conn`, with `cfg`'s node cache if it names one (load it
+    /// only under the host-wide lock).
+    pub fn kube(conn: kube::Connection, cfg: &StoreConfig) -> Store {
+        Store::Kube(Box::new(match &cfg.cache {
+            Some(cache) => KubeStore::with_cache(conn, cache),
+            None => KubeStore::new(conn),
+        }))
     }
 }
 

@@ -13,9 +13,9 @@ mod kube_env;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use common::{BIN, added_cidrs, cni, seed_pools, text};
 use ipnet::IpNet;
@@ -1189,6 +1189,81 @@ fn steady_state_requests_per_add_and_del() {
             reqs.join("\n  ")
         );
     }
+    assert!(del(&conf, "warm", "warm").status.success());
+}
+
+/// An ADD lists the IPPools before it waits for the host-wide lock: the API server answers
+/// that consistent LIST only once its watch cache has caught up with etcd, which right after
+/// another write takes until its next progress notification (tens of milliseconds), and that
+/// wait must not be spent holding the lock every ADD of the node queues on. While the test
+/// holds the node's lock, the waiting ADD's LIST arrives and nothing else; once the lock is
+/// released, the ADD completes with the steady state's three writes and no second LIST.
+#[test]
+fn the_pools_are_listed_while_the_add_waits_for_the_host_lock() {
+    let kube = KubeEnv::get();
+    let _x = exclusive();
+    let tag = format!("ahead{}", unique());
+    let _pools = guard(
+        &kube,
+        &["t-ahead-v4", "t-ahead-v6"],
+        &["10.87.0.0/24", "fd00:87::/112"],
+    );
+    apply_pools(
+        &kube,
+        &private_pools(
+            "t-ahead",
+            "10.87.0.0/24",
+            26,
+            Some(("fd00:87::/112", 122)),
+            &tag,
+        ),
+    );
+    let n = Node::new(&kube, "ahead", &[("calico-rs-test", &tag)]);
+    let conf = n.conf(&kube, true, None);
+    added_cidrs(&add(&conf, "warm", "warm"));
+    let lock = std::fs::File::open(n.dir.path().join("ipam.lock")).expect("open the lock file");
+    lock.lock().expect("take the host lock");
+    let mark = kube.audit_mark();
+    let mut cmd = common::cni_command(
+        Path::new("/"),
+        "ADD",
+        &format!("{}waiting", run_id()),
+        &[("CNI_ARGS", &pod_args("waiting"))],
+    );
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = common::run::spawn_with_stdin(&mut cmd, conf.to_string().as_bytes());
+    let t0 = Instant::now();
+    while !kube
+        .requests_since(mark, "calico-ipam/")
+        .iter()
+        .any(|r| r.contains("/ippools"))
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no LIST of the IPPools while the ADD waits for the lock"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Whatever else it sent before the lock would have arrived by now.
+    std::thread::sleep(Duration::from_millis(500));
+    let before = kube.requests_since(mark, "calico-ipam/");
+    assert_eq!(
+        before.len(),
+        1,
+        "only the IPPools before the lock:\n  {}",
+        before.join("\n  ")
+    );
+    lock.unlock().expect("release the host lock");
+    let out = common::run::wait_within(child);
+    assert_eq!(added_cidrs(&out).len(), 2, "{}", text(&out));
+    let all = kube.requests_since(mark, "calico-ipam/");
+    assert!(
+        all.len() <= 4 && all.iter().filter(|r| r.contains("/ippools")).count() == 1,
+        "a steady-state ADD that waited for the lock: {} requests:\n  {}",
+        all.len(),
+        all.join("\n  ")
+    );
+    assert!(del(&conf, "waiting", "waiting").status.success());
     assert!(del(&conf, "warm", "warm").status.success());
 }
 

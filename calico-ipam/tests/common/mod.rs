@@ -117,6 +117,11 @@ pub fn cni_in(
     env: &[(&str, &str)],
     stdin: &[u8],
 ) -> Output {
+    run::run_with_stdin(&mut cni_command(cwd, command, container_id, env), stdin)
+}
+
+/// The plugin's command line for [`cni_in`], not yet run (to spawn it and wait later).
+pub fn cni_command(cwd: &Path, command: &str, container_id: &str, env: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.current_dir(cwd);
     cmd.env_clear()
@@ -132,7 +137,7 @@ pub fn cni_in(
             cmd.env(k, v);
         }
     }
-    run::run_with_stdin(&mut cmd, stdin)
+    cmd
 }
 
 /// A network namespace path that exists while the test runs (the test's own): calico-ipam

@@ -244,7 +244,8 @@ pub trait Datastore {
 
     /// All pools (enabled or not), ordered by name, as stored (no defaults applied), and the
     /// pool objects that do not decode: one of those never fails the listing. Never served
-    /// from a cache (at most from the current request's [`Datastore::prefetch_request`]).
+    /// from a cache (at most from the current request's [`Datastore::prefetch_request`], or
+    /// the Kubernetes store's read made by this request before it took the host lock).
     async fn list_pools(&self) -> DsResult<PoolList>;
     /// Creates or replaces a pool (validation is the caller's job), also one whose stored
     /// object does not decode.

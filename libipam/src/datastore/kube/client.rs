@@ -71,11 +71,41 @@ impl Default for ClientOptions {
 
 /// kube's client for `cfg` with the pacing and retry layer of `opts` on top of its stack;
 /// kube's own retry layer is turned off: this one is the only one.
-pub fn client(mut cfg: Config, opts: &ClientOptions) -> Result<Client, kube::Error> {
+pub fn client(cfg: Config, opts: &ClientOptions) -> Result<Client, kube::Error> {
+    client_with_deadline(cfg, opts, &Deadline::new(opts.deadline))
+}
+
+/// [`client`], whose retry waits end by `deadline` (which the caller may move later).
+pub fn client_with_deadline(
+    mut cfg: Config,
+    opts: &ClientOptions,
+    deadline: &Deadline,
+) -> Result<Client, kube::Error> {
     cfg.default_retry = false;
     Ok(ClientBuilder::try_from(cfg)?
-        .with_layer(&ThrottleLayer::new(*opts))
+        .with_layer(&ThrottleLayer::new(*opts, deadline.clone()))
         .build())
+}
+
+/// The verb's deadline for retry waits, shared by every request of one client. calico-ipam
+/// moves it when the verb's own clock starts: it reads ahead before waiting for the host-wide
+/// lock, and the verb's time counts from when it holds the lock.
+#[derive(Debug, Clone, Default)]
+pub struct Deadline(Arc<SyncMutex<Option<Instant>>>);
+
+impl Deadline {
+    pub fn new(at: Option<Instant>) -> Deadline {
+        Deadline(Arc::new(SyncMutex::new(at)))
+    }
+
+    /// No retry wait of this client ends after `at` from now on.
+    pub fn set(&self, at: Instant) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(at);
+    }
+
+    fn get(&self) -> Option<Instant> {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// A token bucket: `burst` tokens, refilled at `qps` a second. A request that finds none
@@ -117,16 +147,22 @@ impl Bucket {
 #[derive(Debug, Clone)]
 pub struct ThrottleLayer {
     opts: ClientOptions,
+    deadline: Deadline,
     bucket: Option<Arc<SyncMutex<Bucket>>>,
 }
 
 impl ThrottleLayer {
-    pub fn new(opts: ClientOptions) -> ThrottleLayer {
+    /// `opts`' pacing and retries; retry waits end by `deadline` (`opts.deadline` is not read).
+    pub fn new(opts: ClientOptions, deadline: Deadline) -> ThrottleLayer {
         let bucket = opts
             .qps
             .filter(|q| *q > 0.0 && q.is_finite())
             .map(|q| Arc::new(SyncMutex::new(Bucket::new(q, opts.burst))));
-        ThrottleLayer { opts, bucket }
+        ThrottleLayer {
+            opts,
+            deadline,
+            bucket,
+        }
     }
 }
 
@@ -137,6 +173,7 @@ impl<S> Layer<S> for ThrottleLayer {
         Throttle {
             inner: Arc::new(Mutex::new(inner)),
             opts: self.opts,
+            deadline: self.deadline.clone(),
             bucket: self.bucket.clone(),
         }
     }
@@ -146,6 +183,7 @@ impl<S> Layer<S> for ThrottleLayer {
 pub struct Throttle<S> {
     inner: Arc<Mutex<S>>,
     opts: ClientOptions,
+    deadline: Deadline,
     bucket: Option<Arc<SyncMutex<Bucket>>>,
 }
 
@@ -171,10 +209,11 @@ where
         let inner = self.inner.clone();
         let bucket = self.bucket.clone();
         let opts = self.opts;
+        let deadline = self.deadline.get();
         Box::pin(async move {
             let start = Instant::now();
             let mut until = start + opts.retry_budget;
-            if let Some(d) = opts.deadline {
+            if let Some(d) = deadline {
                 until = until.min(d);
             }
             let mut req = req;
@@ -402,6 +441,7 @@ mod tests {
                 group: crate::datastore::kube::GroupCell::new(Some(
                     crate::datastore::api_group::ApiGroup::V1,
                 )),
+                deadline: Deadline::default(),
             };
             f(KubeStore::new(conn)).await
         })
@@ -525,6 +565,7 @@ mod tests {
                     client: client(cfg, &ClientOptions::default()).expect("client"),
                     server: server.url.clone(),
                     group: crate::datastore::kube::GroupCell::new(None),
+                    deadline: Deadline::default(),
                 };
                 let first = conn.api_group().await;
                 if first.is_ok() {

@@ -10,7 +10,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
 use super::GroupCell;
-use super::client::{self, ClientOptions};
+use super::client::{self, ClientOptions, Deadline};
 use super::objects::{CLUSTER_INFORMATION, ClusterInformationSpec, Crd, SINGLETON};
 use crate::datastore::{DatastoreError, DsResult};
 use crate::error::error_chain;
@@ -29,6 +29,8 @@ pub struct Connection {
     pub server: String,
     /// The API group of Calico's objects (`api_group.rs`).
     pub group: GroupCell,
+    /// When retry waits of `client` must end (`ClientOptions::deadline`, movable).
+    pub deadline: Deadline,
 }
 
 impl Debug for Connection {
@@ -78,12 +80,14 @@ pub async fn connect_with(
     let agent = http::HeaderValue::from_str(user_agent)
         .map_err(|e| DatastoreError::Other(format!("user agent {user_agent:?}: {e}")))?;
     cfg.headers.push((http::header::USER_AGENT, agent));
-    let client = client::client(cfg, opts)
+    let deadline = Deadline::new(opts.deadline);
+    let client = client::client_with_deadline(cfg, opts, &deadline)
         .map_err(|e| DatastoreError::Other(format!("cannot create a client for {server}: {e}")))?;
     Ok(Connection {
         client,
         server,
         group: GroupCell::new(opts.api_group),
+        deadline,
     })
 }
 
