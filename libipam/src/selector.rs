@@ -131,20 +131,43 @@ impl fmt::Display for Selector {
             Selector::Contains(k, v) => write!(f, "{k} contains {}", quote(v)),
             Selector::StartsWith(k, v) => write!(f, "{k} starts with {}", quote(v)),
             Selector::EndsWith(k, v) => write!(f, "{k} ends with {}", quote(v)),
-            // An operand that delimits itself is not wrapped again: each wrapping would
-            // be one more level of nesting for the parser's bound.
-            Selector::Not(s) => match **s {
-                Selector::Not(_)
-                | Selector::And(_)
-                | Selector::Or(_)
-                | Selector::Has(_)
-                | Selector::All => write!(f, "!{s}"),
-                _ => write!(f, "!({s})"),
-            },
-            Selector::And(all) => write!(f, "({})", join(all, " && ")),
-            Selector::Or(any) => write!(f, "({})", join(any, " || ")),
+            Selector::Not(s) => {
+                f.write_str("!")?;
+                operand(f, s, matches!(**s, Selector::And(_) | Selector::Or(_)))
+            }
+            Selector::And(all) => operands(f, all, " && ", |s| {
+                matches!(s, Selector::And(_) | Selector::Or(_))
+            }),
+            Selector::Or(any) => operands(f, any, " || ", |s| matches!(s, Selector::Or(_))),
         }
     }
+}
+
+/// Parentheses go only where the tree needs them to parse back the same (an `||` under `&&`,
+/// an operator under its own kind, any `&&` or `||` under `!`), i.e. where the input had a
+/// group too: what is printed nests no deeper than what was parsed, so it stays within the
+/// parser's bound ([`MAX_SELECTOR_DEPTH`]). A term under `!` needs none (`!a == "x"`).
+fn operand(f: &mut fmt::Formatter<'_>, s: &Selector, wrap: bool) -> fmt::Result {
+    if wrap {
+        write!(f, "({s})")
+    } else {
+        write!(f, "{s}")
+    }
+}
+
+fn operands(
+    f: &mut fmt::Formatter<'_>,
+    items: &[Selector],
+    sep: &str,
+    wrap: impl Fn(&Selector) -> bool,
+) -> fmt::Result {
+    for (i, s) in items.iter().enumerate() {
+        if i > 0 {
+            f.write_str(sep)?;
+        }
+        operand(f, s, wrap(s))?;
+    }
+    Ok(())
 }
 
 /// A string literal as the grammar has it (no escapes): in double quotes unless it holds one.
@@ -155,14 +178,6 @@ fn quote(v: &str) -> String {
     } else {
         format!("\"{v}\"")
     }
-}
-
-fn join(items: &[Selector], sep: &str) -> String {
-    items
-        .iter()
-        .map(Selector::to_string)
-        .collect::<Vec<_>>()
-        .join(sep)
 }
 
 /// `pos` is always at a character boundary: it only moves past ASCII tokens that were matched
@@ -411,8 +426,8 @@ fn is_key_char(c: char) -> bool {
 mod tests {
 
     /// What is printed parses back to the same selector, within the nesting bound whenever
-    /// the input was (a chain of `!` used to print as `!(!(...))`, twice as deep; found by
-    /// fuzzing).
+    /// the input was (a chain of `!` used to print as `!(!(...))`, twice as deep, found by
+    /// fuzzing; an operator at the top, or a term under `!`, got a pair of its own).
     #[test]
     fn printed_negations_parse_back_within_the_bound() {
         for input in [
@@ -421,6 +436,18 @@ mod tests {
             "!(a == 'x' && has(b))".to_owned(),
             "!a == 'x'".to_owned(),
             "!!all()".to_owned(),
+            // At the bound under a top-level operator, which used to be printed in
+            // parentheses of its own, and under `!` a term used to get them too.
+            format!("a == 'x' && {}has(b)", "!".repeat(32)),
+            format!("a == 'x' || {}has(b) && c == 'y'", "!".repeat(32)),
+            format!("{}a == 'x'", "!".repeat(32)),
+            format!(
+                "a == 'x' && {}b == 'y' || c == 'z'{}",
+                "(".repeat(32),
+                ")".repeat(32)
+            ),
+            "(a == 'x' || b == 'y') || c == 'z'".to_owned(),
+            "(a == 'x' && b == 'y') && (c == 'z' || has(d))".to_owned(),
         ] {
             let parsed = Selector::parse(&input).expect("input parses");
             let printed = parsed.to_string();
