@@ -64,10 +64,13 @@ fn named(list: &[Value], name: &str) -> Option<Value> {
 }
 
 /// Whether a request is the one by which a process that finds the group itself first tries
-/// v1: a GET of its IPAMConfig, answered 404 for the path (v1 is not served here), after which
-/// it asks which groups exist (`GET /apis`).
+/// v1: a GET of its IPAMConfig, or calico-ipam's LIST of IPPools before it takes the host lock,
+/// answered 404 for the path (v1 is not served here), after which it asks which groups exist
+/// (`GET /apis`).
 fn is_v1_probe(r: &str) -> bool {
-    r.starts_with("get /apis/crd.projectcalico.org/v1/ipamconfigs/default ") && r.ends_with(" 404")
+    (r.starts_with("get /apis/crd.projectcalico.org/v1/ipamconfigs/default ")
+        || r.starts_with("list /apis/crd.projectcalico.org/v1/ippools?"))
+        && r.ends_with(" 404")
 }
 
 /// The requests of calico-cni and calico-ipam that went to the v1 group, but for those probes.

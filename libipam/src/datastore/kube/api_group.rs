@@ -179,6 +179,24 @@ pub async fn discover(client: &Client, server: &str) -> DsResult<ApiGroup> {
     }
 }
 
+/// `conn`'s group, shown by a request made for its own sake (`why`), when none was given or
+/// found before: kept as discovery's answer would be.
+pub(super) fn learned(conn: &Connection, group: ApiGroup, why: &str) {
+    if conn.group.known().is_none() {
+        tracing::info!(
+            "API server {}: Calico's objects are in {group} ({why})",
+            conn.server
+        );
+        conn.group.seed(group);
+        remember(&conn.server, group);
+    }
+}
+
+/// The group this process found for `server` earlier, if any.
+pub(super) fn found_earlier(server: &str) -> Option<ApiGroup> {
+    remembered(server)
+}
+
 impl Connection {
     /// The API group of Calico's objects on this server: the one given, else what this
     /// process found earlier, else the v1 probe, else one discovery request.

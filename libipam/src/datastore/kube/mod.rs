@@ -155,9 +155,21 @@ impl KubeStore {
 /// instead of lengthening every turn of it. The list is no older than the request, as
 /// [`Datastore::list_pools`] requires. The node cache is only read for the API group it
 /// names (the file is replaced whole, so a read without the lock sees one version of it).
+/// Where the group is not known yet (a node's first ADDs, all at once), the LIST is tried on
+/// `crd.projectcalico.org/v1`, which answers the question as well, so that each of them does
+/// not ask it on its own (`api_group.rs`).
 pub async fn read_pools_ahead(conn: &Connection, cache: &CacheConfig) -> DsResult<PoolList> {
-    if let Some(g) = NodeCache::load(cache, &conn.server).api_group() {
+    if conn.group_cell().known().is_none()
+        && let Some(g) = NodeCache::load(cache, &conn.server)
+            .api_group()
+            .or_else(|| api_group::found_earlier(&conn.server))
+    {
         conn.group_cell().seed(g);
+    }
+    if conn.group_cell().known().is_none()
+        && let Some(pools) = pools::list_if_v1_served(conn).await?
+    {
+        return Ok(pools);
     }
     pools::list(&KubeStore::new(conn.clone())).await
 }

@@ -7,7 +7,7 @@ use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams};
 
 use super::decode::{self, WithStatus};
 use super::objects::{self, IP_POOL};
-use super::{ApiGroup, KubeStore};
+use super::{ApiGroup, Connection, KubeStore, api_group};
 use crate::datastore::{DatastoreError, DsResult, PoolList, UnreadablePool};
 use crate::model::{IpPool, IpPoolSpec, time};
 
@@ -33,8 +33,36 @@ impl KubeStore {
 /// by one, so one whose spec does not decode is listed as unreadable instead of failing the
 /// listing (and with it every ADD on every node).
 pub(super) async fn list(store: &KubeStore) -> DsResult<PoolList> {
+    Ok(decode_all(store.list_raw_pools().await?))
+}
+
+/// The IPPools of `crd.projectcalico.org/v1` when that LIST succeeds, which shows v1 served,
+/// and v1 is the group Calico chooses whenever it is served (`api_group.rs`): the connection
+/// learns it. When the server says the kind is not served (404), the group is discovered
+/// (`GET /apis`) and `None` returned, as after the IPAMConfig probe's 404; on 401 or 403
+/// `None` (the caller's read goes the usual way). An unreachable or failing server is an
+/// error.
+pub(super) async fn list_if_v1_served(conn: &Connection) -> DsResult<Option<PoolList>> {
+    let api: Api<DynamicObject> =
+        Api::all_with(conn.client.clone(), &IP_POOL.resource(ApiGroup::V1));
+    match api.list(&ListParams::default()).await {
+        Ok(l) => {
+            api_group::learned(conn, ApiGroup::V1, "it lists its IPPools");
+            Ok(Some(decode_all(l.items)))
+        }
+        Err(kube::Error::Api(s)) if s.code == 404 => {
+            let g = api_group::discover(&conn.client, &conn.server).await?;
+            api_group::learned(conn, g, "discovery");
+            Ok(None)
+        }
+        Err(kube::Error::Api(s)) if matches!(s.code, 401 | 403) => Ok(None),
+        Err(e) => Err(conn.error("list ippools", e)),
+    }
+}
+
+fn decode_all(objects: Vec<DynamicObject>) -> PoolList {
     let mut out = PoolList::default();
-    for obj in store.list_raw_pools().await? {
+    for obj in objects {
         let name = obj.metadata.name.clone().unwrap_or_default();
         match decode::pool_object(&obj) {
             Ok(pool) => out.pools.push(pool),
@@ -48,7 +76,7 @@ pub(super) async fn list(store: &KubeStore) -> DsResult<PoolList> {
     }
     out.pools.sort_by(|a, b| a.name.cmp(&b.name));
     out.unreadable.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(out)
+    out
 }
 
 /// Creates or replaces the pool. The existing object is read raw, so one whose spec does
