@@ -1125,8 +1125,8 @@ fn steady_state_requests_per_add_and_del() {
     // One listing of the blocks serves both families' claims, from the API server's watch
     // cache (`resourceVersion=0`); the pools select nodes by label, so the Node is read (with
     // `all()` it is not: libipam's alloc tests). The node cache does not know the API group
-    // yet: the IPAMConfig read on crd.projectcalico.org/v1 finds it, with no discovery request
-    // (`GET /apis`). The new attachment's handle is not read, and written once for both
+    // yet: the IPPool LIST made on crd.projectcalico.org/v1 before the host lock finds it, with
+    // no probe or discovery request (`GET /apis`). The new attachment's handle is not read, and written once for both
     // families, before each new block is created already holding its address (no block
     // update).
     let handle_reqs: Vec<&String> = first
