@@ -10,8 +10,9 @@ use libipam::cni::netconf::DatastoreType;
 use libipam::cni::skel::{self, Outcome, Plugin, Request};
 use libipam::cni::{CniError, CniResult, IpConfig, NetConf, Route, code, log};
 use libipam::datastore::Datastore;
-use libipam::datastore::PoolList;
-use libipam::datastore::kube::{CacheConfig, ClientOptions, Connection as KubeConnection};
+use libipam::datastore::kube::{
+    self, CacheConfig, ClientOptions, Connection as KubeConnection, ReadAhead,
+};
 use libipam::error::IpamError;
 use libipam::model::AllowedUse;
 use libipam::model::time;
@@ -84,11 +85,11 @@ impl Plugin for CalicoIpam {
         }
         let assigned: Result<Vec<IpNet>, CniError> = within_verb_time(&rt, async {
             let store = match ahead {
-                Some((conn, pools)) => {
+                Some((conn, read)) => {
                     // The verb's time starts now that it holds the lock.
                     conn.deadline.set(retry_deadline());
                     match Store::kube(conn, &cfg) {
-                        Store::Kube(k) => Store::Kube(Box::new(k.with_pools_read_ahead(pools))),
+                        Store::Kube(k) => Store::Kube(Box::new(k.with_read_ahead(read))),
                         other => other,
                     }
                 }
@@ -424,24 +425,22 @@ fn within_verb_time<F: std::future::Future>(
 }
 
 /// What an ADD reads before it takes the host-wide lock: with the Kubernetes datastore and a
-/// node cache (the plugin), the connection and the IPPools (`read_pools_ahead`: a wait of the
-/// API server's that then overlaps the wait for the lock, and the TLS handshake out of it);
-/// nothing for the other datastores, whose reads wait on nothing. A failed read fails the
-/// ADD as the same read under the lock would.
-async fn read_ahead(cfg: &StoreConfig) -> Result<Option<(KubeConnection, PoolList)>, CniError> {
+/// node cache (the plugin), the connection, the IPPools and what the node cache holds no fresh
+/// copy of (`kube::read_ahead`: the API server's waits then overlap the wait for the lock,
+/// and the TLS handshake is out of it); nothing for the other datastores, whose reads wait on
+/// nothing. A failed LIST of the pools fails the ADD as the same read under the lock would.
+async fn read_ahead(cfg: &StoreConfig) -> Result<Option<(KubeConnection, ReadAhead)>, CniError> {
     let (DatastoreType::Kubernetes, Some(cache)) = (cfg.kind, &cfg.cache) else {
         return Ok(None);
     };
     let conn = Store::connect_kube(cfg).await.map_err(open_error)?;
-    let pools = libipam::datastore::kube::read_pools_ahead(&conn, cache)
-        .await
-        .map_err(|source| {
-            cni_error(&IpamError::Datastore {
-                op: "list IP pools".to_string(),
-                source,
-            })
-        })?;
-    Ok(Some((conn, pools)))
+    let read = kube::read_ahead(&conn, cache).await.map_err(|source| {
+        cni_error(&IpamError::Datastore {
+            op: "list IP pools".to_string(),
+            source,
+        })
+    })?;
+    Ok(Some((conn, read)))
 }
 
 /// No 429/503 retry wait may end after this: a second before the verb's time is up.

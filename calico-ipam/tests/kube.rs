@@ -1192,12 +1192,13 @@ fn steady_state_requests_per_add_and_del() {
     assert!(del(&conf, "warm", "warm").status.success());
 }
 
-/// An ADD lists the IPPools before it waits for the host-wide lock: the API server answers
-/// that consistent LIST only once its watch cache has caught up with etcd, which right after
-/// another write takes until its next progress notification (tens of milliseconds), and that
-/// wait must not be spent holding the lock every ADD of the node queues on. While the test
-/// holds the node's lock, the waiting ADD's LIST arrives and nothing else; once the lock is
-/// released, the ADD completes with the steady state's three writes and no second LIST.
+/// An ADD lists the IPPools before it waits for the host-wide lock, and the IPAMConfig and
+/// IPReservations too when the node cache has no fresh copy: the API server answers a
+/// consistent LIST only once its watch cache has caught up with etcd, which right after another
+/// write takes until its next progress notification (tens of milliseconds), and that wait must
+/// not be spent holding the lock every ADD of the node queues on. While the test holds the
+/// node's lock, the waiting ADD's reads arrive and nothing else; once the lock is released,
+/// the ADD completes with the steady state's three writes and reads nothing again.
 #[test]
 fn the_pools_are_listed_while_the_add_waits_for_the_host_lock() {
     let kube = KubeEnv::get();
@@ -1219,52 +1220,63 @@ fn the_pools_are_listed_while_the_add_waits_for_the_host_lock() {
         ),
     );
     let n = Node::new(&kube, "ahead", &[("calico-rs-test", &tag)]);
-    let conf = n.conf(&kube, true, None);
-    added_cidrs(&add(&conf, "warm", "warm"));
-    let lock = std::fs::File::open(n.dir.path().join("ipam.lock")).expect("open the lock file");
-    lock.lock().expect("take the host lock");
-    let mark = kube.audit_mark();
-    let mut cmd = common::cni_command(
-        Path::new("/"),
-        "ADD",
-        &format!("{}waiting", run_id()),
-        &[("CNI_ARGS", &pod_args("waiting"))],
-    );
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let child = common::run::spawn_with_stdin(&mut cmd, conf.to_string().as_bytes());
-    let t0 = Instant::now();
-    while !kube
-        .requests_since(mark, "calico-ipam/")
-        .iter()
-        .any(|r| r.contains("/ippools"))
-    {
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "no LIST of the IPPools while the ADD waits for the lock"
+    // The cache's TTL (10 s) holds the IPAMConfig and IPReservations; with 0 none is kept.
+    for (ttl, reads) in [
+        (None, vec!["/ippools"]),
+        (
+            Some(0),
+            vec!["/ippools", "/ipamconfigs/default", "/ipreservations"],
+        ),
+    ] {
+        let conf = n.conf(&kube, true, ttl);
+        added_cidrs(&add(&conf, "warm", "warm"));
+        let lock = std::fs::File::open(n.dir.path().join("ipam.lock")).expect("open the lock file");
+        lock.lock().expect("take the host lock");
+        let mark = kube.audit_mark();
+        let mut cmd = common::cni_command(
+            Path::new("/"),
+            "ADD",
+            &format!("{}waiting", run_id()),
+            &[("CNI_ARGS", &pod_args("waiting"))],
         );
-        std::thread::sleep(Duration::from_millis(20));
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let child = common::run::spawn_with_stdin(&mut cmd, conf.to_string().as_bytes());
+        let t0 = Instant::now();
+        while kube.requests_since(mark, "calico-ipam/").len() < reads.len() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "not all of {reads:?} while the ADD waits for the lock: {:?}",
+                kube.requests_since(mark, "calico-ipam/")
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Whatever else it sent before the lock would have arrived by now.
+        std::thread::sleep(Duration::from_millis(500));
+        let before = kube.requests_since(mark, "calico-ipam/");
+        assert!(
+            before.len() == reads.len()
+                && reads.iter().all(|r| before.iter().any(|b| b.contains(r))),
+            "only {reads:?} before the lock (TTL {ttl:?}):\n  {}",
+            before.join("\n  ")
+        );
+        lock.unlock().expect("release the host lock");
+        let out = common::run::wait_within(child);
+        assert_eq!(added_cidrs(&out).len(), 2, "{}", text(&out));
+        // Under the lock: no LIST (a GET is served by etcd at once: with no TTL the Node's
+        // labels, for the pools' nodeSelector, are read there), the handle and both blocks.
+        let all = kube.requests_since(mark, "calico-ipam/");
+        let locked = &all[reads.len().min(all.len())..];
+        assert!(
+            locked.iter().all(|r| !r.starts_with("list "))
+                && locked.iter().filter(|r| !r.starts_with("get ")).count() == 3
+                && locked.len() <= 3 + usize::from(ttl == Some(0)),
+            "an ADD that waited for the lock (TTL {ttl:?}): {} requests:\n  {}",
+            all.len(),
+            all.join("\n  ")
+        );
+        assert!(del(&conf, "waiting", "waiting").status.success());
+        assert!(del(&conf, "warm", "warm").status.success());
     }
-    // Whatever else it sent before the lock would have arrived by now.
-    std::thread::sleep(Duration::from_millis(500));
-    let before = kube.requests_since(mark, "calico-ipam/");
-    assert_eq!(
-        before.len(),
-        1,
-        "only the IPPools before the lock:\n  {}",
-        before.join("\n  ")
-    );
-    lock.unlock().expect("release the host lock");
-    let out = common::run::wait_within(child);
-    assert_eq!(added_cidrs(&out).len(), 2, "{}", text(&out));
-    let all = kube.requests_since(mark, "calico-ipam/");
-    assert!(
-        all.len() <= 4 && all.iter().filter(|r| r.contains("/ippools")).count() == 1,
-        "a steady-state ADD that waited for the lock: {} requests:\n  {}",
-        all.len(),
-        all.join("\n  ")
-    );
-    assert!(del(&conf, "waiting", "waiting").status.success());
-    assert!(del(&conf, "warm", "warm").status.success());
 }
 
 /// A second writer on this node's blocks (as calico-node writes its tunnel addresses into

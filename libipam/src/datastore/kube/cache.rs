@@ -138,7 +138,7 @@ pub struct NodeCache {
     dirty: bool,
 }
 
-fn now_ms() -> u64 {
+pub(super) fn now_ms() -> u64 {
     crate::model::time::now_nanos() / 1_000_000
 }
 
@@ -189,11 +189,12 @@ impl NodeCache {
     }
 
     fn timed<T>(&mut self, value: T) -> Option<Timed<T>> {
+        self.timed_at(value, now_ms())
+    }
+
+    fn timed_at<T>(&mut self, value: T, at: u64) -> Option<Timed<T>> {
         self.dirty = true;
-        (!self.ttl.is_zero()).then(|| Timed {
-            at: now_ms(),
-            value,
-        })
+        (!self.ttl.is_zero()).then_some(Timed { at, value })
     }
 
     /// The API group found by discovery (none with the cache turned off: a zero TTL).
@@ -246,12 +247,20 @@ impl NodeCache {
     pub fn set_config(&mut self, v: Option<IpamConfig>) {
         self.file.config = self.timed(v);
     }
+    /// [`NodeCache::set_config`] for a read that began at `at` (ms): its TTL counts from then.
+    pub fn set_config_read_at(&mut self, v: Option<IpamConfig>, at: u64) {
+        self.file.config = self.timed_at(v, at);
+    }
 
     pub fn reservations(&self) -> Option<Vec<IpReservation>> {
         self.fresh(&self.file.reservations).cloned()
     }
     pub fn set_reservations(&mut self, v: Vec<IpReservation>) {
         self.file.reservations = self.timed(v);
+    }
+    /// [`NodeCache::set_reservations`] for a read that began at `at` (ms).
+    pub fn set_reservations_read_at(&mut self, v: Vec<IpReservation>, at: u64) {
+        self.file.reservations = self.timed_at(v, at);
     }
 
     /// Labels of this cache's node.

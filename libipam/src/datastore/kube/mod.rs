@@ -26,6 +26,7 @@
 //! `inventory.rs` (cluster facts for `check`), `decode.rs` and `objects.rs` (the wire shapes).
 
 mod affinities;
+mod ahead;
 pub mod api_group;
 mod blocks;
 mod cache;
@@ -50,6 +51,7 @@ use super::{Datastore, DsResult, Inventory, PoolList, Revision, Versioned};
 use crate::model::{BlockAffinity, IpPool, IpReservation, IpamBlock, IpamConfig, IpamHandle};
 
 pub use crate::datastore::api_group::ApiGroup;
+pub use ahead::{ReadAhead, read_ahead};
 pub use api_group::GroupCell;
 pub use cache::{CacheConfig, NodeCache};
 pub use client::{ClientOptions, Deadline};
@@ -65,9 +67,8 @@ pub struct KubeStore {
     /// A block create found its name taken: the next listing of block names is a consistent
     /// read, not the watch cache's (`blocks::list_cidrs`).
     block_list_stale: AtomicBool,
-    /// The IPPools this request listed before it took the host-wide lock
-    /// ([`read_pools_ahead`]): the answer of the next [`Datastore::list_pools`], once.
-    pools_ahead: Mutex<Option<PoolList>>,
+    /// What this request read before it took the host-wide lock ([`read_ahead`]).
+    ahead: Mutex<ReadAhead>,
 }
 
 impl Drop for KubeStore {
@@ -88,7 +89,7 @@ impl KubeStore {
             conn,
             cache: None,
             block_list_stale: AtomicBool::new(false),
-            pools_ahead: Mutex::new(None),
+            ahead: Mutex::new(ReadAhead::default()),
         }
     }
 
@@ -104,22 +105,8 @@ impl KubeStore {
             conn,
             cache: Some(Mutex::new(loaded)),
             block_list_stale: AtomicBool::new(false),
-            pools_ahead: Mutex::new(None),
+            ahead: Mutex::new(ReadAhead::default()),
         }
-    }
-
-    /// `pools`, listed by this request before it took the lock ([`read_pools_ahead`]),
-    /// answer the store's next [`Datastore::list_pools`].
-    pub fn with_pools_read_ahead(self, pools: PoolList) -> KubeStore {
-        *self.pools_ahead.lock().unwrap_or_else(|p| p.into_inner()) = Some(pools);
-        self
-    }
-
-    fn take_pools_ahead(&self) -> Option<PoolList> {
-        self.pools_ahead
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
     }
 
     /// The connection.
@@ -145,35 +132,6 @@ impl KubeStore {
     }
 }
 
-/// Lists the IPPools for an ADD that is about to wait for the host-wide IPAM lock, on `conn`,
-/// which the ADD then keeps ([`KubeStore::with_pools_read_ahead`]).
-///
-/// The pools are never cached, so every ADD lists them; the API server answers that LIST
-/// (a consistent read) from its watch cache only once the cache has caught up with etcd's
-/// latest revision, which after another object's write can take until its next progress
-/// notification (up to about 100 ms). Listed here, that wait overlaps the wait for the lock
-/// instead of lengthening every turn of it. The list is no older than the request, as
-/// [`Datastore::list_pools`] requires. The node cache is only read for the API group it
-/// names (the file is replaced whole, so a read without the lock sees one version of it).
-/// Where the group is not known yet (a node's first ADDs, all at once), the LIST is tried on
-/// `crd.projectcalico.org/v1`, which answers the question as well, so that each of them does
-/// not ask it on its own (`api_group.rs`).
-pub async fn read_pools_ahead(conn: &Connection, cache: &CacheConfig) -> DsResult<PoolList> {
-    if conn.group_cell().known().is_none()
-        && let Some(g) = NodeCache::load(cache, &conn.server)
-            .api_group()
-            .or_else(|| api_group::found_earlier(&conn.server))
-    {
-        conn.group_cell().seed(g);
-    }
-    if conn.group_cell().known().is_none()
-        && let Some(pools) = pools::list_if_v1_served(conn).await?
-    {
-        return Ok(pools);
-    }
-    pools::list(&KubeStore::new(conn.clone())).await
-}
-
 impl Datastore for KubeStore {
     async fn get_config(&self) -> DsResult<IpamConfig> {
         settings::config(self).await
@@ -184,19 +142,19 @@ impl Datastore for KubeStore {
     }
 
     async fn list_pools(&self) -> DsResult<PoolList> {
-        match self.take_pools_ahead() {
+        match self.take_ahead(|a| a.pools.take()) {
             Some(pools) => Ok(pools),
             None => pools::list(self).await,
         }
     }
 
     async fn apply_pool(&self, pool: &IpPool) -> DsResult<()> {
-        self.take_pools_ahead();
+        self.take_ahead(|a| a.pools.take());
         pools::apply(self, pool).await
     }
 
     async fn delete_pool(&self, name: &str) -> DsResult<bool> {
-        self.take_pools_ahead();
+        self.take_ahead(|a| a.pools.take());
         pools::delete(self, name).await
     }
 

@@ -13,24 +13,38 @@ use crate::datastore::{DatastoreError, DsResult, Revision};
 use crate::model::{IpReservation, IpReservationSpec, IpamConfig};
 
 pub(super) async fn config(store: &KubeStore) -> DsResult<IpamConfig> {
-    if let Some(cached) = store.cache().and_then(|c| c.config()) {
-        return Ok(cached.unwrap_or_default());
-    }
+    let found = if let Some((at, found)) = store.take_ahead(|a| a.config.take()) {
+        if let Some(mut c) = store.cache() {
+            c.set_config_read_at(found.clone(), at);
+        }
+        found
+    } else if let Some(cached) = store.cache().and_then(|c| c.config()) {
+        cached
+    } else {
+        let found = fetch_config(store).await?;
+        if let Some(mut c) = store.cache() {
+            c.set_config(found.clone());
+        }
+        found
+    };
+    // Absent: Calico's defaults, not persisted.
+    Ok(found.unwrap_or_default())
+}
+
+/// The IPAMConfig from the API server (`None`: there is none).
+pub(super) async fn fetch_config(store: &KubeStore) -> DsResult<Option<IpamConfig>> {
     // The request that finds the API group may read it (`api_group.rs`): ask for the group
     // first, then take what that read, if anything.
     store.api_group().await?;
-    let found = match super::api_group::take_probed_config(&store.conn.server) {
-        Some(probed) => probed,
-        None => store
-            .get_obj::<IpamConfig>(&IPAM_CONFIG, SINGLETON)
-            .await?
-            .map(|o| o.spec),
-    };
-    if let Some(mut c) = store.cache() {
-        c.set_config(found.clone());
-    }
-    // Absent: Calico's defaults, not persisted.
-    Ok(found.unwrap_or_default())
+    Ok(
+        match super::api_group::take_probed_config(&store.conn.server) {
+            Some(probed) => probed,
+            None => store
+                .get_obj::<IpamConfig>(&IPAM_CONFIG, SINGLETON)
+                .await?
+                .map(|o| o.spec),
+        },
+    )
 }
 
 pub(super) async fn apply_config(store: &KubeStore, config: &IpamConfig) -> DsResult<()> {
@@ -108,21 +122,32 @@ pub(super) async fn namespace_labels(
 }
 
 pub(super) async fn reservations(store: &KubeStore) -> DsResult<Vec<IpReservation>> {
+    if let Some((at, found)) = store.take_ahead(|a| a.reservations.take()) {
+        if let Some(mut c) = store.cache() {
+            c.set_reservations_read_at(found.clone(), at);
+        }
+        return Ok(found);
+    }
     if let Some(cached) = store.cache().and_then(|c| c.reservations()) {
         return Ok(cached);
     }
+    let reservations = fetch_reservations(store).await?;
+    if let Some(mut c) = store.cache() {
+        c.set_reservations(reservations.clone());
+    }
+    Ok(reservations)
+}
+
+/// The IPReservations from the API server.
+pub(super) async fn fetch_reservations(store: &KubeStore) -> DsResult<Vec<IpReservation>> {
     let listed: Vec<Crd<IpReservationSpec>> = store
         .list_obj(&IP_RESERVATION, &ListParams::default())
         .await?;
-    let reservations: Vec<IpReservation> = listed
+    Ok(listed
         .into_iter()
         .map(|o| IpReservation {
             name: o.metadata.name.unwrap_or_default(),
             spec: o.spec,
         })
-        .collect();
-    if let Some(mut c) = store.cache() {
-        c.set_reservations(reservations.clone());
-    }
-    Ok(reservations)
+        .collect())
 }
