@@ -14,18 +14,33 @@ pub struct HostLock {
     _file: Option<File>,
 }
 
-fn open_and_lock(path: &Path) -> std::io::Result<File> {
+fn open(path: &Path) -> std::io::Result<File> {
     if let Some(dir) = path.parent() {
         // A missing directory is created; one that cannot be shows in the open below.
         let _ = std::fs::create_dir_all(dir);
     }
-    let file = OpenOptions::new()
+    OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(path)?;
+        .open(path)
+}
+
+fn open_and_lock(path: &Path) -> std::io::Result<File> {
+    let file = open(path)?;
     file.lock()?;
     Ok(file)
+}
+
+/// Takes the lock for an allocation if no other process holds it (`None` if one does), without
+/// waiting; refused as [`acquire`] when the file cannot be used.
+pub fn try_acquire(path: &Path) -> Result<Option<HostLock>, CniError> {
+    let file = open(path).map_err(|e| refused(path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(HostLock { _file: Some(file) })),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => Err(refused(path, e)),
+    }
 }
 
 /// Takes the lock for an allocation, waiting for it. Unlike Calico, which goes on unlocked
@@ -35,18 +50,20 @@ fn open_and_lock(path: &Path) -> std::io::Result<File> {
 pub fn acquire(path: &Path) -> Result<HostLock, CniError> {
     open_and_lock(path)
         .map(|f| HostLock { _file: Some(f) })
-        .map_err(|e| {
-            CniError::new(
-                code::IO,
-                "cannot take the host-wide IPAM lock",
-                format!(
-                    "{}: {e}; calico-ipam allocates only while holding it, so that this node's \
-                     ADDs take turns and claim no more blocks than they fill: make its \
-                     directory writable, or set ipam_lock_file to a path that is",
-                    path.display()
-                ),
-            )
-        })
+        .map_err(|e| refused(path, e))
+}
+
+fn refused(path: &Path, e: std::io::Error) -> CniError {
+    CniError::new(
+        code::IO,
+        "cannot take the host-wide IPAM lock",
+        format!(
+            "{}: {e}; calico-ipam allocates only while holding it, so that this node's ADDs \
+             take turns and claim no more blocks than they fill: make its directory writable, \
+             or set ipam_lock_file to a path that is",
+            path.display()
+        ),
+    )
 }
 
 /// Takes the lock for a release (DEL, GC), or goes on without it, as Calico does: releases

@@ -77,8 +77,14 @@ impl Plugin for CalicoIpam {
         let cfg = store_config(req, Some(&node))?;
         let marker = upgrade::marker_path(req.conf.ipam_lock_file());
         let rt = runtime()?;
-        let ahead = within_verb_time(&rt, read_ahead(&cfg))??;
-        let _lock = lock::acquire(req.conf.ipam_lock_file())?;
+        // Free, the lock is taken at once, and the reads below are made holding it (nobody
+        // waits for it meanwhile but ADDs that arrive later, which read ahead themselves).
+        let early = lock::try_acquire(req.conf.ipam_lock_file())?;
+        let ahead = within_verb_time(&rt, read_ahead(&cfg, early.is_some()))??;
+        let _lock = match early {
+            Some(held) => held,
+            None => lock::acquire(req.conf.ipam_lock_file())?,
+        };
         // The lock may have taken long; the plugin that ran us may have been killed meanwhile.
         if self.watch_parent {
             check_parent_alive()?;
@@ -424,22 +430,32 @@ fn within_verb_time<F: std::future::Future>(
         .map_err(|_| CniError::try_again(format!("IPAM did not finish within {VERB_TIMEOUT:?}")))
 }
 
-/// What an ADD reads before it takes the host-wide lock: with the Kubernetes datastore and a
-/// node cache (the plugin), the connection, the IPPools and what the node cache holds no fresh
-/// copy of (`kube::read_ahead`: the API server's waits then overlap the wait for the lock,
-/// and the TLS handshake is out of it); nothing for the other datastores, whose reads wait on
-/// nothing. A failed LIST of the pools fails the ADD as the same read under the lock would.
-async fn read_ahead(cfg: &StoreConfig) -> Result<Option<(KubeConnection, ReadAhead)>, CniError> {
+/// What an ADD reads before it waits for the host-wide lock: with the Kubernetes datastore and
+/// a node cache (the plugin), the connection, the IPPools and, when the node cache holds no
+/// fresh copy, the IPAMConfig and IPReservations (`kube::read_ahead`: the API server's waits
+/// then overlap the wait for the lock and each other, and the TLS handshake is out of it);
+/// nothing for the other datastores, whose reads wait on nothing. The configuration objects
+/// are left to the turn under the lock when another ADD holds it (`lock_free` false) and the
+/// cache has a TTL: that ADD refreshes them for the node before this one's turn, so the ADDs
+/// of a burst do not each read them. A failed LIST of the pools fails the ADD as the same read
+/// under the lock would.
+async fn read_ahead(
+    cfg: &StoreConfig,
+    lock_free: bool,
+) -> Result<Option<(KubeConnection, ReadAhead)>, CniError> {
     let (DatastoreType::Kubernetes, Some(cache)) = (cfg.kind, &cfg.cache) else {
         return Ok(None);
     };
+    let configs = lock_free || cache.ttl.is_zero();
     let conn = Store::connect_kube(cfg).await.map_err(open_error)?;
-    let read = kube::read_ahead(&conn, cache).await.map_err(|source| {
-        cni_error(&IpamError::Datastore {
-            op: "list IP pools".to_string(),
-            source,
-        })
-    })?;
+    let read = kube::read_ahead(&conn, cache, configs)
+        .await
+        .map_err(|source| {
+            cni_error(&IpamError::Datastore {
+                op: "list IP pools".to_string(),
+                source,
+            })
+        })?;
     Ok(Some((conn, read)))
 }
 

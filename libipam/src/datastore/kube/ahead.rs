@@ -8,9 +8,10 @@
 //! is paid by every queued ADD in turn; before it, the waits of all of them overlap, and the
 //! LISTs of one request overlap each other.
 //!
-//! Read ahead: the IPPools (every ADD: they are never cached), and the IPAMConfig and the
-//! IPReservations when the node cache holds no fresh copy (past its TTL, with a zero TTL,
-//! on a node's first ADD). Each answers the store's next read of its kind, once; the
+//! Read ahead: the IPPools (every ADD: they are never cached), and with `configs` the
+//! IPAMConfig and the IPReservations when the node cache holds no fresh copy (past its TTL,
+//! with a zero TTL, on a node's first ADD; calico-ipam asks for them unless another ADD holds
+//! the lock, which refreshes them first). Each answers the store's next read of its kind, once; the
 //! configuration objects then go into the node cache dated when their read began, so their
 //! TTL counts from then. Nothing read ahead is older than the request, which is all the
 //! freshness rules ask (DESIGN.md, "Node cache"). The node cache file is only peeked at
@@ -32,13 +33,18 @@ pub struct ReadAhead {
     pub(super) reservations: Option<(u64, Vec<IpReservation>)>,
 }
 
-/// Reads ahead for an ADD that is about to wait for the host-wide lock, on `conn`, which the
-/// ADD then keeps ([`KubeStore::with_read_ahead`]). Where the group is not known yet (a node's
+/// Reads ahead for an ADD that is about to wait for the host-wide lock (or took it at once:
+/// then the reads only overlap each other), on `conn`, which the ADD then keeps
+/// ([`KubeStore::with_read_ahead`]). Where the group is not known yet (a node's
 /// first ADDs, all at once), the IPPool LIST is tried on `crd.projectcalico.org/v1`, which
 /// answers the question as well, so that each of them does not ask it on its own
 /// (`api_group.rs`). A failed read of the configuration objects is left to the read under the
 /// lock, which reports it; a failed LIST of the pools is the ADD's error.
-pub async fn read_ahead(conn: &Connection, cache: &CacheConfig) -> DsResult<ReadAhead> {
+pub async fn read_ahead(
+    conn: &Connection,
+    cache: &CacheConfig,
+    configs: bool,
+) -> DsResult<ReadAhead> {
     let peek = NodeCache::load(cache, &conn.server);
     if conn.group_cell().known().is_none()
         && let Some(g) = peek
@@ -62,14 +68,14 @@ pub async fn read_ahead(conn: &Connection, cache: &CacheConfig) -> DsResult<Read
         },
         async {
             match peek.config() {
-                Some(_) => None,
-                None => settings::fetch_config(&store).await.ok(),
+                None if configs => settings::fetch_config(&store).await.ok(),
+                _ => None,
             }
         },
         async {
             match peek.reservations() {
-                Some(_) => None,
-                None => settings::fetch_reservations(&store).await.ok(),
+                None if configs => settings::fetch_reservations(&store).await.ok(),
+                _ => None,
             }
         },
     );
