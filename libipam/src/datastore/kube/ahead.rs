@@ -11,9 +11,9 @@
 //! Read ahead: the IPPools (every ADD: they are never cached), and with `configs` the
 //! IPAMConfig and the IPReservations when the node cache holds no fresh copy (past its TTL,
 //! with a zero TTL, on a node's first ADD; calico-ipam asks for them unless another ADD holds
-//! the lock, which refreshes them first). Each answers the store's next read of its kind, once; the
-//! configuration objects then go into the node cache dated when their read began, so their
-//! TTL counts from then. Nothing read ahead is older than the request, which is all the
+//! the lock, which refreshes them first). Each answers the store's next read of its kind,
+//! once; the configuration objects then go into the node cache dated when their read began,
+//! so their TTL counts from then. Nothing read ahead is older than the request, which is all the
 //! freshness rules ask (DESIGN.md, "Node cache"). The node cache file is only peeked at
 //! (it is replaced whole, so an unlocked read sees one version of it): for the API group and
 //! for what is fresh in it.
