@@ -12,37 +12,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib-netns.sh
-COUNT=50
-FROM=
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --from) FROM=$2; shift 2 ;;
-    *) COUNT=$1; shift ;;
-  esac
-done
-[ "$(id -u)" = 0 ] || { echo "bench-etcd.sh: run as root" >&2; exit 1; }
-export PATH="$HOME/.cargo/bin:$PATH:/usr/local/go/bin"
-scripts/install-deps.sh
-REL=${FROM:-$(scripts/build-release.sh)}
-
-WORK=$(mktemp -d /tmp/bench-etcd.XXXX)
-NODE=betcd-node-$$
-P=be$$p
+source scripts/lib-bench.sh
+bench_init bench-etcd betcd be "$@"
 ETCD=$WORK/etcd
-mkdir "$WORK/bin"
-cp "$REL/calico-cni" "$WORK/bin/calico"
-cp "$REL/calico-ipam" "$WORK/bin/calico-ipam"
 cleanup() {
   scripts/etcd-testenv down "$ETCD" >/dev/null 2>&1 || true
-  for i in $(seq 0 "$COUNT"); do drop_netns "$P$i"; done
-  drop_netns "$NODE"
-  rm -rf "$WORK"
+  bench_drop
 }
 trap cleanup EXIT
 
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
-make_node "$NODE"
-for i in $(seq 0 "$COUNT"); do make_pod "$P$i"; done
+bench_netns
 # The cluster runs in the node's netns, so the plugins reach it on the node's loopback.
 ip netns exec "$NODE" scripts/etcd-testenv up "$ETCD" 2>"$WORK/up.log" \
   || { cat "$WORK/up.log" >&2; exit 1; }
@@ -62,13 +42,7 @@ jq -nc --arg ep "$ETCD_ENDPOINTS" --arg ca "$ETCD_CA_CERT_FILE" --arg cert "$ETC
 R=$(python3 scripts/bench/etcd.py "$NODE" "$WORK/bin" "$WORK/calico.json" "$ETCD/env" "$P" "$COUNT")
 
 printf '\netcdv3 datastore (3 members, TLS)\n'
-printf '%-34s %9s %9s %9s   %-24s\n' "dual-stack pod, $COUNT pods" "median ms" "p10 ms" "p90 ms" "etcd requests min/med/max (mean)"
-for phase in first_add add del; do
-  label=$(case $phase in first_add) echo "first ADD on the node";; add) echo "ADD (steady state)";; del) echo "DEL";; esac)
-  jq -r --arg p "$phase" --arg l "$label" '.[$p] | [$l, .latency_ms.median, .latency_ms.p10, .latency_ms.p90,
-      "\(.requests.min)/\(.requests.median)/\(.requests.max) (\(.requests.mean))"] | @tsv' <<<"$R" |
-    awk -F'\t' '{printf "%-34s %9s %9s %9s   %s\n", $1, $2, $3, $4, $5}'
-done
+bench_table "etcd requests" "$R"
 echo
 for phase in add:"a median steady-state ADD" del:"a median DEL" first_add:"the first ADD on the node"; do
   echo "etcd requests of ${phase#*:}: $(jq -r --arg p "${phase%%:*}" '.[$p].median_op | group_by(.) | map("\(.[0]) x\(length)") | join(", ")' <<<"$R")"

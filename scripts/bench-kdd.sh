@@ -11,36 +11,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib-netns.sh
-COUNT=50
-FROM=
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --from) FROM=$2; shift 2 ;;
-    *) COUNT=$1; shift ;;
-  esac
-done
-[ "$(id -u)" = 0 ] || { echo "bench-kdd.sh: run as root" >&2; exit 1; }
-export PATH="$HOME/.cargo/bin:$PATH:/usr/local/go/bin"
-scripts/install-deps.sh
-REL=${FROM:-$(scripts/build-release.sh)}
-
-WORK=$(mktemp -d /tmp/bench-kdd.XXXX)
-NODE=bkdd-node-$$
-P=bk$$p
+source scripts/lib-bench.sh
+bench_init bench-kdd bkdd bk "$@"
 KUBE=$WORK/kube
-mkdir "$WORK/bin"
-cp "$REL/calico-cni" "$WORK/bin/calico"
-cp "$REL/calico-ipam" "$WORK/bin/calico-ipam"
 cleanup() {
   scripts/kube-testenv down "$KUBE" >/dev/null 2>&1 || true
-  for i in $(seq 0 "$COUNT"); do drop_netns "$P$i"; done
-  drop_netns "$NODE"
-  rm -rf "$WORK"
+  bench_drop
 }
 trap cleanup EXIT
 
-make_node "$NODE"
-for i in $(seq 0 "$COUNT"); do make_pod "$P$i"; done
+bench_netns
 # The apiserver runs in the node's netns, so the plugins reach it on the node's loopback.
 ip netns exec "$NODE" scripts/kube-testenv up "$KUBE" 2>"$WORK/up.log" \
   || { cat "$WORK/up.log" >&2; exit 1; }
@@ -64,13 +44,8 @@ jq -nc --arg kc "$KUBE/kubeconfig-cni" --arg lock "$WORK/run/ipam.lock" '{
 R=$(python3 scripts/bench/kdd.py "$NODE" "$WORK/bin" "$WORK/calico.json" "$KUBE/audit.log" \
   default "$P" "$COUNT")
 
-printf '\n%-34s %9s %9s %9s   %-24s\n' "dual-stack pod, $COUNT pods" "median ms" "p10 ms" "p90 ms" "API requests min/med/max (mean)"
-for phase in first_add add del; do
-  label=$(case $phase in first_add) echo "first ADD on the node";; add) echo "ADD (steady state)";; del) echo "DEL";; esac)
-  jq -r --arg p "$phase" --arg l "$label" '.[$p] | [$l, .latency_ms.median, .latency_ms.p10, .latency_ms.p90,
-      "\(.requests.min)/\(.requests.median)/\(.requests.max) (\(.requests.mean))"] | @tsv' <<<"$R" |
-    awk -F'\t' '{printf "%-34s %9s %9s %9s   %s\n", $1, $2, $3, $4, $5}'
-done
+echo
+bench_table "API requests" "$R"
 echo
 echo "requests of a median steady-state ADD:"
 jq -r '.add.median_op[] | "  " + .' <<<"$R"

@@ -17,29 +17,19 @@ import subprocess
 import sys
 import time
 
+import audit
+
 
 def audit_lines(path):
-    with open(path, "rb") as f:
-        return f.read().count(b"\n")
+    return audit.lines(path)
 
 
 def requests_since(path, mark):
     out = []
-    with open(path, "rb") as f:
-        for i, line in enumerate(f):
-            if i < mark:
-                continue
-            try:
-                e = json.loads(line)
-            except ValueError:
-                continue
-            if e.get("stage") != "ResponseComplete":
-                continue
-            if e.get("user", {}).get("username") != "calico-cni":
-                continue
-            agent = e.get("userAgent", "").split("/")[0]
-            out.append(f'{agent}: {e.get("verb")} {e.get("requestURI", "").split("?")[0]} '
-                       f'{e.get("responseStatus", {}).get("code")}')
+    for e in audit.events_since(path, mark):
+        agent = e.get("userAgent", "").split("/")[0]
+        out.append(f'{agent}: {e.get("verb")} {e.get("requestURI", "").split("?")[0]} '
+                   f'{e.get("responseStatus", {}).get("code")}')
     return out
 
 
@@ -65,7 +55,7 @@ def op(node, bindir, conf, verb, ns, pod, cid):
 
 def summary(samples, reqs):
     counts = [len(r) for r in reqs]
-    q = statistics.quantiles(samples, n=10) if len(samples) > 1 else [samples[0]] * 9
+    q = statistics.quantiles(samples, n=10, method="inclusive") if len(samples) > 1 else [samples[0]] * 9
     med = sorted(range(len(counts)), key=lambda i: counts[i])[len(counts) // 2]
     return {
         "n": len(samples),

@@ -25,6 +25,8 @@ import subprocess
 import sys
 import time
 
+import audit
+
 KUBE, IPAM = sys.argv[1], sys.argv[2]
 NODES, PODS, CONC = int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 AUDIT = os.path.join(KUBE, "audit.log")
@@ -50,26 +52,11 @@ def apiserver():
 
 
 def audit_lines():
-    with open(AUDIT, "rb") as f:
-        return sum(1 for _ in f)
+    return audit.lines(AUDIT)
 
 
 def requests_since(mark):
-    out = []
-    with open(AUDIT) as f:
-        for i, line in enumerate(f):
-            if i < mark:
-                continue
-            try:
-                e = json.loads(line)
-            except ValueError:
-                continue
-            if e.get("stage") != "ResponseComplete":
-                continue
-            if e.get("user", {}).get("username") != "calico-cni":
-                continue
-            out.append(e)
-    return out
+    return audit.events_since(AUDIT, mark)
 
 
 def resource(e):
