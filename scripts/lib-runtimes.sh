@@ -120,6 +120,24 @@ rt_release_mountpoints() {
   RT_CREATED_MOUNTPOINTS=()
 }
 
+# rt_finish RC: the end every runtime test's cleanup shares, once the runtime's own processes
+# are gone: its cgroup (CGPARENT), node netns (NODE), temp dir (T) and the mount points it
+# created; exits RC.
+rt_finish() {
+  rm_cgroup "$CGPARENT"
+  drop_netns "$NODE"
+  rm -rf "$T"
+  rt_release_mountpoints
+  exit "$1"
+}
+
+# rt_on_exit FN: FN runs when the script exits, also after INT or TERM (status 130).
+rt_on_exit() {
+  # shellcheck disable=SC2064
+  trap "$1" EXIT
+  trap 'exit 130' INT TERM
+}
+
 # node_exec STASH NODE [--bind SRC DST]... -- CMD...: CMD in netns NODE with a private mount
 # namespace (see scripts/node-exec.sh).
 node_exec() {

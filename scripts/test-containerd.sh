@@ -53,14 +53,9 @@ cleanup() {
   fi
   # containerd by its pid, then the shims and pause processes in its private mount namespace.
   ctrd_kill
-  rm_cgroup "$CGPARENT"
-  drop_netns "$NODE"
-  rm -rf "$T"
-  rt_release_mountpoints
-  exit $rc
+  rt_finish "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+rt_on_exit cleanup
 
 # ---------------------------------------------------------------------------------------------
 step "mode $MODE, cniVersion $VERSION, $(containerd --version | cut -d' ' -f1-3), $(runc --version | head -n1), crictl $CRICTL_VERSION"

@@ -54,14 +54,9 @@ cleanup() {
   set +e
   ctrd_kill
   [ -z "$KT" ] || "$RT_REPO/scripts/kube-testenv" down "$KT" >/dev/null 2>&1
-  rm_cgroup "$CGPARENT"
-  drop_netns "$NODE"
-  rm -rf "$T"
-  rt_release_mountpoints
-  exit $rc
+  rt_finish "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+rt_on_exit cleanup
 
 # ---------------------------------------------------------------------------------------------
 VERSION=$(awk '/^\[workspace\.package\]/ { p = 1; next } /^\[/ { p = 0 }

@@ -54,14 +54,9 @@ cleanup() {
       kill -KILL "${p#/proc/}" 2>/dev/null
     fi
   done
-  rm_cgroup "$CGPARENT"
-  drop_netns "$NODE"
-  rm -rf "$T"
-  rt_release_mountpoints
-  exit $rc
+  rt_finish "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+rt_on_exit cleanup
 
 # ---------------------------------------------------------------------------------------------
 step "mode $MODE, $(podman --version), $(runc --version | head -n1)"
