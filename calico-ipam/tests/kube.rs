@@ -280,6 +280,27 @@ const METADATA: &str = "projectcalico.org/metadata";
 
 /// Starts a test's pools from a clean slate (no blocks left by an earlier run on the same
 /// apiserver) and deletes them when the test ends.
+/// The private dual-stack pools `<name>-v4` and `<name>-v6` ([`private_pools`]) applied, their
+/// CIDRs' IPAM objects purged first and, with the pools, when the guard is dropped.
+fn private_dual_stack<'a>(
+    kube: &'a KubeEnv,
+    name: &str,
+    (v4, v4_block): (&str, u32),
+    (v6, v6_block): (&str, u32),
+    tag: &str,
+) -> PoolGuard<'a> {
+    let pools = guard(
+        kube,
+        &[&format!("{name}-v4"), &format!("{name}-v6")],
+        &[v4, v6],
+    );
+    apply_pools(
+        kube,
+        &private_pools(name, v4, v4_block, Some((v6, v6_block)), tag),
+    );
+    pools
+}
+
 fn guard<'a>(kube: &'a KubeEnv, pools: &[&str], cidrs: &[&str]) -> PoolGuard<'a> {
     kube.purge_ipam(cidrs);
     PoolGuard {
@@ -732,20 +753,12 @@ fn conflict_storm_on_one_small_pool_resolves() {
     // 4 blocks of 16; 3 nodes x 8 writers x 2 pods = 48 addresses. No host lock between the
     // writers of a node (each has its own lock file) but they share the node's cache, so
     // stale copies and lost races are the normal case here.
-    let _pools = guard(
+    let _pools = private_dual_stack(
         &kube,
-        &["t-storm-v4", "t-storm-v6"],
-        &["10.86.0.0/26", "fd00:86::/120"],
-    );
-    apply_pools(
-        &kube,
-        &private_pools(
-            "t-storm",
-            "10.86.0.0/26",
-            28,
-            Some(("fd00:86::/120", 124)),
-            &tag,
-        ),
+        "t-storm",
+        ("10.86.0.0/26", 28),
+        ("fd00:86::/120", 124),
+        &tag,
     );
     let nodes: Vec<Arc<Node>> = (0..3)
         .map(|_| Arc::new(Node::new(&kube, "storm", &[("calico-rs-test", &tag)])))
@@ -1097,20 +1110,12 @@ fn steady_state_requests_per_add_and_del() {
     let kube = KubeEnv::get();
     let _x = exclusive();
     let tag = format!("count{}", unique());
-    let _pools = guard(
+    let _pools = private_dual_stack(
         &kube,
-        &["t-count-v4", "t-count-v6"],
-        &["10.89.0.0/24", "fd00:89::/112"],
-    );
-    apply_pools(
-        &kube,
-        &private_pools(
-            "t-count",
-            "10.89.0.0/24",
-            26,
-            Some(("fd00:89::/112", 122)),
-            &tag,
-        ),
+        "t-count",
+        ("10.89.0.0/24", 26),
+        ("fd00:89::/112", 122),
+        &tag,
     );
     let n = Node::new(&kube, "count", &[("calico-rs-test", &tag)]);
     let conf = n.conf(&kube, true, None);
@@ -1205,20 +1210,12 @@ fn the_pools_are_listed_while_the_add_waits_for_the_host_lock() {
     let kube = KubeEnv::get();
     let _x = exclusive();
     let tag = format!("ahead{}", unique());
-    let _pools = guard(
+    let _pools = private_dual_stack(
         &kube,
-        &["t-ahead-v4", "t-ahead-v6"],
-        &["10.87.0.0/24", "fd00:87::/112"],
-    );
-    apply_pools(
-        &kube,
-        &private_pools(
-            "t-ahead",
-            "10.87.0.0/24",
-            26,
-            Some(("fd00:87::/112", 122)),
-            &tag,
-        ),
+        "t-ahead",
+        ("10.87.0.0/24", 26),
+        ("fd00:87::/112", 122),
+        &tag,
     );
     let n = Node::new(&kube, "ahead", &[("calico-rs-test", &tag)]);
     // Within the cache's TTL the IPAMConfig and IPReservations are the cache's; with a zero
@@ -1313,20 +1310,12 @@ fn a_second_writer_on_the_nodes_blocks_costs_at_most_one_conflict_per_allocation
     let kube = KubeEnv::get();
     let _x = exclusive();
     let tag = format!("mixed{}", unique());
-    let _pools = guard(
+    let _pools = private_dual_stack(
         &kube,
-        &["t-mixed-v4", "t-mixed-v6"],
-        &["10.88.0.0/24", "fd00:88::/112"],
-    );
-    apply_pools(
-        &kube,
-        &private_pools(
-            "t-mixed",
-            "10.88.0.0/24",
-            26,
-            Some(("fd00:88::/112", 122)),
-            &tag,
-        ),
+        "t-mixed",
+        ("10.88.0.0/24", 26),
+        ("fd00:88::/112", 122),
+        &tag,
     );
     let n = Node::new(&kube, "mixed", &[("calico-rs-test", &tag)]);
     let conf = n.conf(&kube, true, None);
@@ -1408,20 +1397,12 @@ fn an_add_after_the_ttl_does_not_list_the_nodes_affinities_again() {
     let kube = KubeEnv::get();
     let _x = exclusive();
     let tag = format!("ttl{}", unique());
-    let _pools = guard(
+    let _pools = private_dual_stack(
         &kube,
-        &["t-ttl-v4", "t-ttl-v6"],
-        &["10.72.0.0/24", "fd00:72::/112"],
-    );
-    apply_pools(
-        &kube,
-        &private_pools(
-            "t-ttl",
-            "10.72.0.0/24",
-            26,
-            Some(("fd00:72::/112", 122)),
-            &tag,
-        ),
+        "t-ttl",
+        ("10.72.0.0/24", 26),
+        ("fd00:72::/112", 122),
+        &tag,
     );
     let n = Node::new(&kube, "ttl", &[("calico-rs-test", &tag)]);
     let conf = n.conf(&kube, true, Some(1));
@@ -1850,20 +1831,12 @@ fn check_names_the_address_of_a_pod_deleted_with_its_node_and_release_frees_exac
     // Locks the datastore and lists every pod: nothing else may run meanwhile.
     let _x = exclusive();
     let tag = format!("leak{}", unique());
-    let _pools = guard(
+    let _pools = private_dual_stack(
         &kube,
-        &["t-leak-v4", "t-leak-v6"],
-        &["10.84.0.0/24", "fd00:84::/120"],
-    );
-    apply_pools(
-        &kube,
-        &private_pools(
-            "t-leak",
-            "10.84.0.0/24",
-            28,
-            Some(("fd00:84::/120", 124)),
-            &tag,
-        ),
+        "t-leak",
+        ("10.84.0.0/24", 28),
+        ("fd00:84::/120", 124),
+        &tag,
     );
     let keep = Node::new(&kube, "leak-keep", &[("calico-rs-test", &tag)]);
     let gone = Node::new(&kube, "leak-gone", &[("calico-rs-test", &tag)]);
