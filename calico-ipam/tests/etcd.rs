@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{BIN, cni, distinct_addresses, fan_out, text};
+use common::{BIN, cni, distinct_addresses, fan_out, fan_out_until, text};
 use etcd_env::{Members, client_env, exclusive, leader, var, wait_for, wipe};
 use ipnet::IpNet;
 use libipam::datastore::etcd::keys;
@@ -185,13 +185,14 @@ fn apply_pools(dir: &std::path::Path) {
 /// ADDs go on through the other members.
 const WHILE_DOWN: usize = 100;
 
-/// 1,000 dual-stack ADDs from four nodes racing. After 150 have succeeded a follower is
-/// killed (SIGKILL); once 100 ADDs started after the kill have succeeded it is started again
-/// and, the cluster healthy, the leader is killed; after 100 more it is started again. An ADD
-/// may fail only with code 11 (its member died under it, or no leader was elected yet; a
-/// write whose answer was lost is never resent); its DEL, as a runtime sends it, frees
-/// whatever it wrote. Then: no address twice, every successful ADD's addresses held by its
-/// handle in etcd and nothing else held, `check` clean; the DELs free everything.
+/// At least 1,000 dual-stack ADDs from four nodes racing, on until the kills below are
+/// through. After 150 have succeeded a follower is killed (SIGKILL); once 100 ADDs started
+/// after the kill have succeeded it is started again and, the cluster healthy, the leader is
+/// killed; after 100 more it is started again. An ADD may fail only with code 11 (its member
+/// died under it, or no leader was elected yet; a write whose answer was lost is never
+/// resent); its DEL, as a runtime sends it, frees whatever it wrote. Then: no address twice,
+/// every successful ADD's addresses held by its handle in etcd and nothing else held, `check`
+/// clean; the DELs free everything.
 #[test]
 fn a_thousand_adds_go_on_while_a_member_and_then_the_leader_are_killed() {
     let _turn = exclusive();
@@ -207,8 +208,10 @@ fn a_thousand_adds_go_on_while_a_member_and_then_the_leader_are_killed() {
 
     let progress: Progress = Arc::new(Mutex::new(Vec::new()));
     let finished = Arc::new(AtomicBool::new(false));
+    let controller_done = Arc::new(AtomicBool::new(false));
     let controller = {
-        let (progress, finished) = (progress.clone(), finished.clone());
+        let (progress, finished, controller_done) =
+            (progress.clone(), finished.clone(), controller_done.clone());
         std::thread::spawn(move || {
             let mut members = Members::new();
             let limit = Duration::from_secs(120);
@@ -239,12 +242,19 @@ fn a_thousand_adds_go_on_while_a_member_and_then_the_leader_are_killed() {
                 successes_since(&progress, t2) >= WHILE_DOWN
             });
             members.start(old_leader);
+            controller_done.store(true, Ordering::Relaxed);
             (follower, old_leader)
         })
     };
 
     let (s, p) = (setups.clone(), progress.clone());
-    let adds = fan_out(PODS, PARALLEL, move |i| {
+    // At least PODS ADDs, and on until the controller is through its phases (a phase whose
+    // ADDs fail fast, as during an election, must not end the race first), at most 3 * PODS.
+    let phases_over = {
+        let c = controller_done.clone();
+        move || c.load(Ordering::Relaxed)
+    };
+    let adds = fan_out_until(PODS, 3 * PODS, PARALLEL, phases_over, move |i| {
         let start = Instant::now();
         let out = run_on(&s, "ADD", &format!("etcdpod{i}"), i % NODES);
         p.lock()

@@ -197,18 +197,30 @@ pub fn fan_out<T: Send + 'static>(
     parallel: usize,
     f: impl Fn(usize) -> T + Send + Sync + 'static,
 ) -> Vec<T> {
+    fan_out_until(n, n, parallel, || true, f)
+}
+
+/// [`fan_out`] of at least `min` and at most `max` calls: past `min`, no call starts once
+/// `done()` holds (a race that must outlast what another thread does meanwhile).
+pub fn fan_out_until<T: Send + 'static>(
+    min: usize,
+    max: usize,
+    parallel: usize,
+    done: impl Fn() -> bool + Send + Sync + 'static,
+    f: impl Fn(usize) -> T + Send + Sync + 'static,
+) -> Vec<T> {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
-    let f = Arc::new(f);
+    let (f, done) = (Arc::new(f), Arc::new(done));
     let next = Arc::new(AtomicUsize::new(0));
-    let results = Arc::new(Mutex::new(Vec::with_capacity(n)));
+    let results = Arc::new(Mutex::new(Vec::with_capacity(min)));
     let workers: Vec<_> = (0..parallel)
         .map(|_| {
-            let (f, next, results) = (f.clone(), next.clone(), results.clone());
+            let (f, done, next, results) = (f.clone(), done.clone(), next.clone(), results.clone());
             std::thread::spawn(move || {
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= n {
+                    if i >= max || (i >= min && done()) {
                         return;
                     }
                     let r = f(i);
