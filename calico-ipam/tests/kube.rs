@@ -1199,10 +1199,10 @@ fn steady_state_requests_per_add_and_del() {
 
 /// An ADD lists the IPPools before it waits for the host-wide lock, and the IPAMConfig and
 /// IPReservations too when the node cache has no fresh copy and its TTL is zero (or no other
-/// ADD holds the lock): the API server answers a
-/// consistent LIST only once its watch cache has caught up with etcd, which right after another
-/// write takes until its next progress notification (tens of milliseconds), and that wait must
-/// not be spent holding the lock every ADD of the node queues on. While the test holds the
+/// ADD holds the lock): the API server answers a consistent LIST only once its watch cache
+/// has caught up with etcd, which right after another write takes until its next progress
+/// notification (tens of milliseconds), and that wait must not be spent holding the lock
+/// every ADD of the node queues on. While the test holds the
 /// node's lock, the waiting ADD's reads arrive and nothing else; once the lock is released,
 /// the ADD completes with the steady state's three writes and reads only what was left to it.
 #[test]
